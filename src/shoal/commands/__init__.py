@@ -1,0 +1,1 @@
+"""One module per command group; `shoal.cli` only registers them."""

@@ -1,0 +1,110 @@
+"""What a sub-model costs: parameters, FLOPs, weight and activation memory at batch 1.
+
+`spec_cost` is closed-form (microseconds, used inside the search); it counts
+FLOPs exactly as `torch.utils.flop_counter` does (2·M·N·K per matmul, the
+patch convolution, attention as two batched matmuls) and a test holds it to
+`count_flops` on built models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from shoal.models.config import ViTConfig
+from shoal.models.spec import SubModelSpec
+
+BYTES_PER_VALUE = 4  # float32
+
+
+@dataclass(frozen=True)
+class SpecCost:
+    """Size of one sub-model at batch 1.
+
+    Attributes:
+        params: Parameter count (including the task head).
+        flops: Floating point operations of one forward pass (flop_counter's convention).
+        weight_bytes: Float32 weights.
+        activation_bytes: Estimated peak live activations of one inference (float32).
+        feature_bytes: Size of the pooled feature vector a device sends (float32, d_n values).
+    """
+
+    params: int
+    flops: int
+    weight_bytes: int
+    activation_bytes: int
+    feature_bytes: int
+
+    @property
+    def memory_bytes(self) -> int:
+        """Model memory needed on a device: weights plus peak activations."""
+        return self.weight_bytes + self.activation_bytes
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self) | {"memory_bytes": self.memory_bytes}
+
+
+def spec_cost(config: ViTConfig, spec: SubModelSpec) -> SpecCost:
+    """Closed-form cost of the sub-model of `spec` (no model is built)."""
+    d, hd, S, C = spec.width, config.head_dim, config.seq_len, config.num_classes
+    patch_in = config.in_chans * config.patch_size ** 2
+    embed_len = config.num_patches + (0 if config.no_embed_class else config.num_prefix_tokens)
+
+    params = d * patch_in + (0 if config.pre_norm else d)            # patch embedding
+    params += d * (int(config.class_token) + config.reg_tokens)      # prefix tokens
+    params += embed_len * d                                           # position embedding
+    params += 2 * d * int(config.pre_norm) + 2 * d * int(config.final_norm)
+    params += C * d + C                                               # task head
+    flops = 2 * config.num_patches * d * patch_in + 2 * d * C
+
+    peak_block = 0
+    for h, D in zip(spec.head_counts, spec.mlp_widths):
+        a = h * hd
+        if h:
+            params += 2 * d + 3 * a * d + (3 * a if config.qkv_bias else 0) + a * d + d
+            params += 4 * hd * int(config.qk_norm) + d * int(config.layer_scale)
+            flops += 2 * S * d * 3 * a + 2 * 2 * S * S * a + 2 * S * a * d
+        if D:
+            params += 2 * d + D * d + D + D * d + d + d * int(config.layer_scale)
+            flops += 2 * 2 * S * d * D
+        peak_block = max(peak_block, 3 * S * a + h * S * S + S * a, 2 * S * D)
+
+    activations = 2 * S * d + peak_block
+    return SpecCost(
+        params=params,
+        flops=flops,
+        weight_bytes=params * BYTES_PER_VALUE,
+        activation_bytes=activations * BYTES_PER_VALUE,
+        feature_bytes=d * BYTES_PER_VALUE,
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass measured by `torch.utils.flop_counter` on the meta device.
+
+    On the meta device scaled-dot-product attention decomposes into batched
+    matmuls that the counter sees (the CPU flash kernel would be missed).
+
+    Args:
+        model: Any module; it is copied to the meta device, the original is untouched.
+        input_shape: Shape of one input including the batch dimension, e.g. (1, 3, 224, 224).
+    """
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta_model = copy.deepcopy(model).to("meta") if _on_real_device(model) else model
+    x = torch.empty(input_shape, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta_model(x)
+    return int(counter.get_total_flops())
+
+
+def _on_real_device(model: nn.Module) -> bool:
+    return any(p.device.type != "meta" for p in model.parameters())

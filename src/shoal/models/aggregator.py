@@ -1,0 +1,97 @@
+"""The aggregation module (CoFormer eq. 2): X_agg = Pool(W · concat(X_1..X_N) + b), then the task head.
+
+Pool (class token or mean over tokens) and W are both linear, so
+Pool(W·X + b) = W·Pool(X) + b: each device pools its own tokens and sends
+d_n numbers instead of S·d_n, and the central node applies W to the
+concatenated pooled vectors. `forward_tokens` computes the printed order;
+a test holds the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+
+class Aggregator(nn.Module):
+    """Concat of pooled sub-model features -> Linear(d_agg, d) -> task head.
+
+    Args:
+        widths: Feature width d_n of each device, in policy order.
+        out_dim: Width the features are mapped to (the teacher's embed_dim, so its head applies).
+        num_classes: Classes of the task head.
+        pool: How sub-models pool tokens: "token" (class token) or "avg" (patch tokens).
+        num_prefix_tokens: Prefix tokens (class + registers) before the patch tokens.
+    """
+
+    def __init__(self, widths: Sequence[int], out_dim: int, num_classes: int,
+                 pool: Literal["token", "avg"] = "token", num_prefix_tokens: int = 1) -> None:
+        super().__init__()
+        self.widths = tuple(int(w) for w in widths)
+        self.pool = pool
+        self.num_prefix_tokens = num_prefix_tokens
+        self.fuse = nn.Linear(sum(self.widths), out_dim)       # W, b
+        self.head = nn.Linear(out_dim, num_classes)            # the teacher's task head
+
+    @property
+    def in_dim(self) -> int:
+        return sum(self.widths)
+
+    def fused(self, features: Sequence[torch.Tensor] | torch.Tensor,
+              present: torch.Tensor | None = None) -> torch.Tensor:
+        """W · concat(pooled features) + b.
+
+        Args:
+            features: One (B, d_n) tensor per device, or their (B, d_agg) concatenation.
+            present: Optional (B, N) or (N,) 0/1 mask of devices that answered; missing
+                devices' features count as zeros (the aggregator may be trained for that).
+
+        Returns:
+            (B, out_dim) aggregated features.
+        """
+        x = torch.cat(list(features), dim=-1) if not isinstance(features, torch.Tensor) else features
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"aggregator expects {self.in_dim} concatenated features, got {x.shape[-1]}")
+        if present is not None:
+            mask = torch.repeat_interleave(present.to(x.dtype), torch.tensor(self.widths), dim=-1)
+            x = x * mask
+        return self.fuse(x)
+
+    def forward(self, features: Sequence[torch.Tensor] | torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_classes) from pooled features (what devices send)."""
+        return self.head(self.fused(features, present))
+
+    def forward_tokens(self, token_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The printed order of eq. 2: map every token, then pool. token_maps: (B, S, d_n) each."""
+        mapped = self.fuse(torch.cat(list(token_maps), dim=-1))  # (B, S, out_dim)
+        pooled = mapped[:, 0] if self.pool == "token" else mapped[:, self.num_prefix_tokens:].mean(1)
+        return self.head(pooled)
+
+    @classmethod
+    def from_teacher_channels(cls, channel_sets: Sequence[Sequence[int]], teacher_head: nn.Linear,
+                              pool: Literal["token", "avg"] = "token", num_prefix_tokens: int = 1
+                              ) -> Aggregator:
+        """An aggregator that puts each device's channels back where the teacher had them.
+
+        W is the 0/1 scatter matrix of the (disjoint) channel sets, b = 0, and the head
+        is the teacher's: before any training, the logits are the teacher head read on
+        the union of the sub-models' features.
+        """
+        widths = [len(c) for c in channel_sets]
+        out_dim = teacher_head.in_features
+        agg = cls(widths, out_dim, teacher_head.out_features, pool, num_prefix_tokens)
+        with torch.no_grad():
+            agg.fuse.weight.zero_()
+            agg.fuse.bias.zero_()
+            col = 0
+            for channels in channel_sets:
+                for c in channels:
+                    agg.fuse.weight[c, col] = 1.0
+                    col += 1
+            agg.head.weight.copy_(teacher_head.weight)
+            agg.head.bias.copy_(teacher_head.bias)
+        return agg

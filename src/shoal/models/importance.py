@@ -1,0 +1,169 @@
+"""How much each teacher unit matters: heads, MLP neurons, residual channels, blocks.
+
+Taylor first-order importance (DeViT eq. 6-7): for a unit with output O,
+I = E_x |∂L/∂O · O|, the first-order change of the loss when O is zeroed.
+It is computed with multiplicative gates fixed at 1 (one per sample and
+unit), so a single backward pass yields every unit's per-sample term:
+∂L/∂gate = Σ ∂L/∂O · O over the unit's elements.
+
+`magnitude` (L2 norm of the unit's weights) and `random` are kept as
+baselines; `benchmarks/importance.py` compares them by the validation loss
+of sub-models pruned by each rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from shoal.models.config import ViTConfig
+
+ImportanceRule = Literal["taylor", "magnitude", "random"]
+
+
+@dataclass(frozen=True)
+class ImportanceScores:
+    """Per-unit importance of a teacher (higher = more important).
+
+    Attributes:
+        heads: (L, h) per block and head.
+        neurons: (L, D) per block and MLP neuron.
+        channels: (d,) per residual channel.
+        blocks: (L,) per block.
+        rule: How the scores were computed.
+    """
+
+    heads: torch.Tensor
+    neurons: torch.Tensor
+    channels: torch.Tensor
+    blocks: torch.Tensor
+    rule: str
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"heads": self.heads, "neurons": self.neurons, "channels": self.channels, "blocks": self.blocks}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], rule: str) -> ImportanceScores:
+        return cls(tensors["heads"], tensors["neurons"], tensors["channels"], tensors["blocks"], rule)
+
+
+def compute_importance(
+    teacher: VisionTransformer,
+    config: ViTConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    rule: ImportanceRule = "taylor",
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> ImportanceScores:
+    """Score every head, neuron, channel and block of `teacher`.
+
+    Args:
+        teacher: The teacher model (left unchanged).
+        config: Its family.
+        images: (N, C, H, W) calibration images.
+        labels: (N,) labels for the cross-entropy loss.
+        rule: "taylor" (DeViT eq. 6-7), "magnitude" or "random".
+        batch_size: Calibration batch size.
+        seed: Seed of the "random" rule.
+    """
+    if rule == "taylor":
+        return _taylor(teacher, config, images, labels, batch_size)
+    if rule == "magnitude":
+        return _magnitude(teacher, config)
+    if rule == "random":
+        gen = torch.Generator().manual_seed(seed)
+        L, h, D, d = config.depth, config.num_heads, config.mlp_hidden, config.embed_dim
+        return ImportanceScores(torch.rand(L, h, generator=gen), torch.rand(L, D, generator=gen),
+                                torch.rand(d, generator=gen), torch.rand(L, generator=gen), "random")
+    raise ValueError(f"importance rule must be taylor, magnitude or random, got {rule!r}")
+
+
+def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, labels: torch.Tensor,
+            batch_size: int) -> ImportanceScores:
+    L, h, hd = config.depth, config.num_heads, config.head_dim
+    totals = {"heads": torch.zeros(L, h), "neurons": torch.zeros(L, config.mlp_hidden),
+              "channels": torch.zeros(config.embed_dim), "blocks": torch.zeros(L)}
+    was_training = teacher.training
+    teacher.eval()
+    params = [p.requires_grad for p in teacher.parameters()]
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            b = x.shape[0]
+            gates = {
+                "heads": torch.ones(L, b, 1, h, 1, requires_grad=True),
+                "neurons": torch.ones(L, b, 1, config.mlp_hidden, requires_grad=True),
+                "channels": torch.ones(b, 1, config.embed_dim, requires_grad=True),
+                "blocks": torch.ones(L, b, 1, 1, requires_grad=True),
+            }
+            handles = _install_gates(teacher, gates, h, hd)
+            try:
+                loss = F.cross_entropy(teacher(x), y, reduction="sum")
+                grads = torch.autograd.grad(loss, list(gates.values()))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            g = dict(zip(gates, grads))
+            totals["heads"] += g["heads"].abs().sum(dim=(1, 2, 4))
+            totals["neurons"] += g["neurons"].abs().sum(dim=(1, 2))
+            totals["channels"] += g["channels"].abs().sum(dim=(0, 1))
+            totals["blocks"] += g["blocks"].abs().sum(dim=(1, 2, 3))
+    finally:
+        for p, flag in zip(teacher.parameters(), params):
+            p.requires_grad_(flag)
+        teacher.train(was_training)
+    n = max(len(images), 1)
+    return ImportanceScores(**{k: v / n for k, v in totals.items()}, rule="taylor")
+
+
+def _install_gates(teacher: VisionTransformer, gates: dict[str, torch.Tensor], h: int, hd: int) -> list:
+    handles = []
+
+    def gate_channels(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+        return out * gates["channels"]
+
+    handles.append(teacher.pos_drop.register_forward_hook(gate_channels))
+    for j, block in enumerate(teacher.blocks):
+        def gate_heads(_m: nn.Module, args: tuple[torch.Tensor], j: int = j) -> tuple[torch.Tensor]:
+            (x,) = args  # (B, S, h*hd) attention output before proj
+            B, S, _ = x.shape
+            return ((x.view(B, S, h, hd) * gates["heads"][j]).view(B, S, h * hd),)
+
+        def gate_neurons(_m: nn.Module, _inp: object, out: torch.Tensor, j: int = j) -> torch.Tensor:
+            return out * gates["neurons"][j]  # (B, S, D) after the activation
+
+        def gate_block(_m: nn.Module, args: tuple[torch.Tensor], out: torch.Tensor, j: int = j) -> torch.Tensor:
+            (x,) = args[:1]
+            return (x + gates["blocks"][j] * (out - x)) * gates["channels"]
+
+        handles.append(block.attn.proj.register_forward_pre_hook(gate_heads))
+        handles.append(block.mlp.act.register_forward_hook(gate_neurons))
+        handles.append(block.register_forward_hook(gate_block))
+    return handles
+
+
+def _magnitude(teacher: VisionTransformer, config: ViTConfig) -> ImportanceScores:
+    """L2 norm of each unit's weights (the pruning baseline a user would reach for)."""
+    L, h, hd = config.depth, config.num_heads, config.head_dim
+    heads, neurons = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden)
+    channels = teacher.patch_embed.proj.weight.detach().flatten(1).pow(2).sum(1)
+    blocks = torch.zeros(L)
+    for j, block in enumerate(teacher.blocks):
+        qkv = block.attn.qkv.weight.detach().view(3, h, hd, -1)
+        proj = block.attn.proj.weight.detach().view(-1, h, hd)
+        heads[j] = qkv.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
+        fc1, fc2 = block.mlp.fc1.weight.detach(), block.mlp.fc2.weight.detach()
+        neurons[j] = fc1.pow(2).sum(1) + fc2.pow(2).sum(0)
+        channels = channels + qkv.pow(2).sum(dim=(0, 1, 2)) + proj.pow(2).sum(dim=(1, 2))
+        channels = channels + fc1.pow(2).sum(0) + fc2.pow(2).sum(1)
+        blocks[j] = heads[j].sum() + neurons[j].sum()
+    return ImportanceScores(heads.sqrt(), neurons.sqrt(), channels.sqrt(), blocks.sqrt(), "magnitude")

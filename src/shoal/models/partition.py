@@ -1,0 +1,174 @@
+"""The decomposer: per-device unit counts -> disjoint index sets (CoFormer C1-C4).
+
+Heads and neurons of a teacher block are partitioned among the sub-models
+that keep that block; residual channels are partitioned among all
+sub-models. No unit is given twice. Units are ranked by importance and, by
+default, dealt out "fairly": the k-th most important unit goes to the device
+furthest behind its proportional share, so every sub-model gets a mix of
+strong and weak units. "ranked" gives the most important units to the first
+device in order (a baseline for the ablation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from shoal.errors import ConfigError
+from shoal.models.config import ViTConfig
+from shoal.models.importance import ImportanceScores
+from shoal.models.spec import Policy, SubModelSpec
+
+DealRule = Literal["fair", "ranked"]
+LayerRule = Literal["importance", "uniform"]
+
+
+@dataclass(frozen=True)
+class SubModelShape:
+    """How many units one device keeps (no indices yet).
+
+    Attributes:
+        layers: Teacher block indices kept, increasing.
+        width: Residual channels d_n.
+        heads: Heads h_n^k per kept block.
+        mlp: MLP neurons D_n^k per kept block.
+    """
+
+    layers: tuple[int, ...]
+    width: int
+    heads: tuple[int, ...]
+    mlp: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.heads) != len(self.layers) or len(self.mlp) != len(self.layers):
+            raise ConfigError(
+                f"SubModelShape needs one head and one MLP count per kept layer: layers={self.layers}, "
+                f"heads={self.heads}, mlp={self.mlp}")
+        if self.width < 1:
+            raise ConfigError(f"SubModelShape.width must be at least 1, got {self.width}")
+        if any(h < 0 for h in self.heads) or any(m < 0 for m in self.mlp):
+            raise ConfigError(f"SubModelShape counts must be non-negative: heads={self.heads}, mlp={self.mlp}")
+
+    @classmethod
+    def of(cls, spec: SubModelSpec) -> SubModelShape:
+        return cls(spec.layers, spec.width, spec.head_counts, spec.mlp_widths)
+
+
+def choose_layers(depth: int, scores: ImportanceScores | None, total: int, rule: LayerRule = "importance"
+                  ) -> tuple[int, ...]:
+    """Which `depth` of `total` teacher blocks a sub-model keeps, in order.
+
+    "importance" keeps the blocks with the highest block importance; "uniform"
+    spreads the kept blocks evenly and always keeps the first and last.
+    """
+    if not 0 <= depth <= total:
+        raise ConfigError(f"depth must be between 0 and {total}, got {depth}")
+    if depth == 0:
+        return ()
+    if rule == "importance" and scores is not None:
+        top = torch.argsort(scores.blocks, descending=True, stable=True)[:depth]
+        return tuple(sorted(int(i) for i in top))
+    if depth == 1:
+        return (total - 1,)
+    return tuple(sorted({round(i * (total - 1) / (depth - 1)) for i in range(depth)}))
+
+
+def deal(ranking: torch.Tensor, quotas: Sequence[int], rule: DealRule = "fair") -> list[tuple[int, ...]]:
+    """Deal units, best first, to owners with the given quotas; returns sorted index tuples.
+
+    Args:
+        ranking: Importance per unit (higher = more important), shape (U,).
+        quotas: Units each owner receives; the sum must not exceed U.
+        rule: "fair" (largest remaining proportional deficit first) or "ranked".
+    """
+    total = sum(quotas)
+    if total > ranking.numel():
+        raise ConfigError(f"quotas {list(quotas)} ask for {total} units but only {ranking.numel()} exist")
+    order = torch.argsort(ranking, descending=True, stable=True).tolist()[:total]
+    owned: list[list[int]] = [[] for _ in quotas]
+    if rule == "ranked":
+        start = 0
+        for owner, q in enumerate(quotas):
+            owned[owner] = order[start:start + q]
+            start += q
+    else:
+        for t, unit in enumerate(order):
+            deficit = [(q * (t + 1) / total - len(owned[i]), -i) if len(owned[i]) < q else (-1e18, -i)
+                       for i, q in enumerate(quotas)]
+            owned[max(range(len(quotas)), key=lambda i: deficit[i])].append(unit)
+    return [tuple(sorted(units)) for units in owned]
+
+
+def decompose(
+    config: ViTConfig,
+    devices: Sequence[str],
+    shapes: Sequence[SubModelShape],
+    scores: ImportanceScores,
+    rule: DealRule = "fair",
+) -> Policy:
+    """Turn per-device shapes into a `Policy` of disjoint specs.
+
+    Raises:
+        ConfigError: the shapes break C1-C4 (too many channels, heads or neurons in a block).
+    """
+    if len(devices) != len(shapes):
+        raise ConfigError(f"{len(devices)} devices but {len(shapes)} shapes")
+    _check_budgets(config, devices, shapes)
+    channel_sets = deal(scores.channels, [s.width for s in shapes], rule)
+    head_sets: list[dict[int, tuple[int, ...]]] = [{} for _ in shapes]
+    neuron_sets: list[dict[int, tuple[int, ...]]] = [{} for _ in shapes]
+    for block in range(config.depth):
+        owners = [(n, s.layers.index(block)) for n, s in enumerate(shapes) if block in s.layers]
+        if not owners:
+            continue
+        heads = deal(scores.heads[block], [shapes[n].heads[k] for n, k in owners], rule)
+        neurons = deal(scores.neurons[block], [shapes[n].mlp[k] for n, k in owners], rule)
+        for (n, _), hs, ns in zip(owners, heads, neurons):
+            head_sets[n][block], neuron_sets[n][block] = hs, ns
+    specs = []
+    for n, shape in enumerate(shapes):
+        kept = [b for b in shape.layers if head_sets[n][b] or neuron_sets[n][b]]
+        specs.append(SubModelSpec(
+            layers=tuple(kept), channels=channel_sets[n],
+            heads=tuple(head_sets[n][b] for b in kept), neurons=tuple(neuron_sets[n][b] for b in kept),
+            family=config.fingerprint()))
+    return Policy(tuple(devices), tuple(specs))
+
+
+def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[SubModelShape]) -> None:
+    widths = [s.width for s in shapes]
+    if sum(widths) > config.embed_dim:
+        raise ConfigError(f"C2: channel counts {widths} sum to {sum(widths)} > embed_dim {config.embed_dim}")
+    for name, shape in zip(devices, shapes):
+        if any(b < 0 or b >= config.depth for b in shape.layers) or list(shape.layers) != sorted(set(shape.layers)):
+            raise ConfigError(f"C1: device {name!r} layers {shape.layers} are not increasing blocks of 0..{config.depth - 1}")
+    for block in range(config.depth):
+        heads = sum(s.heads[s.layers.index(block)] for s in shapes if block in s.layers)
+        mlp = sum(s.mlp[s.layers.index(block)] for s in shapes if block in s.layers)
+        if heads > config.num_heads:
+            raise ConfigError(f"C3: block {block} is given {heads} heads > {config.num_heads}")
+        if mlp > config.mlp_hidden:
+            raise ConfigError(f"C4: block {block} is given {mlp} neurons > {config.mlp_hidden}")
+
+
+def check_disjoint(policy: Policy) -> None:
+    """Raise `ConfigError` if two sub-models share a channel, or a head or neuron of one block."""
+    seen_channels: dict[int, str] = {}
+    seen_units: dict[tuple[str, int, int], str] = {}
+    for name, spec in zip(policy.devices, policy.specs):
+        for c in spec.channels:
+            if c in seen_channels:
+                raise ConfigError(f"C2: channel {c} is given to both {seen_channels[c]!r} and {name!r}")
+            seen_channels[c] = name
+        for block, heads, neurons in zip(spec.layers, spec.heads, spec.neurons):
+            for kind, units in (("head", heads), ("neuron", neurons)):
+                for u in units:
+                    key = (kind, block, u)
+                    if key in seen_units:
+                        raise ConfigError(
+                            f"{'C3' if kind == 'head' else 'C4'}: {kind} {u} of block {block} is given to both "
+                            f"{seen_units[key]!r} and {name!r}")
+                    seen_units[key] = name

@@ -1,0 +1,149 @@
+"""Surgery: a physically smaller timm ViT from a teacher and a `SubModelSpec`.
+
+The sub-model is a real `timm.models.vision_transformer.VisionTransformer`
+with `embed_dim = d_n`, `l_n` blocks and, per block, only the kept heads
+(each of the teacher's `head_dim`) and MLP neurons. Its weights are sliced
+from the teacher, so a spec that keeps everything reproduces the teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from shoal.models.block import SubBlock, norm_layer
+from shoal.models.config import ViTConfig
+from shoal.models.spec import SubModelSpec
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def build_submodel(
+    config: ViTConfig,
+    spec: SubModelSpec,
+    teacher: nn.Module | StateDict | None = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> VisionTransformer:
+    """Build the sub-model of `spec`, with weights sliced from `teacher`.
+
+    Args:
+        config: The teacher family.
+        spec: Which units to keep; checked against `config`.
+        teacher: The teacher module or its state dict. None gives timm's random
+            initialisation (enough to time a shape).
+        device: Where to build; "meta" builds without memory (for FLOP counting).
+
+    Returns:
+        A `VisionTransformer` in eval mode: (B, C, H, W) -> (B, num_classes).
+    """
+    spec.check_against(config)
+    if teacher is None:
+        with torch.device(device):
+            model = _empty_submodel(config, spec, weight_init="")
+        return model.eval()
+    state = teacher.state_dict() if isinstance(teacher, nn.Module) else teacher
+    sliced = slice_state_dict(config, spec, state)
+    with torch.device("meta"):
+        model = _empty_submodel(config, spec, weight_init="skip")
+    model.load_state_dict({k: v.to(device) for k, v in sliced.items()}, strict=True, assign=True)
+    return model.eval()
+
+
+def _empty_submodel(config: ViTConfig, spec: SubModelSpec, weight_init: str) -> VisionTransformer:
+    kwargs = config.timm_kwargs()
+    kwargs.update(embed_dim=spec.width, depth=0, num_heads=1, mlp_ratio=1.0,
+                  norm_layer=norm_layer(config), weight_init=weight_init)
+    model = VisionTransformer(**kwargs)
+    model.blocks = nn.Sequential(*[
+        SubBlock(spec.width, len(heads), len(neurons), config)
+        for heads, neurons in zip(spec.heads, spec.neurons)
+    ])
+    return model
+
+
+def _head_rows(heads: tuple[int, ...], head_dim: int, num_heads: int, parts: int) -> torch.Tensor:
+    """Row indices of the kept heads in a fused projection of `parts` (q, k, v) stacked blocks."""
+    per_head = torch.arange(head_dim)
+    rows = [p * num_heads * head_dim + h * head_dim + per_head for p in range(parts) for h in heads]
+    return torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
+
+
+def slice_state_dict(config: ViTConfig, spec: SubModelSpec, state: StateDict) -> dict[str, torch.Tensor]:
+    """Slice a teacher state dict to the sub-model of `spec` (keys follow the sub-model).
+
+    Args:
+        config: The teacher family.
+        spec: Units to keep.
+        state: Teacher `state_dict()` (timm VisionTransformer keys).
+
+    Returns:
+        A state dict that loads strictly into `build_submodel(config, spec)`.
+    """
+    ch = torch.tensor(spec.channels, dtype=torch.long)
+    out: dict[str, torch.Tensor] = {}
+
+    def take(key: str, dim: int, index: torch.Tensor, new_key: str | None = None) -> None:
+        out[new_key or key] = state[key].index_select(dim, index).clone()
+
+    def copy(key: str, new_key: str | None = None) -> None:
+        out[new_key or key] = state[key].clone()
+
+    take("patch_embed.proj.weight", 0, ch)  # (d, C, p, p)
+    if "patch_embed.proj.bias" in state:
+        take("patch_embed.proj.bias", 0, ch)
+    for key in ("cls_token", "reg_token", "pos_embed"):
+        if key in state:
+            take(key, 2, ch)  # (1, T, d)
+    for prefix in ("norm_pre", "norm", "fc_norm"):
+        if f"{prefix}.weight" in state:
+            take(f"{prefix}.weight", 0, ch)
+            take(f"{prefix}.bias", 0, ch)
+    take("head.weight", 1, ch)  # (classes, d)
+    copy("head.bias")
+
+    for k, (layer, heads, neurons) in enumerate(zip(spec.layers, spec.heads, spec.neurons)):
+        src, dst = f"blocks.{layer}.", f"blocks.{k}."
+        if heads:
+            rows = _head_rows(heads, config.head_dim, config.num_heads, parts=3)
+            cols = _head_rows(heads, config.head_dim, config.num_heads, parts=1)
+            take(src + "norm1.weight", 0, ch, dst + "norm1.weight")
+            take(src + "norm1.bias", 0, ch, dst + "norm1.bias")
+            out[dst + "attn.qkv.weight"] = state[src + "attn.qkv.weight"][rows][:, ch].clone()
+            if config.qkv_bias:
+                take(src + "attn.qkv.bias", 0, rows, dst + "attn.qkv.bias")
+            if config.qk_norm:
+                for part in ("q_norm", "k_norm"):
+                    for p in ("weight", "bias"):
+                        copy(f"{src}attn.{part}.{p}", f"{dst}attn.{part}.{p}")
+            out[dst + "attn.proj.weight"] = state[src + "attn.proj.weight"][ch][:, cols].clone()
+            take(src + "attn.proj.bias", 0, ch, dst + "attn.proj.bias")
+            if config.layer_scale:
+                take(src + "ls1.gamma", 0, ch, dst + "ls1.gamma")
+        if neurons:
+            nn_idx = torch.tensor(neurons, dtype=torch.long)
+            take(src + "norm2.weight", 0, ch, dst + "norm2.weight")
+            take(src + "norm2.bias", 0, ch, dst + "norm2.bias")
+            out[dst + "mlp.fc1.weight"] = state[src + "mlp.fc1.weight"][nn_idx][:, ch].clone()
+            take(src + "mlp.fc1.bias", 0, nn_idx, dst + "mlp.fc1.bias")
+            out[dst + "mlp.fc2.weight"] = state[src + "mlp.fc2.weight"][ch][:, nn_idx].clone()
+            take(src + "mlp.fc2.bias", 0, ch, dst + "mlp.fc2.bias")
+            if config.layer_scale:
+                take(src + "ls2.gamma", 0, ch, dst + "ls2.gamma")
+    return out
+
+
+def pooled_features(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """What a device sends: the pooled, normed features of its sub-model.
+
+    Args:
+        model: A (sub-)model built by `build_submodel`.
+        x: Images (B, C, H, W).
+
+    Returns:
+        (B, d_n) pooled features (timm `forward_head(..., pre_logits=True)`).
+    """
+    return model.forward_head(model.forward_features(x), pre_logits=True)

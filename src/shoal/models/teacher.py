@@ -1,0 +1,175 @@
+"""Loading a teacher: the shipped digits ViT, a timm model by name, or a local checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from shoal.errors import ModelError
+from shoal.models.config import ViTConfig, config_from_timm
+from shoal.utils.io import sha256_file
+
+DEFAULT_TEACHER = "shoal-digits-vit"
+_DEFAULT_FILES = ("digits_vit.safetensors", "digits_vit.json")
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A loaded teacher and what shoal needs to know about it.
+
+    Attributes:
+        model: The timm VisionTransformer, eval mode, float32, on CPU.
+        config: Its family (`ViTConfig`).
+        source: What the user asked for: a timm name, a checkpoint path or the default id.
+        data_config: Input preprocessing (timm `resolve_data_config` keys, or the digits recipe).
+        meta: Whatever else the checkpoint's JSON recorded (metrics, recipe).
+    """
+
+    model: VisionTransformer
+    config: ViTConfig
+    source: str
+    data_config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_default(self) -> bool:
+        return self.source == DEFAULT_TEACHER
+
+
+def default_teacher_paths() -> tuple[Path, Path]:
+    """Paths of the shipped default teacher's weights and JSON description."""
+    base = resources.files("shoal.data")
+    return tuple(Path(str(base.joinpath(name))) for name in _DEFAULT_FILES)  # type: ignore[return-value]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file or a torch file (loaded with `weights_only=True`).
+
+    Wrappers such as {"state_dict": ...} or {"model": ...} and a DDP "module." prefix are undone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        raise ModelError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise ModelError(f"unknown timm model {name!r}; see timm.list_models('vit_*') or 'deit_*'")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        if pretrained:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            raise ModelError(
+                f"cannot fetch pretrained weights for {name!r} ({reason}); without network pass "
+                "--checkpoint FILE with local weights, or --no-pretrained") from None
+        raise ModelError(f"timm cannot create {name!r}: {exc}".splitlines()[0]) from None
+
+
+def _finish(model: nn.Module, source: str, data_config: dict[str, Any], meta: dict[str, Any]) -> Teacher:
+    config = config_from_timm(model, name=source)
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Teacher(model, config, source, data_config, meta)  # type: ignore[arg-type]
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise ModelError(f"checkpoint {source} does not match its architecture: {first}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(
+            f"checkpoint {source} does not match its architecture: missing {result.missing_keys[:4]}, "
+            f"unexpected {result.unexpected_keys[:4]}")
+
+
+def load_teacher(
+    model: str | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Teacher:
+    """Load a teacher ViT.
+
+    Args:
+        model: A timm model name (e.g. "deit_small_patch16_224"), a checkpoint file whose
+            sibling `<stem>.json` describes it, or None for the shipped digits teacher.
+        checkpoint: Local weights (safetensors or torch) for the timm `model`.
+        pretrained: Fetch timm's pretrained weights when no checkpoint is given.
+        model_kwargs: Extra timm `create_model` arguments (e.g. num_classes, img_size).
+
+    Raises:
+        ModelError: unknown name, unreachable hub, unreadable or mismatched checkpoint,
+            unsupported architecture.
+    """
+    kwargs = dict(model_kwargs or {})
+    if model is None and checkpoint is None:
+        return _load_described(default_teacher_paths()[0], source=DEFAULT_TEACHER)
+    if model is not None and Path(model).suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        return _load_described(Path(model), source=str(model), extra_kwargs=kwargs)
+    if model is None:
+        return _load_described(Path(checkpoint), source=str(checkpoint), extra_kwargs=kwargs)  # type: ignore[arg-type]
+    net = _create_timm(model, pretrained=pretrained and checkpoint is None, kwargs=kwargs)
+    if checkpoint is not None:
+        _load_state(net, read_state_dict(Path(checkpoint)), str(checkpoint))
+    from timm.data import resolve_data_config
+
+    data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolve_data_config({}, model=net).items()}
+    embed = getattr(net, "patch_embed", None)
+    if embed is not None and hasattr(embed, "img_size"):  # the pretrained cfg may name another size
+        data_config["input_size"] = [int(embed.proj.in_channels), *map(int, embed.img_size)]
+    return _finish(net, model, data_config, {"timm_model": model, "checkpoint": str(checkpoint or "")})
+
+
+def _load_described(weights: Path, source: str, extra_kwargs: dict[str, Any] | None = None) -> Teacher:
+    """A checkpoint with a `<stem>.json` beside it: {"timm_model": name, "timm_kwargs": {...}, ...}."""
+    desc_path = weights.with_suffix(".json")
+    if not desc_path.is_file():
+        raise ModelError(
+            f"checkpoint {weights} has no description {desc_path.name} beside it; write "
+            '{"timm_model": "<timm name>", "timm_kwargs": {...}} there, or pass --model NAME --checkpoint FILE')
+    try:
+        desc = json.loads(desc_path.read_text())
+        name = desc["timm_model"]
+        kwargs = dict(desc.get("timm_kwargs", {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{desc_path} is not a valid teacher description ({exc})") from None
+    kwargs.update(extra_kwargs or {})
+    net = _create_timm(name, pretrained=False, kwargs=kwargs)
+    expected = desc.get("weights_sha256")
+    if expected and sha256_file(weights) != expected:
+        raise ModelError(f"{weights} does not match the sha256 recorded in {desc_path.name}; the file was altered")
+    _load_state(net, read_state_dict(weights), str(weights))
+    data_config = desc.get("data", {})
+    meta = {k: v for k, v in desc.items() if k not in ("timm_kwargs", "data")}
+    return _finish(net, source, data_config, meta)
