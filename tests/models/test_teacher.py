@@ -72,3 +72,10 @@ def test_missing_description(tmp_path):
     save_file({"w": torch.zeros(1)}, str(path))
     with pytest.raises(ModelError, match="no description"):
         load_teacher(str(path))
+
+
+def test_unreachable_hub_gives_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # nothing listens on the discard port
+    monkeypatch.setenv("HF_HOME", str(tmp_path))              # empty cache
+    with pytest.raises(ModelError, match="hub is unreachable"):
+        load_teacher("deit_tiny_patch16_224", pretrained=True)

@@ -79,6 +79,14 @@ def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
 
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise ModelError(f"unknown timm model {name!r}; see timm.list_models('vit_*') or 'deit_*'")
+    if pretrained:
+        cached = _create_from_cache(name, kwargs)
+        if cached is not None:
+            return cached
+        if not _hub_reachable():
+            raise ModelError(
+                f"cannot fetch pretrained weights for {name!r}: the model hub is unreachable (offline?) and "
+                "they are not in the local cache; pass --checkpoint FILE with local weights, or --no-pretrained")
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except ModelError:
@@ -90,6 +98,48 @@ def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
                 f"cannot fetch pretrained weights for {name!r} ({reason}); without network pass "
                 "--checkpoint FILE with local weights, or --no-pretrained") from None
         raise ModelError(f"timm cannot create {name!r}: {exc}".splitlines()[0]) from None
+
+
+def _create_from_cache(name: str, kwargs: dict[str, Any]) -> nn.Module | None:
+    """The pretrained model from the local Hugging Face cache only, or None."""
+    import os
+
+    import timm
+
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hf_constants
+
+        hf_offline, hf_constants.HF_HUB_OFFLINE = hf_constants.HF_HUB_OFFLINE, True
+    except Exception:  # no huggingface_hub: timm falls back to URLs
+        hf_constants, hf_offline = None, None
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception:
+        return None
+    finally:
+        if hf_constants is not None:
+            hf_constants.HF_HUB_OFFLINE = hf_offline
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _finish(model: nn.Module, source: str, data_config: dict[str, Any], meta: dict[str, Any]) -> Teacher:

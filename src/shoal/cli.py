@@ -1,0 +1,43 @@
+"""The `shoal` command line: registers commands, nothing else.
+
+Each command lives in its own module under `shoal.commands`; `guard` turns a
+`ShoalError` into one red line and exit status 1 (SHOAL_DEBUG=1 shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from shoal.commands import info
+from shoal.commands._common import guard
+
+app = typer.Typer(
+    name="shoal",
+    help="Split a vision transformer across edge devices, search the split, calibrate and serve it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """shoal: aggregate-edge inference for vision transformers (CoFormer)."""
+
+
+app.command("info")(guard(info.main))
+
+# profile / predict / measure (shoal.commands.profile)
+# plan, plan show (shoal.commands.plan)
+# serve worker / central / local, bench (shoal.commands.serve, shoal.commands.bench)
+# demo (shoal.commands.demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Emulating a slower device on this machine: core pinning plus a CPU-quota cgroup.
+
+A process limited to `cpu_quota` of one core (cgroup v1 `cpu.cfs_quota_us` /
+`cpu.cfs_period_us`, or v2 `cpu.max`) and pinned to `cpus` runs compute-bound
+code at that share of the core's speed. The period is short (2 ms) so that a
+single 5-50 ms inference is slowed evenly instead of running at full speed
+and then stalling for the rest of a 100 ms period.
+
+Whatever profiles an emulated device and whatever later serves as it must
+run under the same `CpuLimit`; profiles and plans record it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from shoal.errors import ConfigError, ShoalError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_PERIOD_US = 2000
+
+
+class EmulationUnavailable(ShoalError):
+    """CPU quotas cannot be set here (no writable cgroup cpu controller)."""
+
+
+@dataclass(frozen=True)
+class CpuLimit:
+    """A CPU share and pinning for one emulated device.
+
+    Attributes:
+        quota: Share of one core, e.g. 0.35 (may exceed 1 with several cpus).
+        cpus: Cores to pin to; None leaves the affinity alone.
+        period_us: CFS period in microseconds.
+    """
+
+    quota: float | None = None
+    cpus: tuple[int, ...] | None = None
+    period_us: int = DEFAULT_PERIOD_US
+
+    def __post_init__(self) -> None:
+        if self.quota is not None and not (0.01 <= self.quota <= 1024):
+            raise ConfigError(f"cpu quota must be between 0.01 and 1024 cores, got {self.quota!r}")
+        if self.cpus is not None:
+            object.__setattr__(self, "cpus", tuple(int(c) for c in self.cpus))
+            if not self.cpus or min(self.cpus) < 0:
+                raise ConfigError(f"cpus must be a non-empty list of core numbers, got {list(self.cpus)!r}")
+        if not 1000 <= self.period_us <= 1_000_000:
+            raise ConfigError(f"period_us must be between 1000 and 1000000, got {self.period_us}")
+
+    @property
+    def is_limited(self) -> bool:
+        return self.quota is not None or self.cpus is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cpus"] = list(self.cpus) if self.cpus is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> CpuLimit:
+        if not data:
+            return cls()
+        return cls(data.get("quota"), tuple(data["cpus"]) if data.get("cpus") is not None else None,
+                   int(data.get("period_us", DEFAULT_PERIOD_US)))
+
+    def describe(self) -> str:
+        parts = []
+        if self.quota is not None:
+            parts.append(f"{self.quota:.0%} of a core")
+        if self.cpus is not None:
+            parts.append(f"pinned to cpu {','.join(map(str, self.cpus))}")
+        return ", ".join(parts) or "unlimited"
+
+
+def cgroup_flavour() -> Literal["v1", "v2"] | None:
+    """Which writable cgroup cpu controller this machine has, if any."""
+    if (CGROUP_ROOT / "cpu" / "cpu.cfs_quota_us").exists() and os.access(CGROUP_ROOT / "cpu", os.W_OK):
+        return "v1"
+    controllers = CGROUP_ROOT / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split() and os.access(CGROUP_ROOT, os.W_OK):
+        return "v2"
+    return None
+
+
+def quota_unavailable_reason() -> str | None:
+    """None if quotas can be set, else one line saying why not."""
+    if os.geteuid() != 0:
+        return "CPU quotas need root to write cgroups; run as root or drop --cpu-quota"
+    if cgroup_flavour() is None:
+        return f"no writable cgroup cpu controller under {CGROUP_ROOT} (v1 cpu.cfs_quota_us or v2 cpu.max)"
+    return None
+
+
+def resolve_cpus(cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """Map requested cores onto the cores this process may use (wrapping on small machines)."""
+    if cpus is None:
+        return None
+    available = sorted(os.sched_getaffinity(0))
+    return tuple(sorted({available[c % len(available)] for c in cpus}))
+
+
+def apply_cpu_limit(limit: CpuLimit, pid: int | None = None) -> Path | None:
+    """Pin `pid` (default: this process, all its threads) and put it under a quota cgroup.
+
+    Returns:
+        The cgroup directory created (remove it with `remove_cgroup` when done), or None.
+
+    Raises:
+        EmulationUnavailable: a quota was asked for but cgroups cannot be written here.
+    """
+    pid = pid or os.getpid()
+    cpus = resolve_cpus(limit.cpus)
+    if cpus is not None:
+        for tid in _threads(pid):
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if limit.quota is None:
+        return None
+    reason = quota_unavailable_reason()
+    if reason:
+        raise EmulationUnavailable(reason)
+    quota_us = max(1000, int(limit.quota * limit.period_us))
+    if cgroup_flavour() == "v1":
+        group = CGROUP_ROOT / "cpu" / f"shoal-{uuid.uuid4().hex[:8]}"
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text(str(limit.period_us))
+        (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+    else:
+        group = CGROUP_ROOT / f"shoal-{uuid.uuid4().hex[:8]}"
+        group.mkdir()
+        (group / "cpu.max").write_text(f"{quota_us} {limit.period_us}")
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def remove_cgroup(group: Path | None) -> None:
+    """Move any remaining tasks back to the root group and remove `group` (best effort)."""
+    if group is None or not group.exists():
+        return
+    parent = group.parent
+    try:
+        for line in (group / "cgroup.procs").read_text().split():
+            try:
+                (parent / "cgroup.procs").write_text(line)
+            except OSError:
+                pass
+        group.rmdir()
+    except OSError:
+        pass
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
