@@ -8,6 +8,7 @@ patch convolution, attention as two batched matmuls) and a test holds it to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,7 +49,12 @@ class SpecCost:
 
 def spec_cost(config: ViTConfig, spec: SubModelSpec) -> SpecCost:
     """Closed-form cost of the sub-model of `spec` (no model is built)."""
-    d, hd, S, C = spec.width, config.head_dim, config.seq_len, config.num_classes
+    return shape_cost(config, spec.width, spec.head_counts, spec.mlp_widths)
+
+
+def shape_cost(config: ViTConfig, width: int, head_counts: Sequence[int], mlp_widths: Sequence[int]) -> SpecCost:
+    """Closed-form cost from unit counts alone: d_n, and h_n^k, D_n^k per kept block."""
+    d, hd, S, C = width, config.head_dim, config.seq_len, config.num_classes
     patch_in = config.in_chans * config.patch_size ** 2
     embed_len = config.num_patches + (0 if config.no_embed_class else config.num_prefix_tokens)
 
@@ -60,7 +66,7 @@ def spec_cost(config: ViTConfig, spec: SubModelSpec) -> SpecCost:
     flops = 2 * config.num_patches * d * patch_in + 2 * d * C
 
     peak_block = 0
-    for h, D in zip(spec.head_counts, spec.mlp_widths):
+    for h, D in zip(head_counts, mlp_widths):
         a = h * hd
         if h:
             params += 2 * d + 3 * a * d + (3 * a if config.qkv_bias else 0) + a * d + d

@@ -1,0 +1,139 @@
+"""Task data for planning and calibration: the built-in digits, or an ImageFolder tree.
+
+An ImageFolder tree has one folder per split, each with one folder per class:
+
+    DATA/train/<class>/*.png   DATA/val/<class>/*.png   [DATA/test/<class>/*.png]
+
+Images are preprocessed once with the teacher's own eval transform (timm
+`resolve_data_config` of the teacher) and held in memory as tensors;
+`max_per_split` bounds that memory. Without a test split, the validation
+split is halved into val and test (fixed seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shoal.data.digits import TensorDataset, augment, load_digits_split
+from shoal.errors import DataError
+from shoal.models.teacher import Teacher
+
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Train / validation / test splits of one classification task.
+
+    Attributes:
+        name: "sklearn-digits" or the folder path.
+        train: Calibration data (distillation, importance, probes).
+        val: Validation data (the search's accuracy proxy, checkpoint selection).
+        test: Held-out data (reported accuracy only).
+        augment: Train-time augmentation of a (B, C, H, W) batch, or None.
+    """
+
+    name: str
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    augment: Augment | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {"name": self.name, "train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "classes": len(self.train.classes)}
+
+
+def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_split: int | None = None,
+                   ) -> TaskData:
+    """The data a plan is made with.
+
+    Args:
+        teacher: The teacher (its class count and preprocessing must match the data).
+        data: None or "digits" for the built-in digits; else an ImageFolder tree.
+        max_per_split: Keep at most this many images per split (a fixed random subset).
+
+    Raises:
+        DataError: missing/empty/corrupt folder, or classes that do not match the teacher's head.
+    """
+    if data is None or str(data) == "digits":
+        if teacher.config.input_shape != (1, 32, 32) or teacher.config.num_classes != 10:
+            raise DataError(
+                f"the built-in digits data (1x32x32, 10 classes) does not fit teacher {teacher.source} "
+                f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); pass --data DIR")
+        splits = [load_digits_split(s).subset(max_per_split) for s in ("train", "val", "test")]
+        return TaskData("sklearn-digits", *splits, augment=augment)
+    return _image_folder(teacher, Path(data), max_per_split)
+
+
+def _image_folder(teacher: Teacher, root: Path, max_per_split: int | None) -> TaskData:
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    found = {name: root / name for name in ("train", "val", "validation", "test") if (root / name).is_dir()}
+    if "validation" in found and "val" not in found:
+        found["val"] = found.pop("validation")
+    if "train" not in found or "val" not in found:
+        raise DataError(f"{root} needs train/ and val/ folders (one sub-folder per class), found {sorted(found)}")
+    train = _read_split(teacher, found["train"], max_per_split)
+    val = _read_split(teacher, found["val"], max_per_split, classes=train.classes)
+    if "test" in found:
+        test = _read_split(teacher, found["test"], max_per_split, classes=train.classes)
+    else:
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
+        half = len(val) // 2
+        if half == 0:
+            raise DataError(f"{found['val']} has too few images to also serve as a test split; add {root}/test")
+        val, test = (TensorDataset(val.images[idx], val.labels[idx], val.classes)
+                     for idx in (order[:half], order[half:]))
+    return TaskData(str(root), train, val, test, augment=_flip_augment)
+
+
+def _read_split(teacher: Teacher, folder: Path, limit: int | None,
+                classes: tuple[str, ...] | None = None) -> TensorDataset:
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    config = dict(teacher.data_config)
+    config["input_size"] = tuple(teacher.config.input_shape)
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    transform = create_transform(**{k: config[k] for k in keys if k in config}, is_training=False)
+    if teacher.config.in_chans == 1:
+        import torchvision.transforms as T
+
+        transform = T.Compose([T.Grayscale(1), transform])
+    try:
+        dataset = ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{folder}: {str(exc).splitlines()[0]}") from None
+    if len(dataset) == 0:
+        raise DataError(f"{folder} holds no images")
+    names = tuple(dataset.classes)
+    if classes is not None and names != classes:
+        raise DataError(f"{folder} has classes {list(names)[:6]}... but train/ has {list(classes)[:6]}...")
+    if len(names) != teacher.config.num_classes:
+        raise DataError(f"{folder} has {len(names)} classes but the teacher's head has "
+                        f"{teacher.config.num_classes}; use a matching dataset or teacher")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    if limit is not None:
+        order = order[:limit]
+    images, labels = [], []
+    for i in sorted(order):
+        try:
+            image, label = dataset[i]
+        except Exception as exc:  # PIL.UnidentifiedImageError, truncated files
+            raise DataError(f"cannot read {dataset.samples[i][0]}: {type(exc).__name__}") from None
+        images.append(image)
+        labels.append(label)
+    return TensorDataset(torch.stack(images), torch.tensor(labels), names)
+
+
+def _flip_augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random horizontal flips: the one augmentation safe for any natural-image task."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    out = images.clone()
+    out[flip] = out[flip].flip(-1)
+    return out
