@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from shoal.commands import info
+from shoal.commands import info, plan
+from shoal.commands import bench, serve
 from shoal.commands._common import guard
 
 app = typer.Typer(
@@ -28,9 +29,11 @@ def _root() -> None:
 
 
 app.command("info")(guard(info.main))
+app.add_typer(serve.app, name="serve")
+app.command("bench")(guard(bench.main))
+app.add_typer(plan.app, name="plan")
 
 # profile / predict / measure (shoal.commands.profile)
-# plan, plan show (shoal.commands.plan)
 # serve worker / central / local, bench (shoal.commands.serve, shoal.commands.bench)
 # demo (shoal.commands.demo)
 

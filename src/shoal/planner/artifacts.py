@@ -134,6 +134,7 @@ def write_plan(
         files[f"figures/{png.name}"] = sha256_file(png)
     document = {
         "format_version": FORMAT_VERSION,
+        "stage": "calibrated",
         "versions": _versions(),
         "teacher_config": config.to_dict(),
         "family": config.fingerprint(),
@@ -175,6 +176,9 @@ def load_plan(root: str | Path, *, verify: bool = True) -> Plan:
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(f"{root}/{PLAN_FILE} has format_version {version!r}; this shoal reads {FORMAT_VERSION}")
+    if doc.get("stage") == "searched":
+        raise DataError(f"plan {root} holds a searched policy only (no weights); calibrate it with "
+                        f"`shoal plan --from-policy {root / PLAN_FILE}`")
     if verify:
         for rel, digest in doc.get("files", {}).items():
             path = root / rel
@@ -214,5 +218,12 @@ def write_uncalibrated_plan(
     aggregator = Aggregator.from_teacher_channels(
         [spec.channels for spec in policy.specs], teacher.head, pool=config.global_pool,
         num_prefix_tokens=config.num_prefix_tokens)
-    return write_plan(root, config, policy, devices, submodels, aggregator,
-                      {"calibrated": False, **(meta or {})})
+    return write_plan(root, config, policy, devices, submodels, aggregator, {**(meta or {}), "stage": "decomposed"})
+
+
+def searched_only_document(config: ViTConfig, policy: Policy, devices: DeviceSet, meta: dict[str, Any]
+                           ) -> dict[str, Any]:
+    """plan.json of `shoal plan --search-only`: the policy and its predictions, no weights."""
+    return {"format_version": FORMAT_VERSION, "stage": "searched", "versions": _versions(),
+            "teacher_config": config.to_dict(), "family": config.fingerprint(),
+            "devices": devices.to_dict()["devices"], "policy": policy.to_dict(), **meta}

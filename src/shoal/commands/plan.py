@@ -1,0 +1,204 @@
+"""`shoal plan`: search a decomposition policy, calibrate it, write a deployable plan; `shoal plan show DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shoal.commands._common import console, guard, print_json
+from shoal.planner.calibration import CalibrationSettings
+from shoal.planner.journal import Record
+from shoal.planner.pipeline import PlanHooks, PlanRequest, run_plan
+from shoal.planner.search import SearchSettings
+
+app = typer.Typer(help="Search, decompose and calibrate a plan; or show one.", no_args_is_help=False)
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _spark(values: list[float], width: int = 40) -> str:
+    values = values[-width:]
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        return _SPARK[0] * len(values)
+    return "".join(_SPARK[int((v - lo) / (hi - lo) * (len(_SPARK) - 1))] for v in values)
+
+
+class _LiveSearch:
+    """Progress bars for every phase, and a live table of the best policy so far."""
+
+    def __init__(self, budget: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self.search_task = None
+        self.budget = budget
+        self.tasks: dict[str, Any] = {}
+        self.best: Record | None = None
+        self.best_curve: list[float] = []
+        self.table: Table | None = None
+        self.live = Live(Group(self.progress), console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> _LiveSearch:
+        if not self.quiet:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self.live.__exit__(*exc)  # type: ignore[arg-type]
+
+    def phase(self, name: str) -> None:
+        if not self.quiet:
+            console.log(f"[bold]{name}[/]")
+
+    def step(self, desc: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if desc not in self.tasks:
+            self.tasks[desc] = self.progress.add_task(desc, total=total)
+        self.progress.update(self.tasks[desc], completed=done, total=total)
+
+    def record(self, record: Record, evaluator: Any, space: Any) -> None:
+        if self.best is None or record.psi < self.best.psi:
+            self.best = record
+        self.best_curve.append(self.best.psi)
+        if self.quiet:
+            return
+        self.step("search evaluations", record.index + 1, self.budget)
+        table = Table(title=f"best policy after {record.index + 1} evaluations (#{self.best.index}, "
+                            f"{self.best.phase})", title_justify="left")
+        for col in ("device", "blocks", "width", "heads/blk", "MLP/blk", "t1 ms", "t2 ms"):
+            table.add_column(col, justify="right" if col != "device" else "left")
+        ev = self.best.evaluation
+        for name, shape, t1, t2 in zip(space.names, self.best.shapes, ev.latency.compute_ms, ev.latency.transfer_ms):
+            heads, mlp = shape["heads"], shape["mlp"]
+            table.add_row(name, str(len(shape["layers"])), str(shape["width"]),
+                          f"{sum(heads) / max(len(heads), 1):.1f}", f"{sum(mlp) / max(len(mlp), 1):.0f}",
+                          f"{t1:.2f}", f"{t2:.3f}")
+        table.caption = (f"Ψ {ev.psi:.4f} = L {ev.loss:.4f} + δ {ev.delta:.4f}/ms × T {ev.latency.total_ms:.2f} ms"
+                         f"   best Ψ {_spark(self.best_curve)}")
+        self.live.update(Group(self.progress, table))
+
+
+def _hooks(ui: _LiveSearch) -> PlanHooks:
+    return PlanHooks(phase=ui.phase, progress=ui.step, record=ui.record)
+
+
+@app.callback(invoke_without_command=True)
+@guard
+def plan(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="timm model name or checkpoint (default: the shipped digits ViT)")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="local weights for --model")] = None,
+    pretrained: Annotated[bool, typer.Option(help="fetch timm's pretrained weights")] = True,
+    data: Annotated[str | None, typer.Option(help="ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
+    devices: Annotated[str | None, typer.Option(help="device-set YAML (default: three emulated devices)")] = None,
+    delta: Annotated[float | None, typer.Option(help="δ per ms in Ψ = L + δ·T (default: 1/teacher latency on the central node)")] = None,
+    strategy: Annotated[str, typer.Option(help="bo | random | uniform")] = "bo",
+    init: Annotated[int, typer.Option("--init", help="r: random policies first")] = 10,
+    iterations: Annotated[int, typer.Option(help="I: BO iterations")] = 30,
+    acquisition: Annotated[str, typer.Option(help="logei | ei")] = "logei",
+    proxy: Annotated[str, typer.Option(help="accuracy proxy: ridge | probe | sliced")] = "ridge",
+    seed: Annotated[int, typer.Option(help="seed of the search and calibration")] = 0,
+    out: Annotated[Path, typer.Option(help="plan directory")] = Path(".shoal/plan"),
+    search_only: Annotated[bool, typer.Option(help="stop after the search")] = False,
+    from_policy: Annotated[str | None, typer.Option(help="calibrate the policy of this plan.json")] = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted plan in --out")] = False,
+    epochs: Annotated[int, typer.Option(help="distillation epochs per sub-model")] = 8,
+    lr: Annotated[float, typer.Option(help="sub-model learning rate")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="training batch size")] = 64,
+    weighting: Annotated[str, typer.Option(help="sample weighting: boost | printed | uniform")] = "boost",
+    aggregator_epochs: Annotated[int, typer.Option(help="aggregator epochs")] = 60,
+    joint_epochs: Annotated[int, typer.Option(help="joint fine-tune epochs after the aggregator")] = 0,
+    device_dropout: Annotated[float, typer.Option(help="train the aggregator to answer without devices")] = 0.0,
+    profile_samples: Annotated[int | None, typer.Option(help="samples when a device still needs profiling")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
+) -> None:
+    """Search the decomposition (BO), calibrate the sub-models and write a deployable plan directory."""
+    if ctx.invoked_subcommand is not None:
+        return
+    request = PlanRequest(
+        model=model, checkpoint=checkpoint, pretrained=pretrained, data=data, devices=devices, out=str(out),
+        delta=delta, proxy=proxy,  # type: ignore[arg-type]
+        search=SearchSettings(strategy=strategy, init=init, iterations=iterations, seed=seed,  # type: ignore[arg-type]
+                              acquisition=acquisition),  # type: ignore[arg-type]
+        calibration=CalibrationSettings(epochs=epochs, lr=lr, batch_size=batch_size, weighting=weighting,  # type: ignore[arg-type]
+                                        aggregator_epochs=aggregator_epochs, joint_epochs=joint_epochs,
+                                        device_dropout=device_dropout, seed=seed),
+        search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples)
+    with _LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
+        try:
+            document = run_plan(request, _hooks(ui))
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted: continue with `shoal plan --resume --out {out}`[/]")
+            raise typer.Exit(130) from None
+    if as_json:
+        print_json(document)
+    else:
+        show_document(document, out)
+
+
+@app.command("show")
+@guard
+def show(
+    plan_dir: Annotated[Path, typer.Argument(help="plan directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
+) -> None:
+    """Print a plan: policy, predicted latency, accuracy."""
+    from shoal.planner.artifacts import load_plan, read_plan_json
+
+    document = read_plan_json(plan_dir)
+    if document.get("stage") != "searched":
+        load_plan(plan_dir)  # verify hashes and shapes; names what does not match
+    if as_json:
+        print_json(document)
+    else:
+        show_document(document, plan_dir)
+
+
+def show_document(doc: dict[str, Any], where: Path) -> None:
+    """Rich tables of a plan.json document."""
+    predicted = doc.get("predicted", {})
+    table = Table(title=f"plan {where} ({doc.get('stage', '?')}, teacher {doc.get('teacher', {}).get('source', '?')})",
+                  title_justify="left")
+    for col in ("device", "sub-model", "MFLOPs", "memory MiB", "t1 ms", "t2 ms", "teacher ms", "predictor"):
+        table.add_column(col, justify="left" if col in ("device", "sub-model", "predictor") else "right")
+    for name, d in predicted.get("devices", {}).items():
+        table.add_row(name, d["shape"], f"{d['flops'] / 1e6:.1f}", f"{d['memory_bytes'] / 2**20:.2f}",
+                      f"{d['compute_ms']:.2f}", f"{d['transfer_ms']:.3f}",
+                      f"{predicted.get('teacher_ms', {}).get(name, float('nan')):.2f}",
+                      d["predictor"] + (" (estimate)" if d.get("estimate") else ""))
+    obj = doc.get("objective", {})
+    if predicted:
+        ratio = predicted.get("slowest_device_ratio", {})
+        table.caption = (f"T = {predicted['total_ms']:.2f} ms (straggler {predicted['straggler']}, aggregation "
+                         f"{predicted['aggregate_ms']:.3f} ms); {predicted['speedup_vs_teacher_on_central']:.2f}× the "
+                         f"teacher on the central node; on {ratio.get('device')} the sub-model takes "
+                         f"{ratio.get('ratio', 0):.0%} of the teacher's time.  Ψ {obj.get('psi', 0):.4f} "
+                         f"(L {obj.get('loss', 0):.4f}, δ {obj.get('delta_per_ms', 0):.4f}/ms)")
+    console.print(table)
+    accuracy = doc.get("accuracy")
+    if accuracy:
+        acc = Table(title=f"top-1 on the test split (n={accuracy['n']})", title_justify="left")
+        acc.add_column("model")
+        acc.add_column("top-1", justify="right")
+        acc.add_column("loss", justify="right")
+        acc.add_row("teacher", f"{accuracy['teacher']['top1']:.2%}", f"{accuracy['teacher']['loss']:.4f}")
+        for row, key in (("decompose only", "decompose_only"), ("decompose + aggregate", "decompose_aggregate")):
+            if key in accuracy.get("ablation", {}):
+                e = accuracy["ablation"][key]["ensemble"]
+                acc.add_row(row, f"{e['top1']:.2%}", f"{e['loss']:.4f}")
+        for name, s in accuracy["submodels"].items():
+            acc.add_row(f"  sub-model {name} (calibrated)", f"{s['top1']:.2%}", f"{s['loss']:.4f}")
+        e = accuracy["ensemble"]
+        acc.add_row("[bold]shoal ensemble (calibrated)[/]", f"[bold]{e['top1']:.2%}[/]", f"{e['loss']:.4f}")
+        for name, s in accuracy.get("missing", {}).items():
+            acc.add_row(f"  without {name}", f"{s['top1']:.2%}", f"{s['loss']:.4f}")
+        console.print(acc)

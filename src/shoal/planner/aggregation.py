@@ -1,0 +1,167 @@
+"""Training the aggregation module, and the optional joint fine-tune.
+
+The aggregator (concat of pooled features -> Linear(d_agg, d) -> task head)
+is trained with the sub-models frozen, on features computed once for the
+training set and a few augmented copies of it. W, b start from the ridge
+solution that maps the concatenated features to the teacher's own pooled
+features, and the head starts as the teacher's, so training starts from the
+decomposition's best linear reconstruction of the teacher. With
+`device_dropout` each non-central device's features are zeroed at random, so
+the aggregator learns to answer without them (the runtime's --degrade).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from shoal.data.datasets import TaskData
+from shoal.models.aggregator import Aggregator
+from shoal.models.config import ViTConfig
+from shoal.models.surgery import pooled_features
+from shoal.planner.calibration import CalibrationSettings, distillation_losses
+
+Progress = Callable[[str, int, int], None]
+
+
+def _features(models: list[nn.Module], images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N_img, d_agg) concatenated pooled features of all sub-models (no_grad: they are trained on)."""
+    with torch.no_grad():
+        return torch.cat([torch.cat([pooled_features(m, images[i:i + batch]) for m in models], dim=1)
+                          for i in range(0, len(images), batch)])
+
+
+def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher pooled pre-logit features (N, d) and hard decisions (N,)."""
+    feats, labels = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            f = teacher.forward_head(teacher.forward_features(images[i:i + batch]), pre_logits=True)
+            feats.append(f)
+            labels.append(teacher.head(f).argmax(1))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def ridge_init(aggregator: Aggregator, features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> None:
+    """Set W, b to the ridge solution of features (N, d_agg) -> targets (N, d)."""
+    x, y = features.double(), targets.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc = x - x_mean
+    gram = xc.T @ xc
+    lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+    weight = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ (y - y_mean))
+    with torch.no_grad():
+        aggregator.fuse.weight.copy_(weight.T.float())
+        aggregator.fuse.bias.copy_((y_mean - x_mean @ weight).float())
+
+
+def train_aggregator(
+    teacher: nn.Module,
+    config: ViTConfig,
+    submodels: list[nn.Module],
+    data: TaskData,
+    settings: CalibrationSettings,
+    progress: Progress | None = None,
+) -> Aggregator:
+    """Train the aggregator on frozen sub-models; picks the epoch with the best validation accuracy."""
+    gen = torch.Generator().manual_seed(settings.seed + 17)
+    images = [data.train.images]
+    for _ in range(settings.feature_copies if data.augment is not None else 0):
+        images.append(data.augment(data.train.images, gen))  # type: ignore[misc]
+    all_images = torch.cat(images)
+    labels = data.train.labels.repeat(len(images))
+    feats = _features(submodels, all_images)
+    teacher_feats, teacher_labels = _teacher_outputs(teacher, all_images)
+    val_feats = _features(submodels, data.val.images)
+
+    widths = [m.embed_dim for m in submodels]
+    agg = Aggregator(widths, config.embed_dim, config.num_classes, pool=config.global_pool,
+                     num_prefix_tokens=config.num_prefix_tokens)
+    with torch.no_grad():
+        agg.head.weight.copy_(teacher.head.weight)
+        agg.head.bias.copy_(teacher.head.bias)
+    ridge_init(agg, feats, teacher_feats)
+
+    optimizer = torch.optim.AdamW(agg.parameters(), lr=settings.aggregator_lr, weight_decay=1e-4)
+    n, bs = len(feats), max(settings.batch_size, 128)
+    steps = max(1, settings.aggregator_epochs * math.ceil(n / bs))
+    best = (_accuracy(agg, val_feats, data.val.labels), {k: v.clone() for k, v in agg.state_dict().items()})
+    step = 0
+    for epoch in range(settings.aggregator_epochs):
+        agg.train()
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
+            present = _dropout_mask(len(idx), len(widths), settings.device_dropout, gen)
+            for group in optimizer.param_groups:
+                group["lr"] = settings.aggregator_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = distillation_losses(agg(feats[idx], present), labels[idx], teacher_labels[idx]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        acc = _accuracy(agg, val_feats, data.val.labels)
+        if acc >= best[0]:
+            best = (acc, {k: v.clone() for k, v in agg.state_dict().items()})
+        if progress:
+            progress("training aggregator", epoch + 1, settings.aggregator_epochs)
+    agg.load_state_dict(best[1])
+    return agg.eval()
+
+
+def _dropout_mask(batch: int, devices: int, p: float, gen: torch.Generator) -> torch.Tensor | None:
+    """(B, N) 0/1 mask; the central node (index 0) is never dropped."""
+    if p <= 0 or devices == 1:
+        return None
+    mask = (torch.rand(batch, devices, generator=gen) >= p).float()
+    mask[:, 0] = 1.0
+    return mask
+
+
+def _accuracy(agg: Aggregator, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return (agg.eval()(feats).argmax(1) == labels).float().mean().item()
+
+
+def joint_finetune(
+    teacher: nn.Module,
+    submodels: list[nn.Module],
+    aggregator: Aggregator,
+    data: TaskData,
+    settings: CalibrationSettings,
+    progress: Progress | None = None,
+) -> None:
+    """Fine-tune sub-models and aggregator together on the aggregated output (in place)."""
+    if settings.joint_epochs <= 0:
+        return
+    params = [p for m in submodels for p in m.parameters()] + list(aggregator.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings.lr * 0.2, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(settings.seed + 29)
+    train = data.train
+    for epoch in range(settings.joint_epochs):
+        for m in submodels:
+            m.train()
+        aggregator.train()
+        order = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(order), settings.batch_size):
+            idx = order[i:i + settings.batch_size]
+            x = train.images[idx]
+            if data.augment is not None:
+                x = data.augment(x, gen)
+            with torch.no_grad():
+                teacher_labels = teacher(x).argmax(1)
+            present = _dropout_mask(len(idx), len(submodels), settings.device_dropout, gen)
+            logits = aggregator([pooled_features(m, x) for m in submodels], present)
+            loss = distillation_losses(logits, train.labels[idx], teacher_labels).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+        if progress:
+            progress("joint fine-tune", epoch + 1, settings.joint_epochs)
+    for m in submodels:
+        m.eval()
+    aggregator.eval()

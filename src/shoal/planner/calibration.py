@@ -1,0 +1,254 @@
+"""The booster (CoFormer Algorithm 1, lines 12-15): progressive boosting distillation.
+
+Sub-models are calibrated one after another by distillation from the teacher
+with per-sample weights (eq. 14):
+
+    L_n = Σ_i w_i · ½[CE(s_n(x_i), y_i) + CE(s_n(x_i), ŷ_t(x_i))] / Σ_i w_i
+
+where ŷ_t is the teacher's hard decision. After sub-model n, the weights are
+updated from its per-sample loss ℓ_i (eq. 13):
+
+    "boost"    w_i ← w_i · exp((1 - 1/M) · ℓ_i)    harder samples count more for the next one
+    "printed"  w_i ← w_i · exp((1/M - 1) · ℓ_i)    eq. 13 exactly as printed (the opposite)
+    "uniform"  w_i unchanged                       plain per-model distillation
+
+Weights are renormalised to mean 1 and clipped to [1/20, 20] so a few
+unlearnable samples cannot take the whole budget. `benchmarks/accuracy.py`
+compares the three. Training checkpoints after every epoch and resumes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from shoal.data.datasets import TaskData
+from shoal.errors import ConfigError, DataError
+from shoal.utils.io import atomic_save_safetensors, atomic_write_json
+
+Weighting = Literal["boost", "printed", "uniform"]
+WEIGHT_CLIP = 20.0
+Progress = Callable[[str, int, int], None]   # (phase description, done, total)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How sub-models and the aggregator are trained.
+
+    Attributes:
+        epochs: Distillation epochs per sub-model.
+        lr: AdamW learning rate of the sub-models (cosine decay).
+        batch_size: Training batch size.
+        weight_decay: AdamW weight decay.
+        weighting: Sample re-weighting between sub-models ("boost", "printed", "uniform").
+        aggregator_epochs: Epochs of aggregator training (sub-models frozen).
+        aggregator_lr: Its learning rate.
+        joint_epochs: Epochs of joint fine-tuning (sub-models and aggregator) afterwards.
+        device_dropout: Probability of dropping each non-central device's features while
+            training the aggregator (so it can answer without them).
+        feature_copies: Augmented copies of the training set whose frozen features train the aggregator.
+        seed: Seed of shuffling and augmentation.
+    """
+
+    epochs: int = 8
+    lr: float = 5e-4
+    batch_size: int = 64
+    weight_decay: float = 0.01
+    weighting: Weighting = "boost"
+    aggregator_epochs: int = 60
+    aggregator_lr: float = 2e-3
+    joint_epochs: int = 0
+    device_dropout: float = 0.0
+    feature_copies: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "aggregator_epochs", "joint_epochs", "feature_copies"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"CalibrationSettings.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"CalibrationSettings.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "aggregator_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"CalibrationSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.weighting not in ("boost", "printed", "uniform"):
+            raise ConfigError(f"CalibrationSettings.weighting must be boost, printed or uniform, got {self.weighting!r}")
+        if not 0.0 <= self.device_dropout < 1.0:
+            raise ConfigError(f"CalibrationSettings.device_dropout must be in [0, 1), got {self.device_dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def distillation_losses(logits: torch.Tensor, labels: torch.Tensor, teacher_labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample ½[CE(s, y) + CE(s, ŷ_t)] (eq. 14 without the weights). Shapes (B, C), (B,), (B,) -> (B,)."""
+    return 0.5 * (F.cross_entropy(logits, labels, reduction="none")
+                  + F.cross_entropy(logits, teacher_labels, reduction="none"))
+
+
+def update_weights(weights: torch.Tensor, losses: torch.Tensor, weighting: Weighting) -> torch.Tensor:
+    """Eq. 13 after one sub-model: (M,) weights and per-sample losses -> new (M,) weights, mean 1."""
+    m = weights.numel()
+    if weighting == "uniform":
+        return weights.clone()
+    sign = 1.0 if weighting == "boost" else -1.0
+    # subtract the max exponent first: exp of large losses must not overflow
+    exponent = sign * (1.0 - 1.0 / m) * losses
+    new = weights * torch.exp(exponent - exponent.max())
+    new = new / new.mean()
+    new = new.clamp(1.0 / WEIGHT_CLIP, WEIGHT_CLIP)
+    return new / new.mean()
+
+
+class Booster:
+    """Calibrates the sub-models of a policy one after another (checkpointing every epoch).
+
+    Args:
+        teacher: The teacher (frozen, eval mode).
+        submodels: Sub-models in policy order, initialised from the teacher (trained in place).
+        names: Device names, same order.
+        data: Task data (train split is used).
+        settings: Training settings.
+        workdir: Where checkpoints go (`<workdir>/<name>.safetensors`, `state.json`).
+    """
+
+    def __init__(self, teacher: nn.Module, submodels: list[nn.Module], names: list[str], data: TaskData,
+                 settings: CalibrationSettings, workdir: Path) -> None:
+        self.teacher, self.submodels, self.names = teacher, submodels, names
+        self.data, self.settings, self.workdir = data, settings, Path(workdir)
+        self.state_path = self.workdir / "state.json"
+
+    def teacher_decisions(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([self.teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+
+    def run(self, progress: Progress | None = None, resume: bool = True) -> dict[str, Any]:
+        """Calibrate every sub-model; returns a summary (per-device final loss, weight statistics)."""
+        s, train = self.settings, self.data.train
+        state = self._load_state() if resume else self._fresh_state()
+        weights = self._load_weights(len(train)) if resume else torch.ones(len(train))
+        summary: dict[str, Any] = {"weighting": s.weighting, "devices": {}}
+        for n, (name, model) in enumerate(zip(self.names, self.submodels)):
+            if name in state["done"]:
+                model.load_state_dict(load_file(str(self.workdir / f"{name}.safetensors")))
+                continue
+            start_epoch = int(state["epoch"].get(name, 0))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+            if start_epoch > 0:
+                self._restore(name, model, optimizer)
+            steps_per_epoch = math.ceil(len(train) / s.batch_size)
+            total_steps = max(1, s.epochs * steps_per_epoch)
+            for epoch in range(start_epoch, s.epochs):
+                self._epoch(model, optimizer, weights, epoch, n, steps_per_epoch, total_steps)
+                self._checkpoint(name, model, optimizer)
+                state["epoch"][name] = epoch + 1
+                atomic_write_json(self.state_path, state)
+                if progress:
+                    progress(f"calibrating {name}", epoch + 1, s.epochs)
+            losses = self._per_sample_losses(model)
+            summary["devices"][name] = {"train_loss": losses.mean().item(),
+                                        "weight_max": weights.max().item(), "weight_min": weights.min().item()}
+            weights = update_weights(weights, losses, s.weighting)
+            atomic_save_safetensors(self.workdir / "sample_weights.safetensors", {"weights": weights})
+            atomic_save_safetensors(self.workdir / f"{name}.safetensors", model.state_dict())
+            state["done"].append(name)
+            atomic_write_json(self.state_path, state)
+        for model in self.submodels:
+            model.eval()
+        return summary
+
+    def _epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, weights: torch.Tensor, epoch: int,
+               n: int, steps_per_epoch: int, total_steps: int) -> None:
+        s, train = self.settings, self.data.train
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + n * 1009 + epoch)
+        order = torch.randperm(len(train), generator=gen)
+        model.train()
+        for step, i in enumerate(range(0, len(order), s.batch_size)):
+            idx = order[i:i + s.batch_size]
+            x = train.images[idx]
+            if self.data.augment is not None:
+                x = self.data.augment(x, gen)
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * global_step / total_steps))
+            with torch.no_grad():  # not inference_mode: these tensors meet autograd below
+                teacher_labels = self.teacher(x).argmax(1)
+            per_sample = distillation_losses(model(x), train.labels[idx], teacher_labels)
+            w = weights[idx]
+            loss = (w * per_sample).sum() / w.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        model.eval()
+
+    def _per_sample_losses(self, model: nn.Module) -> torch.Tensor:
+        train = self.data.train
+        teacher_labels = self.teacher_decisions(train.images)
+        with torch.inference_mode():
+            logits = torch.cat([model(train.images[i:i + 256]) for i in range(0, len(train), 256)])
+        return distillation_losses(logits, train.labels, teacher_labels)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _checkpoint(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        atomic_save_safetensors(self.workdir / f"{name}.partial.safetensors", model.state_dict())
+        atomic_save_safetensors(self.workdir / f"{name}.optim.safetensors", _optimizer_tensors(optimizer))
+
+    def _restore(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        try:
+            model.load_state_dict(load_file(str(self.workdir / f"{name}.partial.safetensors")))
+            _load_optimizer_tensors(optimizer, load_file(str(self.workdir / f"{name}.optim.safetensors")))
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise DataError(f"calibration checkpoint of {name!r} in {self.workdir} is unusable ({exc}); "
+                            "start without --resume") from None
+
+    def _fresh_state(self) -> dict[str, Any]:
+        return {"names": self.names, "settings": self.settings.to_dict(), "done": [], "epoch": {}}
+
+    def _load_state(self) -> dict[str, Any]:
+        import json
+
+        if not self.state_path.exists():
+            return self._fresh_state()
+        try:
+            state = json.loads(self.state_path.read_text())
+        except json.JSONDecodeError:
+            raise DataError(f"{self.state_path} is corrupt; start without --resume") from None
+        if state.get("names") not in (None, self.names) or state.get("settings") not in (None, self.settings.to_dict()):
+            raise DataError(f"{self.state_path} belongs to another calibration; start without --resume")
+        return state
+
+    def _load_weights(self, m: int) -> torch.Tensor:
+        path = self.workdir / "sample_weights.safetensors"
+        if path.exists():
+            weights = load_file(str(path))["weights"]
+            if weights.numel() == m:
+                return weights
+        return torch.ones(m)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state as a flat dict of tensors (safetensors holds no Python objects)."""
+    out = {}
+    for i, (param_id, state) in enumerate(optimizer.state_dict()["state"].items()):
+        for key, value in state.items():
+            out[f"{param_id}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return out
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    sd["state"] = state
+    optimizer.load_state_dict(sd)

@@ -1,0 +1,209 @@
+"""The evaluator: Ψ(C) = L_val(C) + δ·T(C) (CoFormer eq. 8) for one policy.
+
+Latency (eq. 3-6): T = max_n (t1_n + t2_n) + t3, with t1 from device n's
+predictor, t2 = link latency + bytes(pooled features)/rate (zero on the
+central node) and t3 = aggregation FLOPs / the central node's throughput.
+
+Accuracy proxy (eq. 7) on the validation split, of sub-models decomposed but
+not calibrated. Three forms:
+  "sliced"  the printed form: each sub-model read through the teacher's head
+            sliced to its channels; mean of the per-sub-model losses.
+  "probe"   each sub-model read through a ridge probe fitted (closed form) to
+            the teacher's logits on a calibration set; mean of the losses.
+  "ridge"   the decomposition as a whole: one ridge map from the concatenated
+            pooled features of all sub-models to the teacher's logits (the
+            aggregator in closed form); its loss.
+`benchmarks/search.py` measures which ranks policies like calibrated accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from shoal.devices.spec import DeviceSet
+from shoal.models.accounting import spec_cost
+from shoal.models.config import ViTConfig
+from shoal.models.spec import Policy, SubModelSpec
+from shoal.models.surgery import build_submodel, pooled_features
+
+ProxyKind = Literal["sliced", "probe", "ridge"]
+
+
+class LatencyPredictor(Protocol):
+    """What the planner needs of a device's latency predictor (see `shoal.predictors`)."""
+
+    family: str
+    kind: str
+    is_estimate: bool
+
+    def predict_ms(self, specs: Sequence[SubModelSpec]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class LatencyBreakdown:
+    """Predicted latency of a policy, per device and phase (ms).
+
+    Attributes:
+        compute_ms: t1 per device.
+        transfer_ms: t2 per device (0 on the central node).
+        aggregate_ms: t3 on the central node.
+    """
+
+    compute_ms: tuple[float, ...]
+    transfer_ms: tuple[float, ...]
+    aggregate_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        """T = max_n(t1 + t2) + t3."""
+        return max(c + t for c, t in zip(self.compute_ms, self.transfer_ms)) + self.aggregate_ms
+
+    @property
+    def straggler(self) -> int:
+        """Index of the device that finishes last."""
+        ends = [c + t for c, t in zip(self.compute_ms, self.transfer_ms)]
+        return ends.index(max(ends))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"compute_ms": list(self.compute_ms), "transfer_ms": list(self.transfer_ms),
+                "aggregate_ms": self.aggregate_ms, "total_ms": self.total_ms}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Ψ of one policy and its parts.
+
+    Attributes:
+        psi: L_val + δ·T.
+        loss: The accuracy proxy L_val (nats).
+        latency: Predicted latency breakdown.
+        delta: δ used (per ms).
+        device_losses: Per-device proxy losses (empty for the "ridge" proxy).
+        flops: Per-device FLOPs.
+        memory_bytes: Per-device memory (weights + activations).
+        seconds: Wall time of the evaluation.
+    """
+
+    psi: float
+    loss: float
+    latency: LatencyBreakdown
+    delta: float
+    device_losses: tuple[float, ...]
+    flops: tuple[int, ...]
+    memory_bytes: tuple[int, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latency"] = self.latency.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        lat = data["latency"]
+        return cls(data["psi"], data["loss"],
+                   LatencyBreakdown(tuple(lat["compute_ms"]), tuple(lat["transfer_ms"]), lat["aggregate_ms"]),
+                   data["delta"], tuple(data["device_losses"]), tuple(data["flops"]),
+                   tuple(data["memory_bytes"]), data["seconds"])
+
+
+class Evaluator:
+    """Scores policies: the latency model and the accuracy proxy.
+
+    Args:
+        teacher: The teacher model (eval mode).
+        config: Its family.
+        devices: Device set (central first), in policy order.
+        predictors: One latency predictor per device, same order.
+        cal_images: (M, C, H, W) calibration images (ridge/probe fits).
+        val_images: (V, C, H, W) validation images.
+        val_labels: (V,) validation labels.
+        delta: δ, the weight of one millisecond against one nat of loss.
+        proxy: Which accuracy proxy (see module doc).
+        ridge: Ridge strength relative to the mean feature variance.
+        batch_size: Forward batch size.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, config: ViTConfig, devices: DeviceSet,
+                 predictors: Sequence[LatencyPredictor], cal_images: torch.Tensor, val_images: torch.Tensor,
+                 val_labels: torch.Tensor, delta: float, proxy: ProxyKind = "ridge", ridge: float = 1e-2,
+                 batch_size: int = 256) -> None:
+        if len(predictors) != len(devices):
+            raise ValueError(f"{len(devices)} devices but {len(predictors)} predictors")
+        self.teacher, self.config, self.devices = teacher, config, devices
+        self.predictors = list(predictors)
+        self.cal_images, self.val_images, self.val_labels = cal_images, val_images, val_labels
+        self.delta, self.proxy, self.ridge, self.batch_size = float(delta), proxy, ridge, batch_size
+        with torch.inference_mode():
+            self.cal_targets = self._batched(teacher, cal_images)     # (M, classes) teacher logits
+            self.teacher_val_logits = self._batched(teacher, val_images)
+        self.teacher_val_loss = F.cross_entropy(self.teacher_val_logits, val_labels).item()
+        full = SubModelSpec.full(config)
+        central_ms = self.predictors[0].predict_ms([full])[0]
+        self.central_flops_per_ms = spec_cost(config, full).flops / max(central_ms, 1e-6)
+
+    # -- latency (eq. 3-6) ----------------------------------------------------------
+    def latency(self, policy: Policy) -> LatencyBreakdown:
+        compute = tuple(float(p.predict_ms([s])[0]) for p, s in zip(self.predictors, policy.specs))
+        transfer = tuple(d.transfer_ms(spec_cost(self.config, s).feature_bytes)
+                         for d, s in zip(self.devices.devices, policy.specs))
+        d_agg = sum(s.width for s in policy.specs)
+        agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes
+        return LatencyBreakdown(compute, transfer, agg_flops / self.central_flops_per_ms)
+
+    def teacher_latency(self) -> list[float]:
+        """Predicted latency of the whole teacher on each device (ms)."""
+        full = SubModelSpec.full(self.config)
+        return [float(p.predict_ms([full])[0]) for p in self.predictors]
+
+    # -- accuracy proxy (eq. 7) -----------------------------------------------------
+    def loss(self, policy: Policy) -> tuple[float, tuple[float, ...]]:
+        """(L_val, per-device losses) of the uncalibrated decomposition."""
+        models = [build_submodel(self.config, s, self.teacher) for s in policy.specs]
+        with torch.inference_mode():
+            if self.proxy == "sliced":
+                losses = tuple(F.cross_entropy(self._batched(m, self.val_images), self.val_labels).item()
+                               for m in models)
+                return sum(losses) / len(losses), losses
+            cal = [self._batched(m, self.cal_images, features=True) for m in models]
+            val = [self._batched(m, self.val_images, features=True) for m in models]
+        if self.proxy == "probe":
+            losses = tuple(self._ridge_loss([c], [v]) for c, v in zip(cal, val))
+            return sum(losses) / len(losses), losses
+        return self._ridge_loss(cal, val), ()
+
+    def _ridge_loss(self, cal: list[torch.Tensor], val: list[torch.Tensor]) -> float:
+        x_cal, x_val = torch.cat(cal, dim=1).double(), torch.cat(val, dim=1).double()
+        mean, std = x_cal.mean(0), x_cal.std(0).clamp_min(1e-6)
+        x_cal, x_val = (x_cal - mean) / std, (x_val - mean) / std
+        y = self.cal_targets.double()
+        y_mean = y.mean(0)
+        gram = x_cal.T @ x_cal
+        lam = self.ridge * gram.diagonal().mean()
+        weight = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), x_cal.T @ (y - y_mean))
+        logits = (x_val @ weight + y_mean).float()
+        return F.cross_entropy(logits, self.val_labels).item()
+
+    def _batched(self, model: torch.nn.Module, images: torch.Tensor, features: bool = False) -> torch.Tensor:
+        outs = []
+        for i in range(0, len(images), self.batch_size):
+            x = images[i:i + self.batch_size]
+            outs.append(pooled_features(model, x) if features else model(x))
+        return torch.cat(outs)
+
+    # -- Ψ --------------------------------------------------------------------------
+    def evaluate(self, policy: Policy) -> Evaluation:
+        started = time.perf_counter()
+        latency = self.latency(policy)
+        loss, device_losses = self.loss(policy)
+        costs = [spec_cost(self.config, s) for s in policy.specs]
+        return Evaluation(
+            psi=loss + self.delta * latency.total_ms, loss=loss, latency=latency, delta=self.delta,
+            device_losses=device_losses, flops=tuple(c.flops for c in costs),
+            memory_bytes=tuple(c.memory_bytes for c in costs), seconds=time.perf_counter() - started)

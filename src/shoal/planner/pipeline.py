@@ -1,0 +1,331 @@
+"""`shoal plan` end to end: search, decompose, calibrate, aggregate, evaluate, write the plan.
+
+The pipeline is a function of a frozen `PlanRequest`; the command only turns
+options into a request and draws progress. Every phase leaves its output in
+the plan directory as it finishes (importance scores, the search journal,
+calibration checkpoints), so an interrupted plan resumes with `resume=True`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoal.data.datasets import TaskData, load_task_data
+from shoal.devices.spec import DeviceSet
+from shoal.errors import ConfigError, DataError
+from shoal.models.aggregator import Aggregator
+from shoal.models.importance import ImportanceRule, ImportanceScores, compute_importance
+from shoal.models.partition import DealRule, LayerRule
+from shoal.models.spec import Policy
+from shoal.models.surgery import build_submodel
+from shoal.models.teacher import Teacher, load_teacher
+from shoal.planner.aggregation import joint_finetune, train_aggregator
+from shoal.planner.artifacts import PLAN_FILE, read_plan_json, write_plan
+from shoal.planner.calibration import Booster, CalibrationSettings
+from shoal.planner.evaluation import evaluate_decomposition
+from shoal.planner.figures import convergence_figure, latency_figure
+from shoal.planner.journal import Journal, Record
+from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor, ProxyKind
+from shoal.planner.search import SearchResult, SearchSettings, run_search
+from shoal.planner.space import SearchSpace
+from shoal.utils.io import atomic_save_safetensors, atomic_write_json
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything `shoal plan` needs to know.
+
+    Attributes:
+        model: timm name or checkpoint of the teacher (None: the shipped digits ViT).
+        checkpoint: Local weights for `model`.
+        pretrained: Fetch timm's pretrained weights when no checkpoint is given.
+        data: Dataset (None: built-in digits; else an ImageFolder tree).
+        devices: Device-set YAML (None: the default set of three emulated devices).
+        out: Plan directory.
+        delta: δ in Ψ = L + δ·T, per ms (None: 1 / predicted teacher latency on the central node).
+        proxy: Accuracy proxy ("ridge", "probe" or "sliced").
+        search: Search strategy and budget.
+        calibration: Booster and aggregator settings.
+        importance: Importance rule for ranking units.
+        layer_rule: How a sub-model's blocks are chosen.
+        deal_rule: How ranked units are dealt among sub-models.
+        search_only: Stop after the search.
+        from_policy: plan.json whose policy to calibrate (skips the search).
+        resume: Continue an interrupted plan in `out`.
+        profile_samples: Samples per device when a device of the set still needs profiling.
+        cal_images: Training images used for importance and the proxy's ridge fits.
+        max_per_split: Cap on images per split of an ImageFolder dataset.
+    """
+
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrained: bool = True
+    data: str | None = None
+    devices: str | None = None
+    out: str = ".shoal/plan"
+    delta: float | None = None
+    proxy: ProxyKind = "ridge"
+    search: SearchSettings = field(default_factory=SearchSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    importance: ImportanceRule = "taylor"
+    layer_rule: LayerRule = "importance"
+    deal_rule: DealRule = "fair"
+    search_only: bool = False
+    from_policy: str | None = None
+    resume: bool = False
+    profile_samples: int | None = None
+    cal_images: int = 512
+    max_per_split: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.delta is not None and not self.delta >= 0:
+            raise ConfigError(f"--delta must be >= 0 (per ms), got {self.delta}")
+        if self.proxy not in ("ridge", "probe", "sliced"):
+            raise ConfigError(f"--proxy must be ridge, probe or sliced, got {self.proxy!r}")
+        if self.search_only and self.from_policy:
+            raise ConfigError("--search-only and --from-policy exclude each other")
+        if self.cal_images < 16:
+            raise ConfigError(f"cal_images must be at least 16, got {self.cal_images}")
+
+
+@dataclass
+class PlanHooks:
+    """Callbacks the command uses to draw progress (all optional)."""
+
+    phase: Callable[[str], None] = lambda name: None
+    progress: Progress = lambda desc, done, total: None
+    record: Callable[[Record, Evaluator, SearchSpace], None] = lambda record, evaluator, space: None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The search problem: teacher, data, devices and their predictors, the space and Ψ."""
+
+    teacher: Teacher
+    data: TaskData
+    devices: DeviceSet
+    predictors: list[LatencyPredictor]
+    scores: ImportanceScores
+    space: SearchSpace
+    evaluator: Evaluator
+
+
+def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks) -> tuple[DeviceSet, list[LatencyPredictor]]:
+    """The device set and one latency predictor per device (profiling devices that lack one)."""
+    from shoal.devices.profiles import default_device_set, ensure_profiles
+    from shoal.devices.spec import load_device_set
+    from shoal.predictors import load_device_latency
+
+    devices = load_device_set(request.devices) if request.devices else default_device_set()
+    ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress)
+    return devices, [load_device_latency(d, teacher.config) for d in devices.devices]
+
+
+def build_problem(request: PlanRequest, hooks: PlanHooks,
+                  predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None) -> Problem:
+    """Load teacher, data and devices; score unit importance; set up the space and Ψ."""
+    out = Path(request.out)
+    hooks.phase("loading teacher and data")
+    teacher = load_teacher(request.model, checkpoint=request.checkpoint, pretrained=request.pretrained)
+    data = load_task_data(teacher, request.data, max_per_split=request.max_per_split)
+    if devices is None or predictors is None:
+        hooks.phase("loading device profiles")
+        devices, predictors = load_devices(request, teacher, hooks)
+    for device, predictor in zip(devices.devices, predictors):
+        if predictor.family != teacher.config.fingerprint():
+            raise ConfigError(f"device {device.name!r}: its predictor was trained for family {predictor.family}, "
+                              f"this teacher is {teacher.config.fingerprint()}; re-run shoal profile")
+    hooks.phase(f"scoring unit importance ({request.importance})")
+    scores = _importance(teacher, data, request, out)
+    space = SearchSpace(teacher.config, devices, scores, layer_rule=request.layer_rule, deal_rule=request.deal_rule)
+    space.check_feasible()
+    cal = data.train.images[:request.cal_images]
+    evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal, data.val.images,
+                          data.val.labels, delta=0.0, proxy=request.proxy)
+    delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
+    evaluator.delta = delta
+    return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
+
+
+def _importance(teacher: Teacher, data: TaskData, request: PlanRequest, out: Path) -> ImportanceScores:
+    from safetensors.torch import load_file
+
+    path = out / "importance.safetensors"
+    key = f"{teacher.config.fingerprint()}:{data.name}:{request.importance}:{request.cal_images}"
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            if (fh.metadata() or {}).get("key") == key:
+                return ImportanceScores.from_tensors(load_file(str(path)), request.importance)
+    n = min(request.cal_images, 256)
+    scores = compute_importance(teacher.model, teacher.config, data.train.images[:n], data.train.labels[:n],
+                                request.importance, seed=request.search.seed)
+    atomic_save_safetensors(path, scores.to_tensors(), metadata={"key": key})
+    return scores
+
+
+def search_header(problem: Problem, request: PlanRequest) -> dict[str, Any]:
+    """What identifies a search (a journal made for another header is not resumed)."""
+    s = request.search
+    return {"family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
+            "data": problem.data.name, "devices": problem.devices.to_dict(), "delta": problem.evaluator.delta,
+            "proxy": request.proxy, "strategy": s.strategy, "seed": s.seed, "init": s.init,
+            "acquisition": s.acquisition, "importance": request.importance, "layer_rule": request.layer_rule,
+            "deal_rule": request.deal_rule, "dim": problem.space.dim}
+
+
+def search(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> SearchResult:
+    journal = Journal(Path(request.out) / "journal.jsonl", search_header(problem, request))
+    return run_search(problem.space, problem.evaluator, request.search, journal, resume=request.resume,
+                      on_record=lambda r: hooks.record(r, problem.evaluator, problem.space))
+
+
+def search_summary(result: SearchResult) -> dict[str, Any]:
+    best = result.best
+    return {"strategy": result.settings.strategy, "evaluations": len(result.records),
+            "init": result.settings.init, "iterations": result.settings.iterations,
+            "seed": result.settings.seed, "acquisition": result.settings.acquisition,
+            "best_index": best.index, "best_psi": best.psi, "best_so_far": result.best_so_far(),
+            "psi": [r.psi for r in result.records], "phases": [r.phase for r in result.records],
+            "seconds": sum(r.evaluation.seconds for r in result.records)}
+
+
+def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) -> dict[str, Any]:
+    names = problem.devices.names
+    teacher_ms = problem.evaluator.teacher_latency()
+    lat = evaluation.latency
+    return {
+        "total_ms": lat.total_ms, "aggregate_ms": lat.aggregate_ms, "straggler": names[lat.straggler],
+        "teacher_ms": dict(zip(names, teacher_ms)),
+        "devices": {n: {"compute_ms": c, "transfer_ms": t, "flops": f, "memory_bytes": m,
+                        "shape": s.describe(), "predictor": p.kind, "estimate": p.is_estimate}
+                    for n, c, t, f, m, s, p in zip(names, lat.compute_ms, lat.transfer_ms, evaluation.flops,
+                                                   evaluation.memory_bytes, policy.specs, problem.predictors)},
+        "speedup_vs_teacher_on_central": teacher_ms[0] / lat.total_ms,
+        "slowest_device_ratio": _slowest_ratio(names, lat.compute_ms, teacher_ms, problem.devices),
+    }
+
+
+def _slowest_ratio(names: Sequence[str], compute: Sequence[float], teacher_ms: Sequence[float],
+                   devices: DeviceSet) -> dict[str, Any]:
+    """Sub-model vs teacher latency on the slowest device (highest teacher latency)."""
+    i = max(range(len(names)), key=lambda k: teacher_ms[k])
+    return {"device": names[i], "submodel_ms": compute[i], "teacher_ms": teacher_ms[i],
+            "ratio": compute[i] / teacher_ms[i]}
+
+
+def policy_from_plan(path: str | Path) -> Policy:
+    """The policy recorded in a plan.json (or a plan directory)."""
+    path = Path(path)
+    doc = read_plan_json(path if path.is_dir() else path.parent) if path.name == PLAN_FILE or path.is_dir() else None
+    if doc is None:
+        raise DataError(f"--from-policy expects a plan.json or a plan directory, got {path}")
+    if "policy" not in doc:
+        raise DataError(f"{path} has no policy")
+    return Policy.from_dict(doc["policy"])
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    submodels: list[torch.nn.Module]
+    aggregator: Aggregator
+    summary: dict[str, Any]
+    accuracy: dict[str, Any]
+
+
+def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: PlanHooks) -> Calibrated:
+    """Booster, aggregator, optional joint fine-tune, and the evaluation with its ablation rows."""
+    teacher, config, data, s = problem.teacher, problem.teacher.config, problem.data, request.calibration
+    names = list(policy.devices)
+    sliced = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
+    hooks.phase("ablation: decompose only / decompose + aggregate")
+    scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
+                                               config.global_pool, config.num_prefix_tokens)
+    ablation = {"decompose_only": evaluate_decomposition(teacher.model, names, sliced, scatter, data.test)}
+    agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0), hooks.progress)
+    ablation["decompose_aggregate"] = evaluate_decomposition(teacher.model, names, sliced, agg_only, data.test)
+
+    hooks.phase(f"calibrating sub-models ({s.weighting} weighting)")
+    submodels = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
+    booster = Booster(teacher.model, submodels, names, data, s, Path(request.out) / "calibration")
+    started = time.perf_counter()
+    summary = booster.run(hooks.progress, resume=request.resume)
+    hooks.phase("training the aggregator")
+    aggregator = train_aggregator(teacher.model, config, submodels, data, s, hooks.progress)
+    joint_finetune(teacher.model, submodels, aggregator, data, s, hooks.progress)
+    summary["seconds"] = time.perf_counter() - started
+    hooks.phase("evaluating on the test split")
+    accuracy = evaluate_decomposition(teacher.model, names, submodels, aggregator, data.test,
+                                      with_missing=s.device_dropout > 0)
+    accuracy["ablation"] = {k: {"ensemble": v["ensemble"], "submodels": v["submodels"]} for k, v in ablation.items()}
+    accuracy["val"] = evaluate_decomposition(teacher.model, names, submodels, aggregator, data.val)["ensemble"]
+    return Calibrated(submodels, aggregator, summary, accuracy)
+
+
+def write_search_outputs(problem: Problem, result: SearchResult | None, policy: Policy, evaluation: Evaluation,
+                         out: Path) -> dict[str, Any]:
+    figures = out / "figures"
+    if result is not None:
+        convergence_figure(figures / "convergence.png", {result.settings.strategy: result.best_so_far()},
+                           {result.settings.strategy: [r.psi for r in result.records]},
+                           init=result.settings.init if result.settings.strategy == "bo" else None)
+    latency_figure(figures / "latency.png", problem.devices.names, evaluation.latency,
+                   teacher_ms=problem.evaluator.teacher_latency())
+    return predicted_summary(problem, policy, evaluation)
+
+
+def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
+             predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None,
+             ) -> dict[str, Any]:
+    """Run `shoal plan`; returns the plan.json document that was written."""
+    hooks = hooks or PlanHooks()
+    out = Path(request.out)
+    out.mkdir(parents=True, exist_ok=True)
+    problem = build_problem(request, hooks, predictors, devices)
+    result: SearchResult | None = None
+    if request.from_policy:
+        policy = policy_from_plan(request.from_policy)
+        if policy.devices != problem.devices.names:
+            raise ConfigError(f"the policy in {request.from_policy} is for devices {list(policy.devices)}, "
+                              f"the device set has {list(problem.devices.names)}")
+        policy.check_against(problem.teacher.config)
+        hooks.phase("evaluating the given policy")
+        evaluation = problem.evaluator.evaluate(policy)
+    else:
+        hooks.phase(f"searching ({request.search.strategy}, {request.search.budget} evaluations)")
+        result = search(problem, request, hooks)
+        policy = problem.space.decode(result.best.x)
+        evaluation = result.best.evaluation
+    predicted = write_search_outputs(problem, result, policy, evaluation, out)
+    meta: dict[str, Any] = {
+        "teacher": {"source": problem.teacher.source, "metrics": problem.teacher.meta.get("metrics", {})},
+        "data": problem.data.summary(),
+        "objective": {"delta_per_ms": problem.evaluator.delta, "proxy": request.proxy, "psi": evaluation.psi,
+                      "loss": evaluation.loss, "latency_ms": evaluation.latency.total_ms,
+                      "delta_rule": "given" if request.delta is not None else "1 / teacher latency on central"},
+        "predicted": predicted,
+        "search": search_summary(result) if result is not None else {"from_policy": str(request.from_policy)},
+        "importance": request.importance, "layer_rule": request.layer_rule, "deal_rule": request.deal_rule,
+    }
+    if request.search_only:
+        from shoal.planner.artifacts import searched_only_document
+
+        document = searched_only_document(problem.teacher.config, policy, problem.devices, meta)
+        atomic_write_json(out / PLAN_FILE, document)
+        return document
+    calibrated = calibrate(problem, policy, request, hooks)
+    meta.update(stage="calibrated", calibration={"settings": request.calibration.to_dict(), **calibrated.summary},
+                accuracy=calibrated.accuracy)
+    hooks.phase("writing the plan")
+    models = dict(zip(policy.devices, calibrated.submodels))
+    write_plan(out, problem.teacher.config, policy, problem.devices, models, calibrated.aggregator, meta)
+    return read_plan_json(out)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shoal.errors import DataError
+from shoal.planner.artifacts import load_plan
+from shoal.planner.calibration import CalibrationSettings
+from shoal.planner.pipeline import PlanRequest, run_plan
+from shoal.planner.search import SearchSettings
+
+FAST_SEARCH = SearchSettings("bo", init=3, iterations=2, num_restarts=2, raw_samples=32)
+FAST_CAL = CalibrationSettings(epochs=1, aggregator_epochs=3, feature_copies=1, batch_size=64)
+
+
+def _request(teacher, out, **kw):
+    return PlanRequest(model=teacher, out=str(out), search=FAST_SEARCH, calibration=FAST_CAL, cal_images=128,
+                       max_per_split=200, **kw)
+
+
+def test_search_only_writes_policy_figures_and_journal(tiny_digits_teacher, three_devices, three_predictors, tmp_path):
+    doc = run_plan(_request(tiny_digits_teacher, tmp_path, search_only=True),
+                   predictors=three_predictors, devices=three_devices)
+    assert doc["stage"] == "searched"
+    assert set(doc["policy"]["devices"]) == {"hub", "fast", "slow"}
+    assert doc["search"]["evaluations"] == 5 and len(doc["search"]["best_so_far"]) == 5
+    assert (tmp_path / "figures" / "convergence.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "latency.png").stat().st_size > 1000
+    assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 6
+    pred = doc["predicted"]
+    assert pred["total_ms"] == pytest.approx(doc["objective"]["latency_ms"])
+    with pytest.raises(DataError, match="searched policy only"):
+        load_plan(tmp_path)
+
+
+@pytest.mark.slow
+def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, three_devices, three_predictors,
+                                                          tmp_path):
+    out = tmp_path / "plan"
+    doc = run_plan(_request(tiny_digits_teacher, out, delta=0.01), predictors=three_predictors, devices=three_devices)
+    assert doc["stage"] == "calibrated"
+    acc = doc["accuracy"]
+    assert set(acc["submodels"]) == {"hub", "fast", "slow"}
+    assert {"decompose_only", "decompose_aggregate"} <= set(acc["ablation"])
+    plan = load_plan(out)
+    import torch
+
+    x = torch.randn(2, 1, 32, 32)
+    feats = [plan.build_submodel(n).forward_head(plan.build_submodel(n).forward_features(x), pre_logits=True)
+             for n in plan.devices.names]
+    assert plan.build_aggregator()(feats).shape == (2, 10)
+    # calibrate the same policy again from its plan.json, without searching
+    again = run_plan(_request(tiny_digits_teacher, tmp_path / "again", from_policy=str(out / "plan.json")),
+                     predictors=three_predictors, devices=three_devices)
+    assert again["policy"] == doc["policy"]
+    assert again["search"] == {"from_policy": str(out / "plan.json")}

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from shoal.data.digits import load_digits_split
+from shoal.errors import DataError
+from shoal.models import compute_importance, load_teacher
+from shoal.planner.journal import Journal
+from shoal.planner.objective import Evaluator
+from shoal.planner.search import SearchSettings, run_search
+from shoal.planner.space import SearchSpace
+from tests.planner.conftest import FlopsPredictor
+
+
+@pytest.fixture(scope="module")
+def problem(tiny_digits_teacher, three_devices, three_predictors):
+    teacher = load_teacher(tiny_digits_teacher)
+    train, val = load_digits_split("train"), load_digits_split("val")
+    scores = compute_importance(teacher.model, teacher.config, train.images[:64], train.labels[:64])
+    space = SearchSpace(teacher.config, three_devices, scores)
+    evaluator = Evaluator(teacher.model, teacher.config, three_devices, three_predictors,
+                          train.images[:128], val.images[:96], val.labels[:96], delta=0.05)
+    return space, evaluator
+
+
+def test_evaluation_parts_add_up(problem):
+    space, evaluator = problem
+    ev = evaluator.evaluate(space.decode([0.5] * space.dim))
+    assert ev.psi == pytest.approx(ev.loss + 0.05 * ev.latency.total_ms)
+    lat = ev.latency
+    assert lat.total_ms == pytest.approx(max(c + t for c, t in zip(lat.compute_ms, lat.transfer_ms)) + lat.aggregate_ms)
+    assert lat.transfer_ms[0] == 0.0 and lat.transfer_ms[2] > lat.transfer_ms[1] > 0  # 2 Mbit/s link is slowest
+    assert 0 < lat.aggregate_ms < min(lat.compute_ms)
+
+
+@pytest.mark.parametrize("proxy", ["sliced", "probe", "ridge"])
+def test_proxies_prefer_the_bigger_decomposition_of_the_real_teacher(three_devices, proxy):
+    """On the shipped (trained) teacher every proxy must tell a tiny split from a generous one."""
+    teacher = load_teacher()
+    train, val = load_digits_split("train"), load_digits_split("val")
+    scores = compute_importance(teacher.model, teacher.config, train.images[:64], train.labels[:64])
+    space = SearchSpace(teacher.config, three_devices, scores)
+    predictors = [FlopsPredictor(teacher.config, s) for s in (40.0, 25.0, 10.0)]
+    evaluator = Evaluator(teacher.model, teacher.config, three_devices, predictors, train.images[:256],
+                          val.images[:128], val.labels[:128], delta=0.05, proxy=proxy)
+    small = evaluator.loss(space.decode([0.2, 0.05, 0.1, 0.05] * 3 + [0.5, 0.5]))[0]
+    big = evaluator.loss(space.decode([1.0, 0.33, 1.0, 1.0] * 3 + [0.5, 0.5]))[0]
+    assert big < small
+
+
+@pytest.mark.parametrize("strategy", ["bo", "random", "uniform"])
+def test_search_journal_resume_loses_and_repeats_nothing(problem, tmp_path, strategy):
+    space, evaluator = problem
+    settings = SearchSettings(strategy=strategy, init=3, iterations=3, seed=1, num_restarts=2, raw_samples=32)
+    path = tmp_path / "journal.jsonl"
+    full = run_search(space, evaluator, settings, Journal(path, {"s": strategy}))
+    assert len(full.records) == 6 and [r.index for r in full.records] == list(range(6))
+    assert len(path.read_text().splitlines()) == 7
+    # interrupt after 4 evaluations, with a half-written 5th line
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:5]) + lines[5][:40])
+    evaluated = []
+    original = evaluator.evaluate
+    evaluator.evaluate = lambda policy: evaluated.append(policy) or original(policy)
+    try:
+        resumed = run_search(space, evaluator, settings, Journal(path, {"s": strategy}), resume=True)
+    finally:
+        evaluator.evaluate = original
+    assert len(evaluated) == 2
+    for a, b in zip(resumed.records, full.records):
+        assert a.x == pytest.approx(b.x)
+    assert [r.psi for r in resumed.records] == pytest.approx([r.psi for r in full.records])
+
+
+def test_bo_uses_the_gp_after_init(problem):
+    space, evaluator = problem
+    result = run_search(space, evaluator, SearchSettings("bo", init=3, iterations=2, num_restarts=2, raw_samples=32))
+    assert [r.phase for r in result.records][:3] == ["init"] * 3
+    assert set(r.phase for r in result.records[3:]) <= {"bo", "fallback"}
+    assert result.best_so_far() == sorted(result.best_so_far(), reverse=True)
+
+
+def test_journal_of_another_problem_is_refused(problem, tmp_path):
+    space, evaluator = problem
+    path = tmp_path / "j.jsonl"
+    settings = SearchSettings("random", init=1, iterations=0)
+    run_search(space, evaluator, settings, Journal(path, {"delta": 1.0}))
+    with pytest.raises(DataError, match="differs in delta"):
+        run_search(space, evaluator, settings, Journal(path, {"delta": 2.0}), resume=True)
+
+
+def test_corrupt_journal_line_is_named(problem, tmp_path):
+    space, evaluator = problem
+    path = tmp_path / "j.jsonl"
+    run_search(space, evaluator, SearchSettings("random", init=2, iterations=0), Journal(path, {}))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n")
+    with pytest.raises(DataError, match="line 2 is corrupt"):
+        run_search(space, evaluator, SearchSettings("random", init=2, iterations=0), Journal(path, {}), resume=True)
+
+
+def test_settings_validation():
+    with pytest.raises(Exception, match="strategy must be"):
+        SearchSettings(strategy="grid")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="init"):
+        SearchSettings(init=1)
