@@ -1,0 +1,267 @@
+"""The central node: fan the input out, run its own sub-model meanwhile, aggregate, answer.
+
+`Predict` issues every worker's `Features` call asynchronously first (each
+with the request's deadline), then computes the central device's own
+features, then gathers the replies as they complete. A worker that is down,
+dies mid-call or misses the deadline yields UNAVAILABLE / DEADLINE_EXCEEDED
+naming the device, or, with `degrade`, an answer from the devices that
+replied, marked degraded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import grpc
+import torch
+
+from shoal.errors import ConfigError
+from shoal.models.aggregator import Aggregator
+from shoal.planner.artifacts import Plan, load_plan
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime import shoal_pb2_grpc as pb_grpc
+from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
+from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, apply_device_limit, set_torch_threads
+from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
+from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
+from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
+from shoal.runtime.worker import Identity
+
+DEFAULT_DEADLINE_MS = 2000.0
+DEFAULT_TOP_K = 5
+_REPLY_MARGIN_S = 0.02  # kept back from the client's deadline to send a named error in time
+
+
+class CentralServicer(pb_grpc.CentralServicer):
+    """The `shoal.v1.Central` service.
+
+    Args:
+        identity: The central device's identity (plan fingerprint, input shape, batch limit).
+        runner: The central device's own sub-model.
+        aggregator: The plan's aggregator (devices in plan order, central first).
+        links: One link per worker, in plan order (after the central device).
+        deadline_ms: Budget of every fan-out (shortened to the client's own deadline).
+        degrade: Answer from the devices that replied when some do not.
+    """
+
+    def __init__(self, identity: Identity, runner: SubModelRunner, aggregator: Aggregator,
+                 links: list[WorkerLink], *, deadline_ms: float = DEFAULT_DEADLINE_MS, degrade: bool = False) -> None:
+        if deadline_ms <= 0:
+            raise ConfigError(f"deadline_ms must be positive, got {deadline_ms!r}")
+        self.identity = identity
+        self.runner = runner
+        self.aggregator = aggregator.eval()
+        self.links = links
+        self.deadline_s = deadline_ms / 1e3
+        self.degrade = degrade
+        self.ready = False
+        self._ids = itertools.count(1)
+        self._widths = [runner.feature_width] + [link.feature_width for link in links]
+        self.devices = (identity.device, *(link.name for link in links))
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
+        return self.identity.info("central", self.ready, 0, self.devices)
+
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictReply:  # noqa: N802
+        t_start = time.perf_counter()
+        if not self.ready:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the central node is starting; retry when it reports SERVING")
+        x = self.identity.decode_images(request.input, context)
+        budget = self.deadline_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, max(0.001, remaining - min(_REPLY_MARGIN_S, remaining / 10)))
+        deadline = t_start + budget
+        request_id = request.request_id or next(self._ids)
+
+        done: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
+        calls = [link.start(i, request_id, request.input, self.identity.plan_fingerprint, deadline, done)
+                 for i, link in enumerate(self.links)]
+        local = self.runner(x)  # the central device computes while the workers do
+        features: list[torch.Tensor | None] = [local.features] + [None] * len(calls)
+        timings = [pb.DeviceTiming(device=self.identity.device, compute_ms=local.compute_ms,
+                                   queue_ms=local.queue_ms, round_trip_ms=local.compute_ms + local.queue_ms, ok=True)]
+        timings += [pb.DeviceTiming(device=link.name, ok=False) for link in self.links]
+        errors: dict[str, RemoteError] = {}
+        timed_out = False
+        for _ in calls:
+            try:  # gRPC ends every call at its deadline; the extra 0.25 s is only a safety net
+                i, t_done = done.get(timeout=max(0.0, deadline - time.perf_counter()) + 0.25)
+            except queue.Empty:
+                timed_out = True
+                break
+            call = calls[i]
+            try:
+                reply = call.future.result(timeout=0)
+                features[i + 1] = self._check_features(reply, x.shape[0], call.link)
+            except grpc.RpcError as exc:
+                errors[call.link.name] = error_from_rpc(exc, call.link.name)
+            except grpc.FutureCancelledError:
+                errors[call.link.name] = RemoteError(grpc.StatusCode.CANCELLED, "call cancelled", call.link.name)
+            except RemoteError as exc:
+                errors[call.link.name] = exc
+            else:
+                rt = (t_done - call.t0) * 1e3
+                timings[i + 1] = pb.DeviceTiming(
+                    device=call.link.name, compute_ms=reply.compute_ms, queue_ms=reply.queue_ms, round_trip_ms=rt,
+                    transfer_ms=max(0.0, rt - reply.compute_ms - reply.queue_ms - reply.decode_ms), ok=True)
+            if errors and not self.degrade:
+                break
+        for i, call in enumerate(calls):
+            if features[i + 1] is None and call.link.name not in errors:
+                call.future.cancel()  # failing fast on another device, or past the deadline
+                if timed_out:
+                    errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                         f"no reply within {budget * 1e3:.0f} ms", call.link.name)
+        for i, link in enumerate(self.links):
+            if link.name in errors:
+                timings[i + 1].error = describe_failure(link, errors[link.name], budget)
+        if errors and not self.degrade:
+            first = errors[next(iter(errors))]
+            context.abort(first.code if first.code in _PASS_THROUGH else grpc.StatusCode.UNAVAILABLE,
+                          "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
+        return self._answer(request, request_id, features, timings, errors, t_start)
+
+    def _answer(self, request: pb.PredictRequest, request_id: int, features: list[torch.Tensor | None],
+                timings: list[pb.DeviceTiming], errors: Mapping[str, RemoteError], t_start: float) -> pb.PredictReply:
+        t_agg = time.perf_counter()
+        batch = next(f for f in features if f is not None).shape[0]
+        present = torch.tensor([f is not None for f in features], dtype=torch.float32)
+        full = [f if f is not None else torch.zeros(batch, w) for f, w in zip(features, self._widths)]
+        with torch.inference_mode():
+            logits = self.aggregator(full, present=present if errors else None)
+            k = min(request.top_k or DEFAULT_TOP_K, logits.shape[-1])
+            probs, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+        reply = pb.PredictReply(request_id=request_id, top_indices=indices.reshape(-1).tolist(),
+                                top_probs=probs.reshape(-1).tolist(), top_k=k, timings=timings,
+                                degraded=bool(errors), missing=list(errors))
+        encode(logits, reply.logits)
+        now = time.perf_counter()
+        reply.aggregation_ms = (now - t_agg) * 1e3
+        reply.total_ms = (now - t_start) * 1e3
+        return reply
+
+    def _check_features(self, reply: pb.FeaturesReply, batch: int, link: WorkerLink) -> torch.Tensor:
+        try:
+            f = decode(reply.features, what=f"features of {link.name!r}", dtypes=("float32",), ndim=2,
+                       max_elements=batch * link.feature_width)
+        except CodecError as exc:
+            raise RemoteError(grpc.StatusCode.INTERNAL, str(exc), link.name) from None
+        if tuple(f.shape) != (batch, link.feature_width):
+            raise RemoteError(grpc.StatusCode.INTERNAL, f"device {link.name!r} sent features of shape "
+                              f"{list(f.shape)}, expected {[batch, link.feature_width]}", link.name)
+        return f
+
+    def _link(self, name: str) -> WorkerLink:
+        return next(link for link in self.links if link.name == name)
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+
+
+_PASS_THROUGH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def start_central(
+    plan: Plan,
+    workers: Mapping[str, str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    deadline_ms: float = DEFAULT_DEADLINE_MS,
+    degrade: bool = False,
+    connect_timeout: float = 60.0,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    warmup: int = 10,
+    log: Callable[[str], None] | None = None,
+) -> tuple[RunningServer, CentralServicer]:
+    """Load the central device's part of `plan`, check every worker, and serve (in this process).
+
+    Raises:
+        ConfigError: `workers` does not name exactly the plan's worker devices.
+        RemoteError: a worker is not serving within `connect_timeout` (UNAVAILABLE), or serves
+            another plan, device or width (FAILED_PRECONDITION).
+    """
+    central = plan.devices.central
+    expected = [d.name for d in plan.devices.devices if not d.central]
+    missing, unknown = sorted(set(expected) - set(workers)), sorted(set(workers) - set(expected))
+    if missing or unknown:
+        raise ConfigError(f"--workers must name every worker device of the plan {expected} once; "
+                          f"missing {missing}, unknown {unknown}")
+    identity = Identity.of(plan, central.name, max_batch)
+    message_bytes = image_message_bytes(identity.input_shape, max_batch)
+    widths = dict(zip(plan.policy.devices, (s.width for s in plan.policy.specs)))
+    links = [WorkerLink(name, workers[name], widths[name], message_bytes) for name in expected]
+    runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name)
+    servicer = CentralServicer(identity, runner, plan.build_aggregator(), links,
+                               deadline_ms=deadline_ms, degrade=degrade)
+    if degrade and not plan.meta.get("aggregator", {}).get("device_dropout") and log is not None:
+        log("[yellow]warning:[/] --degrade: this plan's aggregator was not trained with device dropout; "
+            "degraded answers will be less accurate")
+    running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(servicer, s), CENTRAL_SERVICE,
+                           host=host, port=port, max_message_bytes=message_bytes, threads=16, max_concurrent=128)
+    try:
+        give_up = time.monotonic() + connect_timeout
+        for link in links:
+            try:
+                link.verify(identity, give_up)
+            except RemoteError as exc:
+                if not degrade or exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                if log is not None:
+                    log(f"[yellow]warning:[/] {exc.details}; answering degraded until it serves")
+        runner.warm_up(warmup)
+        with torch.inference_mode():
+            servicer.aggregator([torch.zeros(1, w) for w in servicer._widths])
+    except BaseException:
+        running.stop(0)
+        servicer.close()
+        raise
+    servicer.ready = True
+    running.set_serving(True)
+    return running, servicer
+
+
+def serve_central(
+    plan_dir: str | Path,
+    workers: str | Mapping[str, str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int | None = None,
+    emulate: bool = True,
+    deadline_ms: float = DEFAULT_DEADLINE_MS,
+    degrade: bool = False,
+    connect_timeout: float = 60.0,
+    grace: float = 5.0,
+    watch_parent: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Process entry point of `shoal serve central`: limit, load, check workers, serve until a signal."""
+    from shoal.devices.emulation import remove_cgroup
+
+    plan = load_plan(plan_dir)
+    addresses = parse_workers(workers) if isinstance(workers, str) else dict(workers)
+    group = None
+    if emulate:
+        group, warning = apply_device_limit(plan.devices.central)
+        if warning and log is not None:
+            log(f"[yellow]warning:[/] {warning}")
+    try:
+        set_torch_threads(threads or plan.devices.central.threads)
+        running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
+                                          degrade=degrade, connect_timeout=connect_timeout, log=log)
+        announce(running)
+        if log is not None:
+            log(f"central [bold]{plan.devices.central.name}[/] of plan {servicer.identity.plan_fingerprint} "
+                f"serving on {running.target}; workers {addresses}")
+        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent, on_stop=None)
+        servicer.close()
+    finally:
+        remove_cgroup(group)

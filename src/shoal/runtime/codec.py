@@ -1,0 +1,139 @@
+"""Tensors on the wire: raw little-endian bytes + dtype + shape (never pickle).
+
+`encode` copies the tensor once into the protobuf `bytes` field (which
+cannot borrow memory). `decode` adds no copy of its own: the tensor views the
+`bytes` object protobuf hands out and is read-only by contract (no shoal
+model writes to its input).
+
+Everything a peer sends is validated before it is viewed: a known dtype,
+a shape of non-negative dimensions whose element count matches the byte
+count, not empty, at most `max_elements`. A violation raises `CodecError`,
+which servers turn into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import torch
+
+from shoal.errors import DataError
+from shoal.runtime import shoal_pb2 as pb
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+    "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool,
+}
+_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_DIMS = 8
+
+if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
+    raise ImportError("shoal's wire format is little-endian; this host is big-endian")
+
+# decode() views the (immutable) protobuf bytes on purpose. torch warns once per process that such a
+# buffer is not writable; spend that one warning here, silenced, instead of in the first request.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.frombuffer(b"\0\0\0\0", dtype=torch.float32)
+
+
+class CodecError(DataError):
+    """A tensor on the wire is malformed or not what the receiver accepts (-> INVALID_ARGUMENT)."""
+
+
+def encode(tensor: torch.Tensor, out: pb.Tensor | None = None) -> pb.Tensor:
+    """A CPU tensor as a `Tensor` message (one copy of the data).
+
+    Args:
+        tensor: Any shape; dtype one of `DTYPES`.
+        out: A message to fill in place (e.g. `reply.features`), or None for a new one.
+
+    Raises:
+        CodecError: the dtype cannot travel.
+    """
+    name = _NAMES.get(tensor.dtype)
+    if name is None:
+        raise CodecError(f"dtype {tensor.dtype} cannot be sent; use one of {sorted(DTYPES)}")
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    msg = out if out is not None else pb.Tensor()
+    msg.data = data
+    msg.dtype = name
+    del msg.shape[:]
+    msg.shape.extend(t.shape)
+    return msg
+
+
+def decode(
+    msg: pb.Tensor,
+    *,
+    what: str = "tensor",
+    max_elements: int = 1 << 26,
+    dtypes: tuple[str, ...] | None = None,
+    ndim: int | None = None,
+) -> torch.Tensor:
+    """View a `Tensor` message as a read-only CPU tensor, after validating it.
+
+    Args:
+        msg: The message.
+        what: Name used in error messages ("input", "features of edge-a").
+        max_elements: Largest element count accepted.
+        dtypes: Accepted dtype names (None: any of `DTYPES`).
+        ndim: Required number of dimensions (None: any up to 8).
+
+    Returns:
+        A tensor of `msg.shape` and dtype; it shares memory with `msg.data`: do not write to it.
+
+    Raises:
+        CodecError: unknown or refused dtype, bad shape, byte count mismatch, empty or too large.
+    """
+    dtype = DTYPES.get(msg.dtype)
+    if dtype is None:
+        raise CodecError(f"{what}: unknown dtype {msg.dtype!r}; expected one of {sorted(DTYPES)}")
+    if dtypes is not None and msg.dtype not in dtypes:
+        raise CodecError(f"{what}: dtype {msg.dtype!r} is not accepted here; send {' or '.join(dtypes)}")
+    shape = tuple(int(s) for s in msg.shape)
+    if len(shape) > MAX_DIMS or any(s < 0 for s in shape):
+        raise CodecError(f"{what}: invalid shape {list(shape)}")
+    if ndim is not None and len(shape) != ndim:
+        raise CodecError(f"{what}: expected {ndim} dimensions, got shape {list(shape)}")
+    data = msg.data  # upb returns a new bytes object per access: read it once
+    count = math.prod(shape)
+    if count == 0 or not data:
+        raise CodecError(f"{what}: empty tensor (shape {list(shape)}, {len(data)} bytes)")
+    if count > max_elements:
+        raise CodecError(f"{what}: {count} elements exceed the limit of {max_elements} (shape {list(shape)})")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(data) != count * itemsize:
+        raise CodecError(f"{what}: shape {list(shape)} of {msg.dtype} needs {count * itemsize} bytes, "
+                         f"got {len(data)}")
+    return torch.frombuffer(data, dtype=dtype).view(shape)
+
+
+def check_images(x: torch.Tensor, input_shape: tuple[int, ...], max_batch: int, what: str = "input") -> None:
+    """Check a decoded (B, C, H, W) batch against the model's input shape and the batch limit.
+
+    Raises:
+        CodecError: wrong per-image shape, or a batch outside 1..max_batch.
+    """
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise CodecError(f"{what}: expected images of shape (B, {', '.join(map(str, input_shape))}), "
+                         f"got {list(x.shape)}")
+    if not 1 <= x.shape[0] <= max_batch:
+        raise CodecError(f"{what}: batch of {x.shape[0]} images; this server accepts 1 to {max_batch}")
+    if not bool(torch.isfinite(x).all()):
+        raise CodecError(f"{what}: contains NaN or infinite values")
+
+
+def image_message_bytes(input_shape: tuple[int, ...], max_batch: int, margin: int = 64 * 1024) -> int:
+    """gRPC message size limit for a batch of `max_batch` float32 images plus framing margin.
+
+    Twice the payload, so a batch somewhat over `max_batch` still reaches the codec and gets a
+    precise INVALID_ARGUMENT; only far larger messages are cut by gRPC (RESOURCE_EXHAUSTED).
+    """
+    return 2 * max_batch * math.prod(input_shape) * 4 + margin

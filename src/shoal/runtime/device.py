@@ -1,0 +1,116 @@
+"""What every serving process does with its device: identity, CPU limit, threads, the sub-model.
+
+A worker and the central node both run one sub-model of a plan. `SubModelRunner`
+owns it: one inference at a time (a device has one compute unit; concurrent
+requests queue and the wait is reported as `queue_ms`), under
+`torch.inference_mode`, timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from shoal.devices.emulation import CpuLimit, EmulationUnavailable, apply_cpu_limit, quota_unavailable_reason
+from shoal.devices.spec import DeviceSpec
+from shoal.errors import ConfigError
+from shoal.models.surgery import pooled_features
+from shoal.planner.artifacts import PLAN_FILE
+
+DEFAULT_MAX_BATCH = 64
+
+
+def plan_fingerprint(plan_dir: str | Path) -> str:
+    """A short id of one plan: sha256 of its plan.json, which lists the sha256 of every other file."""
+    return hashlib.sha256((Path(plan_dir) / PLAN_FILE).read_bytes()).hexdigest()[:16]
+
+
+def cpu_limit_of(spec: DeviceSpec) -> CpuLimit:
+    """The emulation limit a device runs under (its cgroup quota and pinned cores)."""
+    return CpuLimit(quota=spec.cpu_quota, cpus=spec.cpus)
+
+
+def apply_device_limit(spec: DeviceSpec, pid: int | None = None) -> tuple[Path | None, str | None]:
+    """Put `pid` (default: this process) under its device's CPU limit, as far as this machine allows.
+
+    Returns:
+        (cgroup created or None, a warning line when the quota had to be skipped).
+    """
+    limit = cpu_limit_of(spec)
+    if limit.quota is not None and (reason := quota_unavailable_reason()):
+        limit = CpuLimit(quota=None, cpus=limit.cpus)
+        warning = f"device {spec.name!r}: CPU quota {spec.cpu_quota} not applied ({reason}); timings are not emulated"
+        return apply_cpu_limit(limit, pid), warning
+    try:
+        return apply_cpu_limit(limit, pid), None
+    except EmulationUnavailable as exc:  # raced with a permission change
+        return apply_cpu_limit(CpuLimit(quota=None, cpus=limit.cpus), pid), f"device {spec.name!r}: {exc}"
+
+
+def set_torch_threads(threads: int) -> None:
+    """Set torch's intra-op threads (the device's threads) and one inter-op thread, once per process."""
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
+
+
+@dataclass(frozen=True)
+class Timed:
+    """Output of one sub-model call.
+
+    Attributes:
+        features: (B, d_n) pooled features.
+        queue_ms: Time waiting for the device (earlier requests).
+        compute_ms: Forward time.
+    """
+
+    features: torch.Tensor
+    queue_ms: float
+    compute_ms: float
+
+
+class SubModelRunner:
+    """One device's sub-model: pooled features of a batch, one call at a time.
+
+    Args:
+        model: The sub-model (eval mode).
+        input_shape: (C, H, W) of one image.
+        name: Device name (messages).
+    """
+
+    def __init__(self, model: VisionTransformer, input_shape: tuple[int, int, int], name: str) -> None:
+        self.model = model.eval()
+        self.input_shape = tuple(input_shape)
+        self.name = name
+        self.feature_width = int(model.embed_dim)
+        self._lock = threading.Lock()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def __call__(self, x: torch.Tensor) -> Timed:
+        """Pooled features of `x` (B, C, H, W) -> (B, d_n), with queue and compute times."""
+        t0 = time.perf_counter()
+        with self._lock:
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                features = pooled_features(self.model, x)
+            t2 = time.perf_counter()
+        return Timed(features, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+    def warm_up(self, iterations: int = 10, batch: int = 1) -> float:
+        """Run `iterations` forwards on zeros (allocator, kernels, caches); returns the last one's ms."""
+        x = torch.zeros((batch, *self.input_shape))
+        ms = 0.0
+        for _ in range(max(1, iterations)):
+            ms = self(x).compute_ms
+        return ms

@@ -1,0 +1,222 @@
+"""The worker: one device's sub-model behind the `shoal.v1.Worker` service.
+
+`Features(input (B, C, H, W) float32) -> pooled features (B, d_n) float32`.
+Bad input is INVALID_ARGUMENT, a request for another plan or device is
+FAILED_PRECONDITION, a request before warm-up is UNAVAILABLE; none of them
+disturbs the server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+import shoal
+from shoal.errors import ConfigError
+from shoal.planner.artifacts import Plan, load_plan
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime import shoal_pb2_grpc as pb_grpc
+from shoal.runtime.codec import CodecError, check_images, decode, encode, image_message_bytes
+from shoal.runtime.device import (
+    DEFAULT_MAX_BATCH, SubModelRunner, apply_device_limit, plan_fingerprint, set_torch_threads,
+)
+from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
+from shoal.runtime.status import WORKER_SERVICE
+
+FAULT_ENV = "SHOAL_TEST_FAULT"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Test-only fault injection (never a CLI flag): `SHOAL_TEST_FAULT="delay_ms=800"`.
+
+    Attributes:
+        delay_ms: Sleep this long in every Features call before computing.
+    """
+
+    delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.delay_ms <= 600_000:
+            raise ConfigError(f"fault delay_ms must be between 0 and 600000, got {self.delay_ms!r}")
+
+    @classmethod
+    def from_env(cls) -> Fault | None:
+        text = os.environ.get(FAULT_ENV, "").strip()
+        if not text:
+            return None
+        fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+        unknown = sorted(set(fields) - {"delay_ms"})
+        if unknown:
+            raise ConfigError(f"{FAULT_ENV}={text!r}: unknown field(s) {unknown}")
+        return cls(delay_ms=float(fields.get("delay_ms", 0)))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a server is (the `Info` RPC).
+
+    Attributes:
+        plan_fingerprint: `plan_fingerprint(plan_dir)`.
+        device: Device name.
+        family: Teacher family fingerprint.
+        input_shape: (C, H, W).
+        max_batch: Largest batch accepted.
+    """
+
+    plan_fingerprint: str
+    device: str
+    family: str
+    input_shape: tuple[int, int, int]
+    max_batch: int = DEFAULT_MAX_BATCH
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1, got {self.max_batch!r}")
+
+    @classmethod
+    def of(cls, plan: Plan, device: str, max_batch: int = DEFAULT_MAX_BATCH) -> Identity:
+        return cls(plan_fingerprint(plan.root), device, plan.config.fingerprint(), plan.config.input_shape, max_batch)
+
+    def info(self, role: str, ready: bool, feature_width: int = 0, devices: tuple[str, ...] = ()) -> pb.InfoReply:
+        return pb.InfoReply(plan_fingerprint=self.plan_fingerprint, device=self.device, family=self.family,
+                            input_shape=list(self.input_shape), feature_width=feature_width,
+                            max_batch=self.max_batch, role=role, ready=ready, devices=list(devices),
+                            shoal_version=shoal.__version__)
+
+    def decode_images(self, msg: pb.Tensor, context: grpc.ServicerContext) -> torch.Tensor:
+        """The (B, C, H, W) float32 batch of `msg`, or abort the call with INVALID_ARGUMENT."""
+        per_image = self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
+        try:
+            x = decode(msg, what="input", max_elements=self.max_batch * per_image, dtypes=("float32",), ndim=4)
+            check_images(x, self.input_shape, self.max_batch)
+        except CodecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"device {self.device!r}: {exc}")
+        return x
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    """The `shoal.v1.Worker` service of one device.
+
+    Args:
+        runner: The device's sub-model.
+        identity: Plan fingerprint, device name, input shape, batch limit.
+        fault: Test-only fault injection.
+    """
+
+    def __init__(self, runner: SubModelRunner, identity: Identity, fault: Fault | None = None) -> None:
+        self.runner = runner
+        self.identity = identity
+        self.fault = fault
+        self.ready = threading.Event()
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
+        return self.identity.info("worker", self.ready.is_set(), self.runner.feature_width)
+
+    def Features(self, request: pb.FeaturesRequest, context: grpc.ServicerContext) -> pb.FeaturesReply:  # noqa: N802
+        ident = self.identity
+        if not self.ready.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"device {ident.device!r} is warming up; retry when "
+                                                       "its health service reports SERVING")
+        if request.plan_fingerprint and request.plan_fingerprint != ident.plan_fingerprint:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"device {ident.device!r} serves plan {ident.plan_fingerprint}, "
+                          f"the request is for plan {request.plan_fingerprint}")
+        if request.device and request.device != ident.device:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"this worker serves device {ident.device!r}, the request is for {request.device!r}")
+        t0 = time.perf_counter()
+        x = ident.decode_images(request.input, context)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        if self.fault is not None and self.fault.delay_ms:
+            time.sleep(self.fault.delay_ms / 1e3)
+        out = self.runner(x)
+        reply = pb.FeaturesReply(request_id=request.request_id, compute_ms=out.compute_ms, queue_ms=out.queue_ms,
+                                 decode_ms=decode_ms, device=ident.device)
+        encode(out.features, reply.features)
+        return reply
+
+
+def start_worker(
+    plan: Plan,
+    device: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    warmup: int = 10,
+    fault: Fault | None = None,
+    background_warmup: bool = False,
+) -> tuple[RunningServer, WorkerServicer]:
+    """Build `device`'s sub-model from `plan` and serve it (in this process).
+
+    The server listens before warm-up with health NOT_SERVING; it reports SERVING
+    once warm. With `background_warmup` the warm-up runs in a thread and this
+    returns at once (tests use it to call before warm-up).
+
+    Raises:
+        ConfigError: `device` is not a worker of the plan.
+    """
+    spec = plan.devices[device]
+    if spec.central:
+        raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
+    identity = Identity.of(plan, device, max_batch)
+    runner = SubModelRunner(plan.build_submodel(device), plan.config.input_shape, device)
+    servicer = WorkerServicer(runner, identity, fault)
+    running = start_server(lambda s: pb_grpc.add_WorkerServicer_to_server(servicer, s), WORKER_SERVICE,
+                           host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape, max_batch),
+                           threads=4, max_concurrent=64)
+
+    def warm() -> None:
+        runner.warm_up(warmup)
+        servicer.ready.set()
+        running.set_serving(True)
+
+    if background_warmup:
+        threading.Thread(target=warm, name=f"warmup-{device}", daemon=True).start()
+    else:
+        warm()
+    return running, servicer
+
+
+def serve_worker(
+    plan_dir: str | Path,
+    device: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int | None = None,
+    emulate: bool = True,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    grace: float = 5.0,
+    watch_parent: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
+    from shoal.devices.emulation import remove_cgroup
+
+    plan = load_plan(plan_dir)
+    spec = plan.devices[device]
+    group = None
+    if emulate:
+        group, warning = apply_device_limit(spec)
+        if warning and log is not None:
+            log(f"[yellow]warning:[/] {warning}")
+    try:
+        set_torch_threads(threads or spec.threads)
+        running, servicer = start_worker(plan, device, host=host, port=port, max_batch=max_batch,
+                                         fault=Fault.from_env(), background_warmup=True)
+        announce(running)
+        if log is not None:
+            log(f"worker [bold]{device}[/] of plan {servicer.identity.plan_fingerprint} listening on "
+                f"{running.target} ({threads or spec.threads} thread(s)); SERVING after warm-up")
+        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
+    finally:
+        remove_cgroup(group)

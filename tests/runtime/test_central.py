@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+import torch
+
+from shoal.errors import ConfigError
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime.central import start_central
+from shoal.runtime.client import ShoalClient
+from shoal.runtime.links import parse_workers
+from shoal.runtime.status import RemoteError
+from shoal.runtime.worker import Fault, start_worker
+from tests.runtime.conftest import reference_logits
+
+
+def test_prediction_equals_the_aggregator_on_all_devices(plan, in_process):
+    cluster = in_process()
+    x = torch.randn(4, *plan.config.input_shape)
+    with ShoalClient(cluster.central.target) as client:
+        p = client.predict(x, top_k=3)
+    expected = reference_logits(plan, x)
+    assert torch.allclose(p.logits, expected, atol=1e-5)
+    assert p.top_indices.shape == (4, 3) and torch.equal(p.labels, expected.argmax(-1))
+    assert torch.all(p.top_probs[:, :-1] >= p.top_probs[:, 1:])
+    assert [t.device for t in p.timings] == ["hub", "edge-a", "edge-b"]
+    assert all(t.ok and t.compute_ms > 0 for t in p.timings)
+    assert all(t.round_trip_ms >= t.compute_ms for t in p.timings)
+    assert not p.degraded and p.missing == () and p.aggregation_ms > 0 and p.server_ms > p.aggregation_ms
+
+
+def test_single_image_and_info(plan, in_process):
+    cluster = in_process()
+    with ShoalClient(cluster.central.target) as client:
+        info = client.info()
+        p = client.predict(torch.randn(*plan.config.input_shape), top_k=99)
+    assert info.role == "central" and list(info.devices) == ["hub", "edge-a", "edge-b"] and info.ready
+    assert p.logits.shape == (1, 5) and p.top_indices.shape == (1, 5)  # top-k clipped to the classes
+
+
+def test_bad_input_at_the_central_node_is_invalid_argument(plan, in_process):
+    cluster = in_process()
+    with ShoalClient(cluster.central.target) as client:
+        for bad in (torch.zeros(1, 1, 16, 16), torch.zeros(2, 3, 8, 8)):
+            with pytest.raises(RemoteError) as excinfo:
+                client.predict(bad)
+            assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT and "expected images" in excinfo.value.details
+        with pytest.raises(RemoteError) as excinfo:
+            client.call(pb.PredictRequest(input=pb.Tensor(data=b"\0" * 8, dtype="int64", shape=[1])))
+        assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.predict(torch.zeros(1, *plan.config.input_shape)).logits.shape == (1, 5)
+
+
+def test_a_down_worker_is_unavailable_naming_it(plan, in_process):
+    cluster = in_process(deadline_ms=3000)
+    cluster.workers["edge-b"][0].stop(0)
+    with ShoalClient(cluster.central.target) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as excinfo:
+            client.predict(torch.zeros(1, *plan.config.input_shape))
+        elapsed = time.monotonic() - t0
+    assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "'edge-b'" in excinfo.value.details and "'edge-a'" not in excinfo.value.details
+    assert elapsed < 3.0  # fails fast: a refused connection does not wait for the deadline
+
+
+def test_a_slow_worker_misses_the_deadline_naming_it_and_nothing_hangs(plan, in_process):
+    cluster = in_process(deadline_ms=300, faults={"edge-a": Fault(delay_ms=4000)})
+    with ShoalClient(cluster.central.target) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as excinfo:
+            client.predict(torch.zeros(1, *plan.config.input_shape))
+        elapsed = time.monotonic() - t0
+        assert excinfo.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "device 'edge-a'" in excinfo.value.details and "300 ms deadline" in excinfo.value.details
+        assert elapsed < 3.5  # answered at the deadline, long before the worker would have
+        # the central node stays up: the next call fails the same way, it does not hang
+        with pytest.raises(RemoteError):
+            client.predict(torch.zeros(1, *plan.config.input_shape))
+
+
+def test_the_clients_own_deadline_is_honoured_with_the_device_named(plan, in_process):
+    cluster = in_process(deadline_ms=10_000, faults={"edge-b": Fault(delay_ms=4000)})
+    with ShoalClient(cluster.central.target, timeout_s=0.8) as client:
+        with pytest.raises(RemoteError) as excinfo:
+            client.predict(torch.zeros(1, *plan.config.input_shape))
+    assert excinfo.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "'edge-b'" in excinfo.value.details
+
+
+def test_degrade_answers_from_the_devices_that_replied(plan, in_process):
+    cluster = in_process(deadline_ms=300, degrade=True, faults={"edge-a": Fault(delay_ms=4000)})
+    cluster.workers["edge-b"][0].stop(0)
+    x = torch.randn(2, *plan.config.input_shape)
+    with ShoalClient(cluster.central.target) as client:
+        p = client.predict(x)
+    assert p.degraded and set(p.missing) == {"edge-a", "edge-b"}
+    timings = {t.device: t for t in p.timings}
+    assert timings["hub"].ok and not timings["edge-a"].ok and "deadline" in timings["edge-a"].error
+    assert "unavailable" in timings["edge-b"].error
+    expected = reference_logits(plan, x, present=torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(p.logits, expected, atol=1e-5)
+
+
+def test_startup_refuses_a_worker_serving_another_plan(plan, other_plan_dir, in_process):
+    from shoal.planner.artifacts import load_plan
+
+    cluster = in_process(central=False, target_plan=load_plan(other_plan_dir))
+    with pytest.raises(RemoteError) as excinfo:
+        start_central(plan, cluster.targets, connect_timeout=10.0, warmup=1)
+    assert excinfo.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not serve device 'edge-a' of this plan: plan" in excinfo.value.details
+
+
+def test_startup_refuses_swapped_workers(plan, in_process):
+    cluster = in_process(central=False)
+    swapped = {"edge-a": cluster.targets["edge-b"], "edge-b": cluster.targets["edge-a"]}
+    with pytest.raises(RemoteError, match="device 'edge-b' .expected 'edge-a'"):
+        start_central(plan, swapped, connect_timeout=10.0, warmup=1)
+
+
+def test_startup_gives_up_on_an_absent_worker(plan):
+    running, _ = start_worker(plan, "edge-a", warmup=1)
+    try:
+        with pytest.raises(RemoteError) as excinfo:
+            start_central(plan, {"edge-a": running.target, "edge-b": "127.0.0.1:1"}, connect_timeout=1.0, warmup=1)
+        assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE and "'edge-b'" in excinfo.value.details
+    finally:
+        running.stop(0)
+
+
+def test_workers_must_name_every_worker_device(plan):
+    with pytest.raises(ConfigError, match=r"missing \['edge-b'\], unknown \['edge-c'\]"):
+        start_central(plan, {"edge-a": "127.0.0.1:1", "edge-c": "127.0.0.1:2"})
+
+
+@pytest.mark.parametrize("text, match", [
+    ("edge-a", "must look like name=host:port"), ("edge-a=host", "must look like"),
+    ("a=h:1,a=h:2", "twice"), (" , ", "names no worker"),
+])
+def test_parse_workers_rejects(text, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_workers(text)
+
+
+def test_parse_workers():
+    assert parse_workers("a=127.0.0.1:5,b=[::1]:6") == {"a": "127.0.0.1:5", "b": "[::1]:6"}

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime.codec import DTYPES, CodecError, check_images, decode, encode, image_message_bytes
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_roundtrip_every_dtype(dtype):
+    x = (torch.randn(2, 3, 4) * 5).to(DTYPES[dtype])
+    y = decode(encode(x))
+    assert y.dtype == x.dtype and y.shape == x.shape and torch.equal(x, y)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=0, max_size=5))
+def test_roundtrip_shapes(shape):
+    x = torch.randn(shape)
+    assert torch.equal(decode(encode(x)), x)
+
+
+def test_encode_non_contiguous_and_into_message():
+    x = torch.arange(12.0).reshape(3, 4).t()
+    msg = pb.FeaturesReply()
+    encode(x, msg.features)
+    assert torch.equal(decode(msg.features), x)
+
+
+def test_encode_refuses_unknown_dtype():
+    with pytest.raises(CodecError, match="cannot be sent"):
+        encode(torch.zeros(2, dtype=torch.complex64))
+
+
+def _msg(data: bytes, dtype: str, shape: list[int]) -> pb.Tensor:
+    return pb.Tensor(data=data, dtype=dtype, shape=shape)
+
+
+@pytest.mark.parametrize("msg, kwargs, match", [
+    (_msg(b"\0" * 8, "float128", [2]), {}, "unknown dtype 'float128'"),
+    (_msg(b"\0" * 8, "int64", [1]), {"dtypes": ("float32",)}, "dtype 'int64' is not accepted"),
+    (_msg(b"\0" * 8, "float32", [-2]), {}, r"invalid shape \[-2\]"),
+    (_msg(b"\0" * 4, "float32", [1] * 9), {}, "invalid shape"),
+    (_msg(b"\0" * 8, "float32", [2]), {"ndim": 4}, "expected 4 dimensions"),
+    (_msg(b"", "float32", [0, 3]), {}, "empty tensor"),
+    (_msg(b"", "float32", [2]), {}, "empty tensor"),
+    (_msg(b"\0" * 12, "float32", [2]), {}, "needs 8 bytes, got 12"),
+    (_msg(b"\0" * 400, "float32", [100]), {"max_elements": 99}, "100 elements exceed the limit of 99"),
+])
+def test_decode_rejects(msg, kwargs, match):
+    with pytest.raises(CodecError, match=match):
+        decode(msg, **kwargs)
+
+
+def test_check_images():
+    check_images(torch.zeros(2, 3, 8, 8), (3, 8, 8), max_batch=2)
+    with pytest.raises(CodecError, match=r"expected images of shape \(B, 3, 8, 8\)"):
+        check_images(torch.zeros(2, 1, 8, 8), (3, 8, 8), max_batch=4)
+    with pytest.raises(CodecError, match="batch of 3 images; this server accepts 1 to 2"):
+        check_images(torch.zeros(3, 3, 8, 8), (3, 8, 8), max_batch=2)
+    bad = torch.zeros(1, 3, 8, 8)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CodecError, match="NaN"):
+        check_images(bad, (3, 8, 8), max_batch=2)
+
+
+def test_message_limit_fits_the_largest_batch_with_margin():
+    limit = image_message_bytes((3, 16, 16), max_batch=4)
+    assert limit > 4 * 3 * 16 * 16 * 4 + 1024
