@@ -13,7 +13,7 @@ import torch
 from shoal.models import pooled_features
 from shoal.planner.artifacts import Plan, load_plan
 from shoal.runtime.central import CentralServicer, start_central
-from shoal.runtime.demo_plan import device_set, write_even_plan
+from shoal.runtime.demo_plan import device_set, save_teacher_checkpoint, write_even_plan
 from shoal.runtime.server import RunningServer
 from shoal.runtime.status import RemoteError
 from shoal.runtime.worker import Fault, WorkerServicer, start_worker
@@ -33,10 +33,20 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
+TINY_TIMM = ("vit_tiny_patch16_224", dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=48,
+                                           depth=3, num_heads=4, mlp_ratio=2.0))
+
+
 @pytest.fixture(scope="session")
 def plan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-device even plan of a tiny ViT (16x16x3 input, 5 classes); devices carry CPU quotas."""
-    return write_even_plan(tmp_path_factory.mktemp("plan") / "plan", make_vit(), device_set(DEVICES), "tiny")
+    """A 3-device even plan of a tiny ViT (16x16x3 input, 5 classes); devices carry CPU quotas.
+
+    The teacher is saved as a described checkpoint, so `shoal bench` can reload and time it.
+    """
+    root = tmp_path_factory.mktemp("plan")
+    teacher = make_vit()
+    checkpoint = save_teacher_checkpoint(root / "teacher.safetensors", teacher, *TINY_TIMM)
+    return write_even_plan(root / "plan", teacher, device_set(DEVICES), str(checkpoint))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -247,7 +248,9 @@ def serve_central(
     from shoal.devices.emulation import remove_cgroup
 
     plan = load_plan(plan_dir)
-    addresses = parse_workers(workers) if isinstance(workers, str) else dict(workers)
+    addresses: dict[str, str] | None = None  # "-": a supervisor (LocalCluster) sends them on stdin later
+    if workers != "-":
+        addresses = parse_workers(workers) if isinstance(workers, str) else dict(workers)
     group = None
     if emulate:
         group, warning = apply_device_limit(plan.devices.central)
@@ -255,13 +258,15 @@ def serve_central(
             log(f"[yellow]warning:[/] {warning}")
     try:
         set_torch_threads(threads or plan.devices.central.threads)
+        if addresses is None:
+            addresses = parse_workers(sys.stdin.readline())
         running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
                                           degrade=degrade, connect_timeout=connect_timeout, log=log)
         announce(running)
         if log is not None:
             log(f"central [bold]{plan.devices.central.name}[/] of plan {servicer.identity.plan_fingerprint} "
                 f"serving on {running.target}; workers {addresses}")
-        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent, on_stop=None)
+        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
         servicer.close()
     finally:
         remove_cgroup(group)

@@ -41,6 +41,7 @@ class RunningServer:
     service: str
     host: str
     port: int
+    pool: futures.ThreadPoolExecutor
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -59,6 +60,7 @@ class RunningServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait(grace + 1.0)
+        self.pool.shutdown(wait=True, cancel_futures=True)  # gRPC does not own the handler threads
 
 
 def start_server(
@@ -100,7 +102,7 @@ def start_server(
     if not bound:
         pool.shutdown(wait=False)
         raise RuntimeServiceError(f"cannot listen on {address}: {reason}; pick another --port (0: any free port)")
-    running = RunningServer(server, health_servicer, service, host, bound)
+    running = RunningServer(server, health_servicer, service, host, bound, pool)
     running.set_serving(False)
     server.start()
     return running

@@ -204,6 +204,8 @@ def serve_worker(
 
     plan = load_plan(plan_dir)
     spec = plan.devices[device]
+    if spec.central:
+        raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     group = None
     if emulate:
         group, warning = apply_device_limit(spec)

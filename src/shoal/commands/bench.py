@@ -1,0 +1,76 @@
+"""`shoal bench`: the plan through the runtime beside the teacher alone, in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from shoal.commands._common import console, print_json
+from shoal.runtime.bench import BenchResult
+
+
+def main(
+    plan: Annotated[Path, typer.Option("--plan", help="plan directory")],
+    target: Annotated[str | None, typer.Option(
+        help="host:port of a running central node (default: start a local cluster of the plan)")] = None,
+    requests: Annotated[int, typer.Option(help="timed requests (batch 1)")] = 200,
+    concurrency: Annotated[int, typer.Option(help="clients sending at once")] = 1,
+    warmup: Annotated[int, typer.Option(help="untimed requests first")] = 20,
+    data: Annotated[str | None, typer.Option(
+        help="test data: 'digits' (default when the teacher fits it) or an ImageFolder tree with test/")] = None,
+    teacher: Annotated[bool, typer.Option("--teacher/--no-teacher",
+                                          help="also time the teacher alone on the central device's share")] = True,
+    emulate: Annotated[bool, typer.Option("--emulate/--no-emulate",
+                                          help="run devices (and the teacher) under their CPU limits")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Latency p50/p95, throughput and accuracy through the runtime; the teacher alone beside it."""
+    from shoal.runtime.bench import run_bench
+
+    result = run_bench(plan, target=target, requests=requests, concurrency=concurrency, warmup=warmup, data=data,
+                       teacher=teacher, emulate=emulate, log=lambda m: console.print(m, highlight=False))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    print_tables(result)
+
+
+def print_tables(r: BenchResult) -> None:
+    """The comparison, the per-device breakdown and the notes, on the console."""
+    cmp = Table(title=f"shoal vs teacher ({r.requests} requests, concurrency {r.concurrency}, plan {r.fingerprint})")
+    for column in ("", "p50 ms", "p95 ms", "throughput /s", "top-1"):
+        cmp.add_column(column, justify="right")
+    acc = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
+    cmp.add_row("shoal (end to end)", f"{r.latency.p50_ms:.2f}", f"{r.latency.p95_ms:.2f}",
+                f"{r.throughput_rps:.1f}", acc)
+    if r.teacher is not None:
+        t = r.teacher["latency"]
+        top1 = f"{r.teacher['top1']:.2%}" if r.teacher.get("top1") is not None else "-"
+        cmp.add_row(f"teacher alone on {r.teacher['device']}", f"{t['p50_ms']:.2f}", f"{t['p95_ms']:.2f}",
+                    f"{1e3 / t['p50_ms']:.1f} (1/p50)", top1)
+        cmp.add_row("speedup (teacher p50 / shoal p50)", f"{r.speedup:.2f}×", "", "", "")
+    console.print(cmp)
+    parts = Table(title="where the time goes (medians, ms)")
+    for column in ("device", "compute", "queue", "transfer", "round trip"):
+        parts.add_column(column, justify="right")
+    for d in r.devices:
+        parts.add_row(d.device, f"{d.compute_ms:.2f}", f"{d.queue_ms:.2f}", f"{d.transfer_ms:.2f}",
+                      f"{d.round_trip_ms:.2f}")
+    parts.add_row("aggregation", f"{r.aggregation_ms:.2f}", "", "", "")
+    parts.add_row("slowest compute + aggregation", f"{r.critical_ms:.2f}", "", "", "")
+    parts.add_row("runtime overhead", f"{r.overhead_ms:.2f}", "", "", f"p50 / critical = {r.overhead_ratio:.2f}")
+    console.print(parts)
+    if r.errors:
+        console.print(f"[yellow]errors:[/] {r.errors}")
+    if r.predicted_ms is not None:
+        console.print(f"planner predicted T = {r.predicted_ms:.2f} ms; measured p50 / predicted = "
+                      f"{r.latency.p50_ms / r.predicted_ms:.2f}", highlight=False)
+    if r.predicted_speedup is not None and r.speedup is not None:
+        console.print(f"planner predicted speedup {r.predicted_speedup:.2f}×; measured {r.speedup:.2f}× "
+                      f"(measured / predicted = {r.speedup / r.predicted_speedup:.2f})", highlight=False)
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"accuracy data: {r.data}", highlight=False)

@@ -1,0 +1,108 @@
+"""`shoal serve worker|central|local`: run a plan's sub-models over gRPC."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from shoal.commands._common import console, guard
+
+app = typer.Typer(help="Serve a plan: one worker per device, the central node, or all of them locally.",
+                  no_args_is_help=True, add_completion=False)
+
+PlanOpt = Annotated[Path, typer.Option("--plan", help="plan directory written by `shoal plan`")]
+EmulateOpt = Annotated[bool, typer.Option(
+    "--emulate/--no-emulate", help="apply the device's CPU quota and core pinning from the plan")]
+WatchOpt = Annotated[bool, typer.Option("--watch-parent", hidden=True, help="exit when the parent process dies")]
+GraceOpt = Annotated[float, typer.Option(help="seconds in-flight calls get to finish on SIGTERM/SIGINT")]
+
+
+def _log(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+@app.command("worker")
+@guard
+def worker(
+    plan: PlanOpt,
+    device: Annotated[str, typer.Option(help="the device of the plan this process serves")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: a free one, printed on stdout)")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: the device's threads)")] = None,
+    emulate: EmulateOpt = True,
+    grace: GraceOpt = 5.0,
+    watch_parent: WatchOpt = False,
+) -> None:
+    """Serve one device's sub-model (health SERVING after warm-up)."""
+    from shoal.runtime.worker import serve_worker
+
+    serve_worker(plan, device, host=host, port=port, threads=threads, emulate=emulate, grace=grace,
+                 watch_parent=watch_parent, log=_log)
+
+
+@app.command("central")
+@guard
+def central(
+    plan: PlanOpt,
+    workers: Annotated[str, typer.Option(help="name=host:port,... of every worker device ('-': read from stdin)")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: a free one, printed on stdout)")] = 50051,
+    deadline_ms: Annotated[float, typer.Option(help="deadline of every call to a worker")] = 2000.0,
+    degrade: Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")] = False,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the workers at startup")] = 60.0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: the device's threads)")] = None,
+    emulate: EmulateOpt = True,
+    grace: GraceOpt = 5.0,
+    watch_parent: WatchOpt = False,
+) -> None:
+    """Serve the central node: fan out to the workers, compute locally, aggregate, answer."""
+    from shoal.runtime.central import serve_central
+
+    serve_central(plan, workers, host=host, port=port, threads=threads, emulate=emulate, deadline_ms=deadline_ms,
+                  degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent, log=_log)
+
+
+@app.command("local")
+@guard
+def local(
+    plan: PlanOpt,
+    base_port: Annotated[int, typer.Option(help="central node's port; workers use the next ones (0: free ports)")
+                         ] = 50051,
+    deadline_ms: Annotated[float, typer.Option(help="deadline of every call to a worker")] = 2000.0,
+    degrade: Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")] = False,
+    emulate: EmulateOpt = True,
+) -> None:
+    """Start every device of the plan on this machine, one process each, until Ctrl-C."""
+    from shoal.runtime.cluster import LocalCluster
+    from shoal.runtime.device import cpu_limit_of
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalCluster(plan, base_port=base_port, deadline_ms=deadline_ms, degrade=degrade,
+                          emulate=emulate) as cluster:
+            for warning in cluster.warnings:
+                console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            table = Table(title=f"shoal cluster of {plan} (ready)")
+            for column in ("device", "role", "address", "pid", "emulated limit", "threads"):
+                table.add_column(column)
+            for child in sorted(cluster.children.values(), key=lambda c: c.role != "central"):
+                spec = cluster.plan.devices[child.name]
+                limit = cpu_limit_of(spec).describe() if emulate else "off"
+                table.add_row(child.name, child.role, child.target, str(child.proc.pid), limit, str(spec.threads))
+            console.print(table)
+            console.print(f"predict with: shoal bench --plan {plan} --target {cluster.central_target}; Ctrl-C stops")
+            while not stop.wait(0.5):
+                dead = [c.name for c in cluster.children.values() if c.proc.poll() is not None]
+                if dead:
+                    console.print(f"[bold red]error:[/] {', '.join(dead)} exited; stopping the cluster")
+                    raise typer.Exit(1)
+            console.print("stopping")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,242 @@
+"""`shoal bench`: end-to-end latency, throughput and accuracy through the runtime, beside the teacher.
+
+In one run on one machine: the plan served by its devices (a `LocalCluster`
+unless a target is given), then the teacher alone on the central device's
+share of the machine. Reported: end-to-end p50/p95 and throughput, the
+per-device compute / queue / transfer medians, aggregation, the runtime's
+own overhead (end-to-end minus the slowest device's compute minus
+aggregation, per request), accuracy on the test split through the runtime,
+and the speedup over the teacher.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
+from shoal.planner.artifacts import load_plan
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime.client import ShoalClient
+from shoal.runtime.cluster import LocalCluster
+from shoal.runtime.codec import encode
+from shoal.runtime.device import plan_fingerprint
+from shoal.runtime.evaldata import accuracy, resolve_test_data
+from shoal.runtime.status import RemoteError
+from shoal.runtime.timing import Stats, time_teacher
+
+
+@dataclass(frozen=True)
+class DeviceBreakdown:
+    """Medians over the measured requests, in ms.
+
+    Attributes:
+        device: Device name.
+        compute_ms: Sub-model forward.
+        queue_ms: Waiting for the device.
+        transfer_ms: Network + serialisation (round trip minus compute, queue and decode).
+        round_trip_ms: Seen from the central node.
+    """
+
+    device: str
+    compute_ms: float
+    queue_ms: float
+    transfer_ms: float
+    round_trip_ms: float
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything `shoal bench` reports (see the module docstring)."""
+
+    plan: str
+    fingerprint: str
+    target: str
+    requests: int
+    concurrency: int
+    latency: Stats
+    throughput_rps: float
+    errors: dict[str, int]
+    devices: tuple[DeviceBreakdown, ...]
+    aggregation_ms: float
+    critical_ms: float
+    overhead_ms: float
+    overhead_ratio: float
+    accuracy: float | None
+    accuracy_n: int
+    data: str
+    teacher: dict[str, Any] | None
+    speedup: float | None
+    predicted_ms: float | None = None
+    predicted_speedup: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepare_requests(images: torch.Tensor, top_k: int = 1) -> list[pb.PredictRequest]:
+    """One encoded batch-1 request per image (encoded once, sent many times)."""
+    out = []
+    for i in range(images.shape[0]):
+        request = pb.PredictRequest(top_k=top_k)
+        encode(images[i:i + 1].contiguous(), request.input)
+        out.append(request)
+    return out
+
+
+def run_load(client: ShoalClient, requests: Sequence[pb.PredictRequest], total: int, concurrency: int
+             ) -> tuple[list[tuple[float, pb.PredictReply | RemoteError]], float]:
+    """Send `total` requests (cycling through `requests`) from `concurrency` threads.
+
+    Returns:
+        ([(client latency ms, reply or error)] in issue order, wall seconds).
+    """
+    if total < 0 or concurrency < 1:
+        raise ConfigError(f"need requests >= 0 and concurrency >= 1, got {total} and {concurrency}")
+    results: list[tuple[float, pb.PredictReply | RemoteError] | None] = [None] * total
+    counter = itertools.count()
+
+    def loop() -> None:
+        while (i := next(counter)) < total:
+            t0 = time.perf_counter()
+            try:
+                out: pb.PredictReply | RemoteError = client.call(requests[i % len(requests)])
+            except RemoteError as exc:
+                out = exc
+            results[i] = ((time.perf_counter() - t0) * 1e3, out)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="shoal-bench") as pool:
+        for future in [pool.submit(loop) for _ in range(concurrency)]:
+            future.result()
+    return [r for r in results if r is not None], time.perf_counter() - t0
+
+
+def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]
+              ) -> tuple[Stats, dict[str, int], tuple[DeviceBreakdown, ...], float, float, float]:
+    """Latency stats, error counts by status, per-device medians, aggregation, critical path and overhead.
+
+    The critical path of a request is its slowest device compute plus aggregation;
+    the overhead is end-to-end minus that (medians over answered requests).
+    """
+    answered = [(ms, r) for ms, r in results if isinstance(r, pb.PredictReply)]
+    errors: dict[str, int] = {}
+    for _, r in results:
+        if isinstance(r, RemoteError):
+            errors[r.code.name] = errors.get(r.code.name, 0) + 1
+    if not answered:
+        first = next(r for _, r in results if isinstance(r, RemoteError))
+        raise RuntimeServiceError(f"no request was answered: {first}")
+    per_device: dict[str, list[pb.DeviceTiming]] = {}
+    critical, overhead = [], []
+    for ms, reply in answered:
+        for t in reply.timings:
+            if t.ok:
+                per_device.setdefault(t.device, []).append(t)
+        slowest = max(t.compute_ms for t in reply.timings if t.ok)
+        critical.append(slowest + reply.aggregation_ms)
+        overhead.append(ms - critical[-1])
+    med = statistics.median
+    devices = tuple(DeviceBreakdown(name, med(t.compute_ms for t in ts), med(t.queue_ms for t in ts),
+                                    med(t.transfer_ms for t in ts), med(t.round_trip_ms for t in ts))
+                    for name, ts in per_device.items())
+    return (Stats.of([ms for ms, _ in answered]), errors, devices, med(r.aggregation_ms for _, r in answered),
+            med(critical), med(overhead))
+
+
+def run_bench(
+    plan_dir: str | Path,
+    *,
+    target: str | None = None,
+    requests: int = 200,
+    concurrency: int = 1,
+    warmup: int = 20,
+    data: str | None = None,
+    teacher: bool = True,
+    teacher_repeats: int = 100,
+    emulate: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Benchmark a plan through the runtime and the teacher alone, side by side (see module docstring).
+
+    Raises:
+        ConfigError: bad counts, or `target` serves another plan.
+        RuntimeServiceError: the cluster cannot start or no request is answered.
+    """
+    if requests < 1 or warmup < 0:
+        raise ConfigError(f"need --requests >= 1 and --warmup >= 0, got {requests} and {warmup}")
+    plan = load_plan(plan_dir)
+    fingerprint = plan_fingerprint(plan_dir)
+    notes: list[str] = []
+    test, data_note = resolve_test_data(plan.config, plan.teacher_source, data)
+    images = test.images if test is not None else torch.randn(64, *plan.config.input_shape)
+    if test is None:
+        notes.append(f"accuracy skipped: {data_note}")
+    image_bytes = 4 * int(torch.tensor(plan.config.input_shape).prod())
+    with ExitStack() as stack:
+        if target is None:
+            if log:
+                log("starting a local cluster (one process per device)...")
+            cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate))
+            target = cluster.central_target
+            notes.extend(cluster.warnings)
+        client = stack.enter_context(ShoalClient(target, image_bytes=image_bytes, timeout_s=30.0))
+        served = client.info().plan_fingerprint
+        if served != fingerprint:
+            raise ConfigError(f"{target} serves plan {served}, but --plan {plan_dir} is plan {fingerprint}")
+        prepared = prepare_requests(images[:max(1, min(len(images), requests))])
+        if log:
+            log(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
+        run_load(client, prepared, warmup, concurrency)
+        results, wall = run_load(client, prepared, requests, concurrency)
+        latency, errors, devices, agg, critical, overhead = summarise(results)
+        top1 = None
+        if test is not None:
+            top1 = accuracy(lambda b: client.predict(b, top_k=1).labels, test)
+    teacher_result = None
+    if teacher:
+        teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes, log)
+    speedup = None
+    if teacher_result is not None:
+        speedup = teacher_result["latency"]["p50_ms"] / latency.p50_ms
+    predicted = plan.meta.get("predicted") if isinstance(plan.meta.get("predicted"), dict) else {}
+    return BenchResult(
+        plan=str(plan_dir), fingerprint=fingerprint, target=target, requests=requests, concurrency=concurrency,
+        latency=latency, throughput_rps=len(results) / wall, errors=errors, devices=devices,
+        aggregation_ms=agg, critical_ms=critical, overhead_ms=overhead, overhead_ratio=latency.p50_ms / critical,
+        accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
+        speedup=speedup, predicted_ms=_number(predicted.get("total_ms")),
+        predicted_speedup=_number(predicted.get("speedup_vs_teacher_on_central")), notes=tuple(notes))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _teacher_row(plan: Any, data: str | None, repeats: int, emulate: bool, notes: list[str],
+                 log: Callable[[str], None] | None) -> dict[str, Any] | None:
+    central = plan.devices.central
+    if log:
+        log(f"timing the teacher alone on {central.name}'s share of the machine...")
+    try:
+        result = time_teacher(plan.teacher_source, plan.config.input_shape, repeats=repeats,
+                              warmup=max(5, repeats // 10), threads=central.threads,
+                              limit=central if emulate else None, data=data)
+    except ShoalError as exc:
+        notes.append(f"teacher row skipped: {exc}")
+        return None
+    if result.pop("warning", None):
+        notes.append("teacher timed without the CPU quota (cgroups unavailable)")
+    result["device"] = central.name
+    return result
+

@@ -1,0 +1,262 @@
+"""`LocalCluster`: every device of a plan as its own OS process on this machine.
+
+One worker process per non-central device plus the central node, each under
+its device's CPU limit (cgroup quota + pinned cores, applied by this process
+to the child's pid so the cgroup is removed even if the child is killed) and
+its device's torch threads. Children run in their own process group, watch
+this process and exit if it dies; `stop()` (or leaving the `with` block)
+sends SIGTERM, then SIGKILL after a grace period.
+
+    with LocalCluster(plan_dir) as cluster:
+        ShoalClient(cluster.central_target).predict(images)
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from shoal.devices.emulation import remove_cgroup
+from shoal.errors import ConfigError, RuntimeServiceError
+from shoal.planner.artifacts import load_plan
+from shoal.runtime.device import apply_device_limit
+from shoal.runtime.links import wait_until_serving
+from shoal.runtime.server import LISTENING_PREFIX
+from shoal.runtime.status import CENTRAL_SERVICE, WORKER_SERVICE, RemoteError
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a worker runs and how the central node reaches it.
+
+    Attributes:
+        bind_host: Interface the worker listens on.
+        bind_port: Port it listens on (0: the cluster's choice: base_port + offset, or a free one).
+        connect: host:port the central node dials (None: bind_host and the bound port).
+        prefix: Command prefix, e.g. ("ip", "netns", "exec", NAME) to run inside a namespace.
+    """
+
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 0
+    connect: str | None = None
+    prefix: tuple[str, ...] = ()
+
+
+@dataclass
+class _Child:
+    name: str
+    role: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    cgroup: Path | None
+    target: str = ""
+
+
+class LocalCluster:
+    """Start the workers and the central node of a plan as separate processes.
+
+    Args:
+        plan_dir: The plan directory.
+        base_port: Central node's port; workers get the next ones in plan order. 0: free ports.
+        emulate: Apply each device's CPU quota and pinning (skipped with a warning without cgroups).
+        deadline_ms: The central node's fan-out deadline.
+        degrade: Start the central node with --degrade.
+        placements: Per worker device, where it runs (default: loopback in this namespace).
+        worker_env: Per device, extra environment (tests: fault injection).
+        start_timeout: Seconds to wait for everything to report SERVING.
+        log_dir: Where each process's stderr goes (default: a temporary directory).
+        grace: Seconds a stopping process gets to finish in-flight calls.
+    """
+
+    def __init__(
+        self,
+        plan_dir: str | Path,
+        *,
+        base_port: int = 0,
+        emulate: bool = True,
+        deadline_ms: float = 2000.0,
+        degrade: bool = False,
+        placements: Mapping[str, Placement] | None = None,
+        worker_env: Mapping[str, Mapping[str, str]] | None = None,
+        start_timeout: float = 120.0,
+        log_dir: str | Path | None = None,
+        grace: float = 3.0,
+    ) -> None:
+        if not 0 <= base_port <= 65535:
+            raise ConfigError(f"base_port must be between 0 and 65535, got {base_port!r}")
+        self.plan = load_plan(plan_dir)
+        self.plan_dir = Path(plan_dir)
+        self.base_port = base_port
+        self.emulate = emulate
+        self.deadline_ms = deadline_ms
+        self.degrade = degrade
+        self.placements = dict(placements or {})
+        self.worker_env = {k: dict(v) for k, v in (worker_env or {}).items()}
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="shoal-cluster-")
+        self.log_dir = Path(log_dir or self._tmp.name)  # type: ignore[union-attr]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, _Child] = {}
+        self.warnings: list[str] = []
+        unknown = sorted(set(self.placements) - {d.name for d in self.plan.devices.devices if not d.central})
+        if unknown:
+            raise ConfigError(f"placements name devices that are not workers of the plan: {unknown}")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        """Start every worker, then the central node; return once all report SERVING."""
+        give_up = time.monotonic() + self.start_timeout
+        workers = [d for d in self.plan.devices.devices if not d.central]
+        central = self.plan.devices.central
+        try:  # every process imports and loads in parallel; the central node reads worker addresses on stdin
+            pending = []
+            for offset, spec in enumerate(workers, start=1):
+                place = self.placements.get(spec.name, Placement())
+                port = place.bind_port or (self.base_port + offset if self.base_port else 0)
+                args = ["worker", "--device", spec.name, "--host", place.bind_host, "--port", str(port)]
+                pending.append((self._spawn(spec.name, "worker", args, place.prefix,
+                                            self.worker_env.get(spec.name, {})), place))
+            args = ["central", "--workers", "-", "--port", str(self.base_port), "--deadline-ms",
+                    str(self.deadline_ms), "--connect-timeout", str(self.start_timeout)]
+            hub = self._spawn(central.name, "central", args + (["--degrade"] if self.degrade else []), (), {},
+                              stdin=True)
+            for child, place in pending:
+                bound = _read_listening(child, give_up).rpartition(":")[2]
+                child.target = place.connect or f"{place.bind_host}:{bound}"
+            assert hub.proc.stdin is not None
+            hub.proc.stdin.write(",".join(f"{c.name}={c.target}" for c, _ in pending).encode() + b"\n")
+            hub.proc.stdin.close()
+            hub.target = _read_listening(hub, give_up)
+            self._check_health(give_up)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _check_health(self, give_up: float) -> None:
+        """Every process answers its health check with SERVING (the central node has checked its workers)."""
+        for child in self.children.values():
+            service = CENTRAL_SERVICE if child.role == "central" else WORKER_SERVICE
+            channel = grpc.insecure_channel(child.target)
+            try:
+                wait_until_serving(channel, service, give_up, f"{child.role} {child.name!r} at {child.target}")
+            except RemoteError as exc:
+                raise RuntimeServiceError(f"{exc.details}:\n{_tail(child.log)}") from None
+            finally:
+                channel.close()
+
+    def _spawn(self, name: str, role: str, args: Sequence[str], prefix: Sequence[str],
+               env: Mapping[str, str], stdin: bool = False) -> _Child:
+        log = self.log_dir / f"{role}-{name}.log"
+        command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
+                   "--no-emulate", "--watch-parent"]
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
+                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, start_new_session=True)
+        cgroup = None
+        if self.emulate:  # applied before the child has imported torch: every thread it makes inherits it
+            cgroup, warning = apply_device_limit(self.plan.devices[name], proc.pid)
+            if warning and warning not in self.warnings:
+                self.warnings.append(warning)
+        child = _Child(name, role, proc, log, cgroup)
+        self.children[name] = child
+        return child
+
+    def stop(self) -> None:
+        """SIGTERM every process (central first), SIGKILL what is left after the grace period, clean up."""
+        order = sorted(self.children.values(), key=lambda c: c.role != "central")
+        for child in order:
+            _signal(child, signal.SIGTERM)
+        until = time.monotonic() + self.grace + 2.0
+        for child in order:
+            try:
+                child.proc.wait(timeout=max(0.05, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(child, signal.SIGKILL)
+                child.proc.wait(timeout=5.0)
+            for stream in (child.proc.stdin, child.proc.stdout):
+                if stream is not None and not stream.closed:
+                    stream.close()
+            remove_cgroup(child.cgroup)
+        self.children.clear()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    # -- access ------------------------------------------------------------------------------
+
+    @property
+    def central_target(self) -> str:
+        """host:port of the central node."""
+        return self.children[self.plan.devices.central.name].target
+
+    @property
+    def worker_targets(self) -> dict[str, str]:
+        return {n: c.target for n, c in self.children.items() if c.role == "worker"}
+
+    def pid(self, device: str) -> int:
+        return self.children[device].proc.pid
+
+    def kill(self, device: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to one device's process (tests: a worker that dies)."""
+        _signal(self.children[device], sig)
+
+    def log_tail(self, device: str, lines: int = 20) -> str:
+        return _tail(self.children[device].log, lines)
+
+
+def _signal(child: _Child, sig: int) -> None:
+    if child.proc.poll() is not None:
+        return
+    try:
+        os.killpg(child.proc.pid, sig)  # its own process group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_listening(child: _Child, give_up: float) -> str:
+    """Wait for the child's `SHOAL_LISTENING host:port` line; its address, or an error with its log."""
+    stream = child.proc.stdout
+    assert stream is not None
+    buffer = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while True:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise RuntimeServiceError(f"{child.role} {child.name!r} did not start in time:\n{_tail(child.log)}")
+            if sel.select(timeout=min(left, 0.5)):
+                chunk = os.read(stream.fileno(), 4096)
+                if not chunk:
+                    child.proc.wait(timeout=5.0)
+                    raise RuntimeServiceError(f"{child.role} {child.name!r} exited with status "
+                                              f"{child.proc.returncode} before serving:\n{_tail(child.log)}")
+                buffer += chunk
+                for line in buffer.decode(errors="replace").splitlines():
+                    if line.startswith(LISTENING_PREFIX):
+                        return line.split()[1]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

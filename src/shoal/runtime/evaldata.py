@@ -1,0 +1,52 @@
+"""Which test images `shoal bench` scores a plan on, and top-1 accuracy over them.
+
+The hook for other tasks is `data`: None (or "digits") means the built-in
+digits test split when the teacher family fits it (1x32x32, 10 classes);
+a folder is read by `shoal.data.datasets.load_task_data` with the teacher's
+own preprocessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from shoal.data.digits import TensorDataset, load_digits_split
+from shoal.models.config import ViTConfig
+
+DIGITS_SHAPE = (1, 32, 32)
+
+
+def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None = None
+                      ) -> tuple[TensorDataset | None, str]:
+    """The test split for a plan of family `config`, or None and why not.
+
+    Args:
+        config: The plan's teacher family.
+        teacher_source: How to load the teacher (needed to preprocess a folder).
+        data: None / "digits", or an ImageFolder tree (DATA/test/<class>/*.png).
+
+    Returns:
+        (dataset or None, a short description or the reason accuracy is skipped).
+    """
+    if data is None or data == "digits":
+        if config.input_shape == DIGITS_SHAPE and config.num_classes == 10:
+            return load_digits_split("test"), "sklearn digits, test split"
+        return None, (f"no test data for input {config.input_shape} with {config.num_classes} classes; "
+                      "pass --data DIR (an ImageFolder tree with a test/ split)")
+    from shoal.data.datasets import load_task_data
+    from shoal.models import DEFAULT_TEACHER, load_teacher
+
+    teacher = load_teacher(None if teacher_source == DEFAULT_TEACHER else teacher_source)
+    return load_task_data(teacher, data).test, f"{data}, test split"
+
+
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], dataset: TensorDataset, batch: int = 32) -> float:
+    """Top-1 accuracy of `predict` ((B, C, H, W) -> (B, classes) logits or (B,) labels) on `dataset`."""
+    correct = 0
+    for start in range(0, len(dataset), batch):
+        out = predict(dataset.images[start:start + batch])
+        labels = out.argmax(-1) if out.dim() == 2 else out
+        correct += int((labels == dataset.labels[start:start + batch]).sum())
+    return correct / max(1, len(dataset))

@@ -1,0 +1,152 @@
+"""Timing a model on a share of this machine, and the teacher-alone baseline of `shoal bench`.
+
+The baseline runs in a child process (`python -m shoal.runtime.timing`) that
+the parent puts under the central device's CPU limit before the child starts
+timing (it waits for "go" on stdin), so the teacher is measured on exactly the
+share of the machine the central node serves on, without limiting the parent.
+
+`measure_ms` is a private timing loop; merge it with
+`shoal.devices.profiling.measure_latency` once that exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoal.devices.emulation import remove_cgroup
+from shoal.devices.spec import DeviceSpec
+from shoal.errors import RuntimeServiceError
+from shoal.runtime.device import apply_device_limit
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of repeated timings in milliseconds.
+
+    Attributes:
+        n: Number of samples.
+        p50_ms: Median.
+        p95_ms: 95th percentile.
+        p10_ms: 10th percentile.
+        p90_ms: 90th percentile.
+        mean_ms: Mean.
+    """
+
+    n: int
+    p50_ms: float
+    p95_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, samples_ms: Sequence[float]) -> Stats:
+        if not samples_ms:
+            raise ValueError("no samples to summarise")
+        s = sorted(samples_ms)
+        return cls(len(s), percentile(s, 50), percentile(s, 95), percentile(s, 10), percentile(s, 90),
+                   statistics.fmean(s))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile `q` (0-100) of already sorted values."""
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+
+
+def measure_ms(fn: Callable[[], object], *, repeats: int, warmup: int) -> Stats:
+    """Time `fn()` `repeats` times after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return Stats.of(samples)
+
+
+def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmup: int, threads: int,
+                 limit: DeviceSpec | None, data: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
+    """Batch-1 latency (and test accuracy, when test data resolves) of the teacher, in a limited child process.
+
+    Returns:
+        {"latency": Stats dict, "top1": float | None, "n": int, "warning": str | None}.
+
+    Raises:
+        RuntimeServiceError: the teacher cannot be loaded or the child fails (message has its stderr).
+    """
+    command = [sys.executable, "-m", "shoal.runtime.timing", "--source", source, "--threads", str(threads),
+               "--repeats", str(repeats), "--warmup", str(warmup), "--shape", ",".join(map(str, input_shape))]
+    if data:
+        command += ["--data", data]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    group, warning = (None, None)
+    try:
+        if limit is not None:
+            group, warning = apply_device_limit(limit, proc.pid)
+        out, err = proc.communicate("go\n", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeServiceError(f"timing the teacher took more than {timeout:.0f} s") from None
+    finally:
+        remove_cgroup(group)
+    if proc.returncode != 0:
+        reason = (err.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeServiceError(f"cannot time the teacher {source!r}: {reason}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["warning"] = warning
+    return result
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="time a teacher (child process of `shoal bench`)")
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args(argv)
+    from shoal.models import DEFAULT_TEACHER, load_teacher
+    from shoal.runtime.device import set_torch_threads
+    from shoal.runtime.evaldata import accuracy, resolve_test_data
+
+    set_torch_threads(args.threads)
+    teacher = load_teacher(None if args.source == DEFAULT_TEACHER else args.source)
+    shape = tuple(int(s) for s in args.shape.split(","))
+    x = torch.zeros((1, *shape))
+    sys.stdin.readline()  # the parent applies the CPU limit, then says go
+    with torch.inference_mode():
+        stats = measure_ms(lambda: teacher.model(x), repeats=args.repeats, warmup=args.warmup)
+        test, _ = resolve_test_data(teacher.config, args.source, args.data)
+        top1 = accuracy(lambda b: teacher.model(b), test) if test is not None else None
+    print(json.dumps({"latency": stats.to_dict(), "top1": top1, "n": len(test) if test is not None else 0}))
+
+
+if __name__ == "__main__":
+    try:
+        _main()
+    except Exception as exc:  # the parent shows the last stderr line
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,152 @@
+"""Every device as its own process: LocalCluster, `shoal serve local`, `shoal bench`, killed workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from shoal.devices.emulation import quota_unavailable_reason
+from shoal.runtime.client import ShoalClient
+from shoal.runtime.cluster import LocalCluster
+from shoal.runtime.status import RemoteError
+from shoal.runtime.worker import FAULT_ENV
+from tests.runtime.conftest import reference_logits
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+
+
+def _cgroup_of(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return ""
+
+
+def test_local_cluster_runs_each_device_limited_and_a_killed_worker_is_named(plan, plan_dir):
+    env = {"edge-b": {FAULT_ENV: "delay_ms=1500"}}
+    with LocalCluster(plan_dir, deadline_ms=6000, worker_env=env) as cluster:
+        pids = {name: cluster.pid(name) for name in ("hub", "edge-a", "edge-b")}
+        groups = {name: _cgroup_of(pid) for name, pid in pids.items()}
+        if quota_unavailable_reason() is None:
+            assert all("shoal-" in g for g in groups.values()) and len(set(groups.values())) == 3
+        cpus = {name: os.sched_getaffinity(pid) for name, pid in pids.items()}
+        assert cpus["edge-a"] == cpus["edge-b"] and len(cpus["edge-a"]) == 1
+        x = torch.randn(2, *plan.config.input_shape)
+        with ShoalClient(cluster.central_target) as client:
+            p = client.predict(x)
+            assert torch.allclose(p.logits, reference_logits(plan, x), atol=1e-5)
+
+            outcome: list[BaseException] = []
+            caller = threading.Thread(target=lambda: _capture(outcome, client.predict, x))
+            caller.start()
+            time.sleep(0.5)  # edge-b is inside its 1.5 s delay: kill it mid-call
+            cluster.kill("edge-b")
+            caller.join(10)
+            assert not caller.is_alive()
+            err = outcome[0]
+            assert isinstance(err, RemoteError) and err.code == grpc.StatusCode.UNAVAILABLE and "'edge-b'" in err.details
+            with pytest.raises(RemoteError) as again:  # the central node stays up and keeps naming it
+                client.predict(x)
+            assert again.value.code == grpc.StatusCode.UNAVAILABLE and "'edge-b'" in again.value.details
+    assert not any(_alive(pid) for pid in pids.values())
+    for group in groups.values():
+        if "shoal-" in group:
+            assert not Path("/sys/fs/cgroup/cpu" + group).exists()
+
+
+def _capture(out: list[BaseException], fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        out.append(exc)
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
+    """Read proc.stderr until a line containing `marker` (bounded)."""
+    text = ""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        until = time.monotonic() + timeout
+        while marker not in text:
+            assert time.monotonic() < until, f"no {marker!r} within {timeout}s:\n{text}"
+            if sel.select(0.5):
+                chunk = os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
+                assert chunk, f"process exited:\n{text}"
+                text += chunk
+    return text
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def test_cli_serve_local_then_bench_then_sigterm_leaves_no_process(plan_dir):
+    shoal = [sys.executable, "-m", "shoal.cli"]
+    env = {**os.environ, "COLUMNS": "200"}
+    server = subprocess.Popen([*shoal, "serve", "local", "--plan", str(plan_dir), "--base-port", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        text = _read_until(server, "Ctrl-C stops", timeout=120)
+        target = text.split("--target ")[1].split(";")[0].strip()
+        children = _children(server.pid)
+        assert len(children) == 3
+        bench = subprocess.run([*shoal, "bench", "--plan", str(plan_dir), "--target", target, "--requests", "20",
+                                "--warmup", "2", "--json"], capture_output=True, text=True, env=env, timeout=180)
+        assert bench.returncode == 0, bench.stderr
+        result = json.loads(bench.stdout)
+        assert result["latency"]["n"] == 20 and result["errors"] == {}
+        assert [d["device"] for d in result["devices"]] == ["hub", "edge-a", "edge-b"]
+        assert result["overhead_ms"] >= 0 and result["overhead_ratio"] >= 1.0
+        assert result["teacher"]["latency"]["n"] > 0 and result["speedup"] > 0
+        assert result["accuracy"] is None and any("accuracy skipped" in n for n in result["notes"])
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "worker", "--device", "nope"], "no device 'nope'"),
+    (["serve", "worker", "--device", "hub"], "is the plan's central node"),
+    (["serve", "central", "--workers", "edge-a=x"], "must look like name=host:port"),
+    (["bench", "--requests", "0"], "need --requests >= 1"),
+])
+def test_cli_errors_are_one_red_line(plan_dir, args, message):
+    from typer.testing import CliRunner
+
+    from shoal.cli import app
+
+    out = CliRunner().invoke(app, [*args, "--plan", str(plan_dir), "--no-emulate"])
+    assert out.exit_code == 1 and "error:" in out.output and message in " ".join(out.output.split())
+    assert "Traceback" not in out.output
