@@ -20,6 +20,11 @@ EmulateOpt = Annotated[bool, typer.Option(
     "--emulate/--no-emulate", help="apply the device's CPU quota and core pinning from the plan")]
 WatchOpt = Annotated[bool, typer.Option("--watch-parent", hidden=True, help="exit when the parent process dies")]
 GraceOpt = Annotated[float, typer.Option(help="seconds in-flight calls get to finish on SIGTERM/SIGINT")]
+HostOpt = Annotated[str, typer.Option(help="interface to listen on (another than 127.0.0.1 exposes the device)")]
+PortOpt = Annotated[int, typer.Option(help="port (0: a free one, printed on stdout)")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default: the device's threads)")]
+DeadlineOpt = Annotated[float, typer.Option(help="deadline of every call to a worker, ms")]
+DegradeOpt = Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")]
 
 
 def _log(message: str) -> None:
@@ -31,9 +36,9 @@ def _log(message: str) -> None:
 def worker(
     plan: PlanOpt,
     device: Annotated[str, typer.Option(help="the device of the plan this process serves")],
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port (0: a free one, printed on stdout)")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: the device's threads)")] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 50052,
+    threads: ThreadsOpt = None,
     emulate: EmulateOpt = True,
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
@@ -50,12 +55,12 @@ def worker(
 def central(
     plan: PlanOpt,
     workers: Annotated[str, typer.Option(help="name=host:port,... of every worker device ('-': read from stdin)")],
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port (0: a free one, printed on stdout)")] = 50051,
-    deadline_ms: Annotated[float, typer.Option(help="deadline of every call to a worker")] = 2000.0,
-    degrade: Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")] = False,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 50051,
+    deadline_ms: DeadlineOpt = 2000.0,
+    degrade: DegradeOpt = False,
     connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the workers at startup")] = 60.0,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: the device's threads)")] = None,
+    threads: ThreadsOpt = None,
     emulate: EmulateOpt = True,
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
@@ -73,8 +78,8 @@ def local(
     plan: PlanOpt,
     base_port: Annotated[int, typer.Option(help="central node's port; workers use the next ones (0: free ports)")
                          ] = 50051,
-    deadline_ms: Annotated[float, typer.Option(help="deadline of every call to a worker")] = 2000.0,
-    degrade: Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")] = False,
+    deadline_ms: DeadlineOpt = 2000.0,
+    degrade: DegradeOpt = False,
     emulate: EmulateOpt = True,
 ) -> None:
     """Start every device of the plan on this machine, one process each, until Ctrl-C."""

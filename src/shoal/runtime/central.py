@@ -26,7 +26,7 @@ from shoal.planner.artifacts import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
-from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, apply_device_limit, set_torch_threads
+from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process
 from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
@@ -245,19 +245,11 @@ def serve_central(
     log: Callable[[str], None] | None = None,
 ) -> None:
     """Process entry point of `shoal serve central`: limit, load, check workers, serve until a signal."""
-    from shoal.devices.emulation import remove_cgroup
-
     plan = load_plan(plan_dir)
     addresses: dict[str, str] | None = None  # "-": a supervisor (LocalCluster) sends them on stdin later
     if workers != "-":
         addresses = parse_workers(workers) if isinstance(workers, str) else dict(workers)
-    group = None
-    if emulate:
-        group, warning = apply_device_limit(plan.devices.central)
-        if warning and log is not None:
-            log(f"[yellow]warning:[/] {warning}")
-    try:
-        set_torch_threads(threads or plan.devices.central.threads)
+    with device_process(plan.devices.central, emulate=emulate, threads=threads, log=log):
         if addresses is None:
             addresses = parse_workers(sys.stdin.readline())
         running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
@@ -268,5 +260,3 @@ def serve_central(
                 f"serving on {running.target}; workers {addresses}")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
         servicer.close()
-    finally:
-        remove_cgroup(group)

@@ -6,7 +6,6 @@ the planner (the split is not searched, the sub-models are not calibrated).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,3 @@ def device_set(entries: Sequence[tuple[str, float | None, tuple[int, ...] | None
                    central=(i == 0), cpu_quota=quota, cpus=cpus, threads=threads)
         for i, (name, quota, cpus) in enumerate(entries)))
 
-
-def describe(root: str | Path) -> str:
-    """One line: devices and widths of a plan directory (for logs)."""
-    doc = json.loads((Path(root) / "plan.json").read_text())
-    return ", ".join(f"{name} d={len(spec['channels'])}" for name, spec in doc["policy"]["devices"].items())

@@ -11,13 +11,17 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from shoal.devices.emulation import CpuLimit, EmulationUnavailable, apply_cpu_limit, quota_unavailable_reason
+from shoal.devices.emulation import (
+    CpuLimit, EmulationUnavailable, apply_cpu_limit, quota_unavailable_reason, remove_cgroup,
+)
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
 from shoal.models.surgery import pooled_features
@@ -51,6 +55,22 @@ def apply_device_limit(spec: DeviceSpec, pid: int | None = None) -> tuple[Path |
         return apply_cpu_limit(limit, pid), None
     except EmulationUnavailable as exc:  # raced with a permission change
         return apply_cpu_limit(CpuLimit(quota=None, cpus=limit.cpus), pid), f"device {spec.name!r}: {exc}"
+
+
+@contextmanager
+def device_process(spec: DeviceSpec, *, emulate: bool, threads: int | None,
+                   log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Run this process as device `spec`: its CPU limit (when `emulate`) and torch threads; undone on exit."""
+    group = None
+    if emulate:
+        group, warning = apply_device_limit(spec)
+        if warning and log is not None:
+            log(f"[yellow]warning:[/] {warning}")
+    try:
+        set_torch_threads(threads or spec.threads)
+        yield
+    finally:
+        remove_cgroup(group)
 
 
 def set_torch_threads(threads: int) -> None:

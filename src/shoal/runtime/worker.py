@@ -24,9 +24,7 @@ from shoal.planner.artifacts import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, check_images, decode, encode, image_message_bytes
-from shoal.runtime.device import (
-    DEFAULT_MAX_BATCH, SubModelRunner, apply_device_limit, plan_fingerprint, set_torch_threads,
-)
+from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process, plan_fingerprint
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
 
@@ -136,7 +134,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         x = ident.decode_images(request.input, context)
         decode_ms = (time.perf_counter() - t0) * 1e3
         if self.fault is not None and self.fault.delay_ms:
-            time.sleep(self.fault.delay_ms / 1e3)
+            until = time.monotonic() + self.fault.delay_ms / 1e3
+            while context.is_active() and (left := until - time.monotonic()) > 0:
+                time.sleep(min(0.05, left))  # a cancelled call (deadline, server stop) ends the sleep
         out = self.runner(x)
         reply = pb.FeaturesReply(request_id=request.request_id, compute_ms=out.compute_ms, queue_ms=out.queue_ms,
                                  decode_ms=decode_ms, device=ident.device)
@@ -200,19 +200,11 @@ def serve_worker(
     log: Callable[[str], None] | None = None,
 ) -> None:
     """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
-    from shoal.devices.emulation import remove_cgroup
-
     plan = load_plan(plan_dir)
     spec = plan.devices[device]
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
-    group = None
-    if emulate:
-        group, warning = apply_device_limit(spec)
-        if warning and log is not None:
-            log(f"[yellow]warning:[/] {warning}")
-    try:
-        set_torch_threads(threads or spec.threads)
+    with device_process(spec, emulate=emulate, threads=threads, log=log):
         running, servicer = start_worker(plan, device, host=host, port=port, max_batch=max_batch,
                                          fault=Fault.from_env(), background_warmup=True)
         announce(running)
@@ -220,5 +212,3 @@ def serve_worker(
             log(f"worker [bold]{device}[/] of plan {servicer.identity.plan_fingerprint} listening on "
                 f"{running.target} ({threads or spec.threads} thread(s)); SERVING after warm-up")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
-    finally:
-        remove_cgroup(group)

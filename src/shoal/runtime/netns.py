@@ -1,0 +1,199 @@
+"""Emulated links: a worker in its own network namespace behind a shaped veth pair.
+
+`NetnsLink` creates a namespace, a veth pair between it and this namespace
+(a private /30 in 10.213.0.0/16), and shapes both directions with `tc tbf`
+at the link rate. One-way delay uses `tc netem` where the kernel has it;
+where it does not (CONFIG_NET_SCH_NETEM unset, as on some CI kernels), a
+small userspace proxy on 127.0.0.1 forwards the connection into the
+namespace and holds every chunk for the delay in each direction.
+
+Traffic goes only to 127.0.0.1 and to namespaces created here. Everything is
+removed on exit, also when setup fails half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal.devices.spec import DeviceSpec
+from shoal.errors import ConfigError, RuntimeServiceError
+from shoal.planner.objective import LatencyBreakdown
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime.cluster import Placement
+from shoal.runtime.delayproxy import DelayProxy
+
+SUBNET = "10.213"
+WORKER_PORT = 50051  # a fresh namespace has all its ports free
+
+
+def netns_unavailable_reason() -> str | None:
+    """None when namespaces, veth pairs and tc can be used here, else one line saying why not."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"the `{tool}` command (iproute2) is missing"
+    name = f"shoal-probe-{uuid.uuid4().hex[:6]}"
+    try:
+        _run("ip", "netns", "add", name)
+    except RuntimeServiceError as exc:
+        return f"cannot create a network namespace: {exc}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    return None
+
+
+def _run(*cmd: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeServiceError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout
+
+
+def _free_subnet() -> int:
+    """A third octet whose 10.213.X.0/30 no interface of this namespace uses."""
+    used = _run("ip", "-4", "-o", "addr", "show")
+    for _ in range(64):
+        octet = int.from_bytes(os.urandom(1), "little")
+        if f"{SUBNET}.{octet}." not in used:
+            return octet
+    raise RuntimeServiceError(f"no free /30 in {SUBNET}.0.0/16")
+
+
+class NetnsLink:
+    """A namespace for one worker, linked to this namespace at `rate_mbit` with `delay_ms` one way.
+
+    Args:
+        rate_mbit: Link rate in Mbit/s, each direction.
+        delay_ms: One-way delay in ms, each direction (0: none).
+        hint: Short name part (the device), for `ip netns list`.
+        force_proxy: Use the userspace delay proxy even where netem exists.
+    """
+
+    def __init__(self, rate_mbit: float, delay_ms: float = 0.0, hint: str = "dev", force_proxy: bool = False) -> None:
+        if rate_mbit <= 0 or delay_ms < 0:
+            raise ConfigError(f"need rate_mbit > 0 and delay_ms >= 0, got {rate_mbit!r} and {delay_ms!r}")
+        self.rate_mbit = rate_mbit
+        self.delay_ms = delay_ms
+        tag = uuid.uuid4().hex[:6]
+        self.namespace = f"shoal-{''.join(c for c in hint if c.isalnum())[:12]}-{tag}"
+        self.host_if, self.peer_if = f"shv{tag}h", f"shv{tag}p"
+        self.force_proxy = force_proxy
+        self.delay_mode: str = "none"
+        self.proxy: DelayProxy | None = None
+        self.inner_ip = self.outer_ip = ""
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """Command prefix that runs a program inside the namespace."""
+        return ("ip", "netns", "exec", self.namespace)
+
+    def placement(self) -> Placement:
+        """Where `LocalCluster` runs the worker and how the central node reaches it."""
+        connect = f"127.0.0.1:{self.proxy.port}" if self.proxy is not None else f"{self.inner_ip}:{WORKER_PORT}"
+        return Placement(bind_host=self.inner_ip, bind_port=WORKER_PORT, connect=connect, prefix=self.prefix)
+
+    def __enter__(self) -> NetnsLink:
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        octet = _free_subnet()
+        self.outer_ip, self.inner_ip = f"{SUBNET}.{octet}.1", f"{SUBNET}.{octet}.2"
+        ns = self.namespace
+        _run("ip", "netns", "add", ns)
+        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
+        _run("ip", "link", "set", self.peer_if, "netns", ns)
+        _run("ip", "addr", "add", f"{self.outer_ip}/30", "dev", self.host_if)
+        _run("ip", "link", "set", self.host_if, "up")
+        _run("ip", "-n", ns, "addr", "add", f"{self.inner_ip}/30", "dev", self.peer_if)
+        _run("ip", "-n", ns, "link", "set", self.peer_if, "up")
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        netem = self.delay_ms > 0 and not self.force_proxy and self._shape_with_netem()
+        if not netem:
+            for where in ((), self.prefix):
+                _run(*where, "tc", "qdisc", "add", "dev", self._dev(where), "root", *self._tbf())
+        if self.delay_ms > 0 and not netem:
+            self.proxy = DelayProxy((self.inner_ip, WORKER_PORT), self.delay_ms)
+            self.proxy.start()
+            self.delay_mode = "proxy"
+
+    def _dev(self, where: tuple[str, ...]) -> str:
+        return self.peer_if if where else self.host_if
+
+    def _tbf(self) -> list[str]:
+        """tbf at the link rate; the peak rate (5% above) keeps a full bucket from bursting at line speed."""
+        rate_bps = self.rate_mbit * 1e6
+        burst = max(3200, int(rate_bps / 8 / 500))  # two frames, or 2 ms at the rate
+        return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "latency", "2000ms",
+                "peakrate", f"{int(rate_bps * 1.05)}bit", "mtu", "1600"]
+
+    def _shape_with_netem(self) -> bool:
+        """netem delay with tbf under it on both ends; False (nothing added) where netem is missing."""
+        try:
+            for where in ((), self.prefix):
+                dev = self._dev(where)
+                _run(*where, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay",
+                     f"{self.delay_ms}ms", "limit", "10000")
+                _run(*where, "tc", "qdisc", "add", "dev", dev, "parent", "1:", "handle", "2:", *self._tbf())
+        except RuntimeServiceError:
+            for where in ((), self.prefix):
+                subprocess.run([*where, "tc", "qdisc", "del", "dev", self._dev(where), "root"],
+                               capture_output=True, check=False)
+            return False
+        self.delay_mode = "netem"
+        return True
+
+    def close(self) -> None:
+        """Stop the proxy and delete the namespace (which deletes both veth ends); best effort."""
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
+        if Path(f"/sys/class/net/{self.host_if}").exists():
+            subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
+
+    def describe(self) -> str:
+        delay = f", {self.delay_ms:g} ms one way ({self.delay_mode})" if self.delay_ms else ""
+        return f"{self.namespace}: {self.rate_mbit:g} Mbit/s (tbf){delay}"
+
+
+def wire_bytes(input_shape: Sequence[int], feature_width: int, batch: int = 1) -> tuple[int, int]:
+    """gRPC payload bytes of one Features call: (request with the input, reply with the features).
+
+    Protobuf size plus gRPC's 5-byte length prefix; HTTP/2 and TCP/IP framing (~100-200 bytes
+    per message) are not counted.
+    """
+    c, h, w = input_shape
+    request = pb.FeaturesRequest(request_id=1 << 40, plan_fingerprint="f" * 16, device="device-name",
+                                 input=pb.Tensor(data=bytes(4 * batch * c * h * w), dtype="float32",
+                                                 shape=[batch, c, h, w]))
+    reply = pb.FeaturesReply(request_id=1 << 40, compute_ms=1.0, queue_ms=1.0, decode_ms=1.0, device="device-name",
+                             features=pb.Tensor(data=bytes(4 * batch * feature_width), dtype="float32",
+                                                shape=[batch, feature_width]))
+    return request.ByteSize() + 5, reply.ByteSize() + 5
+
+
+def link_breakdown(devices: Sequence[DeviceSpec], compute_ms: Sequence[float], aggregate_ms: float,
+                   input_bytes: int, feature_bytes: Sequence[int], *, include_input: bool = True
+                   ) -> LatencyBreakdown:
+    """The planner's latency model T = max_n(t1_n + t2_n) + t3 with t2 from each device's link.
+
+    CoFormer's t2 counts only the features a device sends (`include_input=False`); shoal's
+    central node also sends each worker the input, which the same link carries first.
+    """
+    transfer = tuple(0.0 if d.central else d.transfer_ms(f) + (d.transfer_ms(input_bytes) if include_input else 0.0)
+                     for d, f in zip(devices, feature_bytes))
+    return LatencyBreakdown(tuple(compute_ms), transfer, aggregate_ms)
