@@ -12,6 +12,7 @@ run under the same `CpuLimit`; profiles and plans record it.
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from dataclasses import asdict, dataclass
@@ -126,18 +127,36 @@ def apply_cpu_limit(limit: CpuLimit, pid: int | None = None) -> Path | None:
     reason = quota_unavailable_reason()
     if reason:
         raise EmulationUnavailable(reason)
-    quota_us = max(1000, int(limit.quota * limit.period_us))
-    if cgroup_flavour() == "v1":
-        group = CGROUP_ROOT / "cpu" / f"shoal-{uuid.uuid4().hex[:8]}"
-        group.mkdir()
-        (group / "cpu.cfs_period_us").write_text(str(limit.period_us))
-        (group / "cpu.cfs_quota_us").write_text(str(quota_us))
-    else:
-        group = CGROUP_ROOT / f"shoal-{uuid.uuid4().hex[:8]}"
-        group.mkdir()
-        (group / "cpu.max").write_text(f"{quota_us} {limit.period_us}")
-    (group / "cgroup.procs").write_text(str(pid))
+    quota_us, period_us = quota_and_period(limit)
+    v1 = cgroup_flavour() == "v1"
+    group = (CGROUP_ROOT / "cpu" if v1 else CGROUP_ROOT) / f"shoal-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        if v1:
+            (group / "cpu.cfs_period_us").write_text(str(period_us))
+            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+        else:
+            (group / "cpu.max").write_text(f"{quota_us} {period_us}")
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError as exc:
+        remove_cgroup(group)
+        raise EmulationUnavailable(f"cannot set a CPU quota in {group}: {exc}") from None
     return group
+
+
+def quota_and_period(limit: CpuLimit) -> tuple[int, int]:
+    """(quota_us, period_us) written to the cgroup for `limit.quota`.
+
+    The kernel refuses quotas under 1000 us, so a small share stretches the
+    period instead of rounding the share up (0.35 of a 2000 us period would
+    otherwise become 1000/2000 = 0.5 of a core).
+    """
+    if limit.quota is None:
+        raise ConfigError("CpuLimit has no quota")
+    period_us = max(limit.period_us, math.ceil(1000 / limit.quota))
+    if period_us > 1_000_000:
+        raise ConfigError(f"cpu quota {limit.quota!r} is too small for a CFS period of at most 1 s")
+    return max(1000, round(limit.quota * period_us)), period_us
 
 
 def remove_cgroup(group: Path | None) -> None:

@@ -81,6 +81,13 @@ class DeviceSpec:
         _positive_int(self.threads, f"{where}: threads")
         if not isinstance(self.central, bool):
             raise ConfigError(f"{where}: central must be true or false, got {self.central!r}")
+        if self.catalog is not None:
+            from shoal.devices.catalog import board
+
+            try:
+                board(str(self.catalog))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: catalog: {exc}") from None
 
     def transfer_ms(self, payload_bytes: int) -> float:
         """t2 (CoFormer eq. 5): link latency + bytes / rate. Zero for the central node."""
@@ -209,8 +216,14 @@ def device_from_yaml(entry: Any, where: str, base: Path | None = None) -> Device
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_device_set(path: str | Path) -> DeviceSet:
-    """Read and validate a YAML device set; errors name the file, the entry and the field."""
+def load_device_set(path: str | Path, *, base: str | Path | None = None) -> DeviceSet:
+    """Read and validate a YAML device set; errors name the file, the entry and the field.
+
+    Args:
+        path: The YAML file.
+        base: Directory relative `profile:` paths resolve against (default: the YAML file's own
+            directory, so a set and its profiles can travel together).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"device file {path} does not exist")
@@ -220,9 +233,22 @@ def load_device_set(path: str | Path) -> DeviceSet:
         raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
         raise ConfigError(f"{path} must hold a mapping with a 'devices:' list")
-    devices = [device_from_yaml(e, f"{path.name}: devices[{i}]", path.parent)
+    root = Path(base) if base is not None else path.parent
+    devices = [device_from_yaml(e, f"{path.name}: devices[{i}]", root)
                for i, e in enumerate(data["devices"])]
     return DeviceSet(tuple(devices), source=str(path))
+
+
+DEFAULT_DEVICE_SET = Path(__file__).with_name("default.yaml")
+
+
+def default_device_set(workdir: str | Path | None = None) -> DeviceSet:
+    """The packaged default set: three emulated devices on this machine (see default.yaml).
+
+    Its relative profile paths (`.shoal/profiles/<name>`) resolve against `workdir`
+    (default: the current working directory), not against the installed package.
+    """
+    return load_device_set(DEFAULT_DEVICE_SET, base=Path(workdir) if workdir is not None else Path.cwd())
 
 
 def device_set_to_yaml(devices: Sequence[DeviceSpec]) -> str:

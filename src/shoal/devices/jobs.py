@@ -1,0 +1,178 @@
+"""Running measurement jobs: in this process or in limited child processes, with a progress bar.
+
+Jobs of emulated devices whose cores do not overlap may run at the same
+time (`concurrent=True`); each child is pinned to its own cores and has its
+own quota. Whether that changes the measurements is recorded in
+docs/decisions (the default is sequential).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from shoal.devices.emulation import apply_cpu_limit, quota_unavailable_reason, remove_cgroup
+from shoal.devices.profiling import MeasureFn, MeasurementJob, measure_shape, time_items
+from shoal.errors import ConfigError, ShoalError
+from shoal.utils.io import atomic_write_json
+
+POLL_S = 0.2
+
+
+class JobRun:
+    """A job running in this process or in a child process; `poll` says how far it got."""
+
+    def __init__(self, job: MeasurementJob, measure: MeasureFn | None = None) -> None:
+        self.job = job
+        self._measure = measure
+        self._child: subprocess.Popen[bytes] | None = None
+        self._group: Path | None = None
+        self._job_file = job.dataset.with_name(f".{job.dataset.name}.job.json")
+        self._log_file = job.dataset.with_name(f".{job.dataset.name}.child.log")
+        self._start_size = job.dataset.stat().st_size if job.dataset.is_file() else 0
+        self.done_items = 0
+
+    @property
+    def in_child(self) -> bool:
+        return self.job.cpu_limit.is_limited
+
+    def start(self, on_item: Callable[[], None] | None = None) -> None:
+        """Run in-process to the end (no limit), or start the child and put it under the limit."""
+        if not self.job.items:
+            return
+        if not self.in_child:
+            time_items(self.job.config, self.job.items, self.job.dataset, self.job.timing,
+                       self._measure or measure_shape, on_item)
+            return
+        if self._measure is not None:
+            raise ConfigError("a custom measure function cannot run in a child process")
+        if self.job.cpu_limit.quota is not None and (reason := quota_unavailable_reason()):
+            raise ShoalError(f"cannot emulate device {self.job.name!r}: {reason}")
+        atomic_write_json(self._job_file, self.job.to_dict())
+        with open(self._log_file, "wb") as log:  # a file, not a pipe: a chatty child cannot block on it
+            self._child = subprocess.Popen([sys.executable, "-m", "shoal.devices.profiling", str(self._job_file)],
+                                           stdin=subprocess.PIPE, stderr=log)
+        try:
+            self._group = apply_cpu_limit(self.job.cpu_limit, pid=self._child.pid)
+            assert self._child.stdin is not None
+            self._child.stdin.write(b"go\n")
+            self._child.stdin.close()
+        except BaseException:
+            self.stop()
+            raise
+
+    def poll(self) -> bool:
+        """Update `done_items` from the dataset file; True while the child still runs."""
+        if self._child is None:
+            self.done_items = len(self.job.items)
+            return False
+        with open(self.job.dataset, "rb") as fh:
+            fh.seek(self._start_size)
+            self.done_items = fh.read().count(b"\n")
+        return self._child.poll() is None
+
+    def finish(self) -> None:
+        """Wait for the child, clean up, and raise if it failed."""
+        if self._child is None:
+            return
+        try:
+            self._child.wait()
+            if self._child.returncode != 0:
+                err = self._log_file.read_text(errors="replace") if self._log_file.is_file() else ""
+                lines = [ln for ln in err.splitlines() if ln.strip()]
+                raise ShoalError(f"profiling child for device {self.job.name!r} failed "
+                                 f"(exit {self._child.returncode}): {lines[-1] if lines else 'no message'}")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the child if it still runs; remove its cgroup and job file (what was measured stays)."""
+        if self._child is not None and self._child.poll() is None:
+            self._child.terminate()
+            try:
+                self._child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+        remove_cgroup(self._group)
+        self._group = None
+        self._job_file.unlink(missing_ok=True)
+        if self._child is not None and self._child.returncode is not None:
+            self._log_file.unlink(missing_ok=True)
+
+
+def waves(jobs: Sequence[MeasurementJob], concurrent: bool) -> list[list[MeasurementJob]]:
+    """Groups of jobs that may run together: child jobs on disjoint cores (one job per group if not concurrent)."""
+    if not concurrent:
+        return [[job] for job in jobs]
+    groups: list[list[MeasurementJob]] = []
+    for job in jobs:
+        cpus = job.cpu_limit.cpus
+        for group in groups:
+            taken = [set(j.cpu_limit.cpus or ()) for j in group]
+            if cpus is not None and all(j.cpu_limit.cpus is not None for j in group) \
+                    and not any(set(cpus) & t for t in taken):
+                group.append(job)
+                break
+        else:
+            groups.append([job])
+    return groups
+
+
+def progress_bar(console: Console | None = None, enabled: bool = True) -> Progress:
+    """The profiler's progress bar: device, bar, done/total, elapsed, ETA."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console or Console(stderr=True), disable=not enabled, transient=False)
+
+
+ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def run_jobs(jobs: Sequence[MeasurementJob], *, concurrent: bool = False, measure: MeasureFn | None = None,
+             console: Console | None = None, progress: bool | ProgressFn = True) -> None:
+    """Run every job to the end (a limited job in a child under its `CpuLimit`).
+
+    Args:
+        progress: True draws a rich progress bar (one row per device) on `console`; a callable
+            gets (f"profiling {name}", done, total) instead; False is silent.
+
+    On an interrupt or an error the children are stopped and their cgroups
+    removed; whatever was measured stays in the datasets (run again to resume).
+    """
+    callback = progress if callable(progress) else None
+    with progress_bar(console, progress is True) as bar:
+        tasks = {job.name: bar.add_task(job.name, total=job.total, completed=job.total - len(job.items))
+                 for job in jobs}
+
+        def report(job: MeasurementJob, done: int) -> None:
+            bar.update(tasks[job.name], completed=done)
+            if callback is not None:
+                callback(f"profiling {job.name}", done, job.total)
+
+        for wave in waves(jobs, concurrent):
+            runs = [JobRun(job, measure) for job in wave]
+            try:
+                for run in runs:
+                    counter = iter(range(run.job.total - len(run.job.items) + 1, run.job.total + 1))
+                    run.start(on_item=lambda run=run, counter=counter: report(run.job, next(counter)))
+                while True:
+                    running = [run.poll() for run in runs]
+                    for run in runs:
+                        if run.in_child:
+                            report(run.job, run.job.total - len(run.job.items) + run.done_items)
+                    if not any(running):
+                        break
+                    time.sleep(POLL_S)
+                for run in runs:
+                    run.finish()
+                    report(run.job, run.job.total)
+            finally:
+                for run in runs:
+                    run.stop()
