@@ -1,0 +1,197 @@
+"""Train every candidate predictor on a latency dataset and choose one by validation error.
+
+The measured shapes (pass 1) are split by a seeded permutation into train,
+validation and test (held out). Each candidate is fitted on train; the one
+with the lowest validation MAPE is chosen; every candidate's test metrics
+are reported beside the noise floor. Candidates:
+
+  flops-linear        ms = a·FLOPs + b, ordinary least squares (the usual baseline)
+  mlp                 CoFormer's MLP on (l, d, mean h, mean D), log-latency target
+  terms-linear        non-negative least squares on analytic cost terms, relative error
+  mlp-terms-residual  the MLP on the "rich" features, learning log(t / terms-linear)
+  ensemble            geometric mean of terms-linear and mlp-terms-residual
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoal.devices.dataset import LatencyDataset, Measurement
+from shoal.errors import ConfigError
+from shoal.models.config import ViTConfig
+from shoal.predictors.base import LatencyPredictor
+from shoal.predictors.metrics import ErrorMetrics, error_metrics, noise_floor
+from shoal.predictors.models import EnsemblePredictor, LinearPredictor, MLPPredictor
+
+CANDIDATES = ("flops-linear", "mlp", "terms-linear", "mlp-terms-residual", "ensemble")
+MIN_SHAPES = 10
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How predictors are trained.
+
+    Attributes:
+        test_share: Share of measured shapes held out for the reported metrics.
+        val_share: Share of the rest used to choose (and early-stop) the predictors.
+        epochs: MLP training epochs.
+        seed: Seed of the split and of the MLP initialisation.
+        candidates: Which predictors to train (a subset of `CANDIDATES`).
+    """
+
+    test_share: float = 0.25
+    val_share: float = 0.15
+    epochs: int = 300
+    seed: int = 0
+    candidates: tuple[str, ...] = CANDIDATES
+
+    def __post_init__(self) -> None:
+        for name in ("test_share", "val_share"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.9:
+                raise ConfigError(f"{name} must be between 0 and 0.9, got {value!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be positive, got {self.epochs!r}")
+        unknown = sorted(set(self.candidates) - set(CANDIDATES))
+        if unknown or not self.candidates:
+            raise ConfigError(f"unknown predictor kind(s) {unknown or '(none given)'}; known: {list(CANDIDATES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"test_share": self.test_share, "val_share": self.val_share, "epochs": self.epochs,
+                "seed": self.seed, "candidates": list(self.candidates)}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One trained candidate and its errors."""
+
+    predictor: LatencyPredictor
+    val: ErrorMetrics
+    test: ErrorMetrics
+    fit_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.predictor.kind, "val": self.val.to_dict(), "test": self.test.to_dict(),
+                "fit_s": round(self.fit_s, 2)}
+
+
+@dataclass(frozen=True)
+class PredictorSuite:
+    """All trained candidates, the chosen one and why.
+
+    Attributes:
+        results: Per kind, the fitted predictor and its validation / test metrics.
+        chosen: Kind of the chosen predictor.
+        reason: Why it was chosen (one line).
+        noise: Noise floor of the dataset (None without re-measurements).
+        split: Number of shapes in train / val / test.
+    """
+
+    results: dict[str, FitResult]
+    chosen: str
+    reason: str
+    noise: ErrorMetrics | None
+    split: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def predictor(self) -> LatencyPredictor:
+        return self.results[self.chosen].predictor
+
+    def metrics_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "reason": self.reason, "split": self.split,
+                "noise_floor": self.noise.to_dict() if self.noise else None,
+                "predictors": {k: r.to_dict() for k, r in self.results.items()}}
+
+
+def split_indices(n: int, test_share: float, val_share: float, seed: int) -> tuple[np.ndarray, ...]:
+    """(train, val, test) index arrays of a seeded permutation of range(n)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(test_share * n))
+    n_val = max(1, round(val_share * (n - n_test)))
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def dataset_noise(dataset: LatencyDataset) -> ErrorMetrics | None:
+    """Noise floor of a dataset's re-measured shapes, or None if it has none."""
+    pairs = dataset.pairs()
+    if not pairs:
+        return None
+    return noise_floor([a.median_ms for a, _ in pairs], [b.median_ms for _, b in pairs])
+
+
+def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSettings = TrainSettings()
+                   ) -> PredictorSuite:
+    """Fit every candidate on the dataset's first-pass measurements and choose by validation MAPE.
+
+    Raises:
+        ConfigError: fewer than `MIN_SHAPES` shapes were measured.
+    """
+    measured: list[Measurement] = dataset.first_pass()
+    if len(measured) < MIN_SHAPES:
+        raise ConfigError(f"need at least {MIN_SHAPES} measured shapes to train a latency predictor, "
+                          f"have {len(measured)}; profile with more --samples")
+    shapes = [m.shape for m in measured]
+    y = np.array([m.median_ms for m in measured])
+    tr, va, te = split_indices(len(y), settings.test_share, settings.val_share, settings.seed)
+
+    def pick(idx: np.ndarray) -> list[Any]:
+        return [shapes[i] for i in idx]
+
+    train, val, test = (pick(tr), y[tr]), (pick(va), y[va]), (pick(te), y[te])
+    results: dict[str, FitResult] = {}
+    fitted: dict[str, LatencyPredictor] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic, and no oversubscription on a busy machine
+    try:
+        for kind in _with_dependencies(settings.candidates):
+            start = time.perf_counter()
+            fitted[kind] = _fit_one(kind, config, train, val, fitted, settings)
+            if kind in settings.candidates:
+                p = fitted[kind]
+                results[kind] = FitResult(p, error_metrics(p.predict_array(val[0]), val[1]),
+                                          error_metrics(p.predict_array(test[0]), test[1]),
+                                          time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    ranked = sorted(results, key=lambda k: results[k].val.mape)
+    chosen = ranked[0]
+    reason = f"lowest validation MAPE ({results[chosen].val.mape:.1%} on {len(va)} shapes"
+    reason += f"; next {ranked[1]} {results[ranked[1]].val.mape:.1%})" if len(ranked) > 1 else ")"
+    return PredictorSuite(results, chosen, reason, dataset_noise(dataset),
+                          {"train": len(tr), "val": len(va), "test": len(te)})
+
+
+def _with_dependencies(kinds: Sequence[str]) -> list[str]:
+    """`kinds` in CANDIDATES order, with what they are built on."""
+    needed = set(kinds)
+    if needed & {"mlp-terms-residual", "ensemble"}:
+        needed.add("terms-linear")
+    if "ensemble" in needed:
+        needed.add("mlp-terms-residual")
+    return [k for k in CANDIDATES if k in needed]
+
+
+def _fit_one(kind: str, config: ViTConfig, train: tuple[list[Any], np.ndarray], val: tuple[list[Any], np.ndarray],
+             fitted: dict[str, LatencyPredictor], settings: TrainSettings) -> LatencyPredictor:
+    shapes, y = train
+    if kind == "flops-linear":
+        return LinearPredictor.fit(config, shapes, y, "flops", kind=kind)
+    if kind == "terms-linear":
+        return LinearPredictor.fit(config, shapes, y, "terms", kind=kind, relative=True, nonneg=True)
+    if kind == "mlp":
+        return MLPPredictor.fit(config, shapes, y, "paper", kind=kind, val=val, epochs=settings.epochs,
+                                seed=settings.seed)
+    if kind == "mlp-terms-residual":
+        base = fitted["terms-linear"]
+        assert isinstance(base, LinearPredictor)
+        return MLPPredictor.fit(config, shapes, y, "rich", kind=kind, val=val, base=base, epochs=settings.epochs,
+                                seed=settings.seed)
+    if kind == "ensemble":
+        return EnsemblePredictor(config, kind, [fitted["terms-linear"], fitted["mlp-terms-residual"]])
+    raise ConfigError(f"unknown predictor kind {kind!r}")

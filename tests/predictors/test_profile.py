@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shoal.devices.emulation import CpuLimit
+from shoal.devices.profiling import TimingSettings
+from shoal.devices.sampling import SamplerSettings, sample_shapes, shape_to_spec
+from shoal.devices.spec import DeviceSet, DeviceSpec
+from shoal.errors import ConfigError, DataError, ShoalError
+from shoal.models import SubModelSpec, config_from_timm
+from shoal.predictors import (
+    CatalogPredictor, ProfileRequest, TrainSettings, ensure_profiles, load_device_latency, load_profile,
+    profile_devices,
+)
+from tests.conftest import make_vit
+from tests.devices.helpers import fake_measure
+
+FAST = TrainSettings(epochs=5)
+
+
+def _profile(config, out, **kw):
+    [prof] = profile_devices([ProfileRequest("dev", out, kw.pop("limit", CpuLimit()),
+                                             TimingSettings(repeats=3, warmup=0))],
+                             config, sampler=SamplerSettings(kw.pop("samples", 30), seed=0), train=FAST,
+                             measure=fake_measure, progress=False, log=lambda _: None, teacher_source="tiny", **kw)
+    return prof
+
+
+def test_profile_directory_format(tiny_config, tmp_path):
+    out = tmp_path / "dev"
+    prof = _profile(tiny_config, out)
+    data = json.loads((out / "profile.json").read_text())
+    assert data["format"] == "shoal-device-profile" and data["version"] == 1
+    assert data["teacher"] == {"source": "tiny", "family": tiny_config.fingerprint(), "config": tiny_config.to_dict()}
+    assert data["device"]["cpu_limit"] == CpuLimit().to_dict() and data["device"]["threads"] == 1
+    assert data["measurements"]["measured"] == 30 and data["measurements"]["remeasured"] == 4
+    assert data["noise_floor"]["n"] == 4 and data["chosen"] in data["predictors"]
+    for kind, entry in data["predictors"].items():
+        assert {"val", "test", "files"} <= set(entry)
+        assert all((out / f).is_file() for f in entry["files"])
+    assert not [p for p in out.iterdir() if p.suffix in (".pkl", ".pt", ".pth")]
+    assert prof.predictor.kind == data["chosen"] and not prof.predictor.is_estimate
+    assert prof.family == tiny_config.fingerprint() and prof.teacher_source == "tiny"
+    again = load_profile(out / "profile.json")
+    spec = SubModelSpec.full(tiny_config)
+    assert again.predictor.predict_ms([spec]) == prof.predictor.predict_ms([spec])
+
+
+def test_broken_profiles_are_refused_with_one_clear_line(tiny_config, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_profile(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(DataError, match="unfinished"):
+        load_profile(tmp_path / "half")
+    out = tmp_path / "dev"
+    _profile(tiny_config, out)
+    text = (out / "profile.json").read_text()
+    (out / "profile.json").write_text(text[:50])
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_profile(out)
+    data = json.loads(text)
+    data["version"] = 99
+    (out / "profile.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="version 99"):
+        load_profile(out)
+    data["version"] = 1
+    del data["device"]["cpu_limit"]
+    (out / "profile.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="cpu_limit"):
+        load_profile(out)
+
+
+def _device(profile=None, **kw):
+    return DeviceSpec("dev", 1 << 24, profile=str(profile) if profile else None, central=True, **kw)
+
+
+def test_measured_profile_wins_over_the_catalog(tiny_config, tmp_path):
+    out = tmp_path / "dev"
+    estimate = load_device_latency(_device(out, catalog="jetson-tx2"), tiny_config)
+    assert isinstance(estimate, CatalogPredictor) and estimate.is_estimate and estimate.kind == "catalog-estimate"
+    _profile(tiny_config, out)
+    measured = load_device_latency(_device(out, catalog="jetson-tx2"), tiny_config)
+    assert not measured.is_estimate and measured.family == tiny_config.fingerprint()
+
+
+def test_missing_profile_and_catalog_says_what_to_run(tiny_config, tmp_path):
+    with pytest.raises(ShoalError, match="shoal profile --device-name dev --out .*/nope --threads 1 --cpu-quota 0.5"):
+        load_device_latency(_device(tmp_path / "nope", cpu_quota=0.5), tiny_config)
+    with pytest.raises(ShoalError, match="neither a profile nor a catalog"):
+        load_device_latency(_device(), tiny_config)
+
+
+def test_profile_of_another_family_or_limit_is_refused(tiny_config, tmp_path):
+    out = tmp_path / "dev"
+    _profile(tiny_config, out)
+    other = config_from_timm(make_vit(embed_dim=24, num_heads=2))
+    with pytest.raises(ConfigError, match=f"family '{tiny_config.fingerprint()}'.*family is '{other.fingerprint()}'"):
+        load_device_latency(_device(out), other)
+    with pytest.raises(ConfigError, match="measured under unlimited but the device is set to 50% of a core"):
+        load_device_latency(_device(out, cpu_quota=0.5), tiny_config)
+    with pytest.raises(ConfigError, match="1 thread.*uses 2"):
+        load_device_latency(_device(out, threads=2), tiny_config)
+
+
+def test_ensure_profiles_measures_only_what_is_missing(tiny_config, tmp_path):
+    devices = DeviceSet((
+        DeviceSpec("hub", 1 << 24, central=True),
+        DeviceSpec("board", 1 << 24, catalog="jetson-nano"),
+        DeviceSpec("edge", 1 << 24, profile=str(tmp_path / "edge")),
+    ))
+    kw = dict(samples=20, workdir=tmp_path, train=FAST, measure=fake_measure, progress=False, log=lambda _: None)
+    ready = ensure_profiles(devices, tiny_config, **kw)
+    assert ready["hub"].profile == str(tmp_path / ".shoal/profiles/hub") and ready["board"].profile is None
+    assert (tmp_path / ".shoal/profiles/hub/profile.json").is_file() and (tmp_path / "edge/profile.json").is_file()
+    assert isinstance(load_device_latency(ready["board"], tiny_config), CatalogPredictor)
+    stamp = (tmp_path / "edge/profile.json").stat().st_mtime_ns
+    ensure_profiles(ready, tiny_config, **kw)  # all valid: nothing measured again
+    assert (tmp_path / "edge/profile.json").stat().st_mtime_ns == stamp
+    other = config_from_timm(make_vit(embed_dim=24, num_heads=2))
+    messages: list[str] = []
+    ensure_profiles(ready, other, **(kw | {"log": messages.append}))  # another family: measured again
+    assert load_profile(tmp_path / "edge").family == other.fingerprint()
+    assert any("measuring again" in m for m in messages)
+    assert list((tmp_path / "edge").glob("measurements.jsonl.*.bak"))  # the old measurements are kept
+
+
+def test_predict_specs_of_the_profiled_family(tiny_config, tmp_path):
+    prof = _profile(tiny_config, tmp_path / "dev", samples=40)
+    specs = [shape_to_spec(tiny_config, s) for s in sample_shapes(tiny_config, SamplerSettings(16, seed=9))]
+    assert all(v > 0 for v in prof.predictor.predict_ms(specs))
+    full, small = prof.predictor.predict_ms([SubModelSpec.full(tiny_config), specs[1]])
+    assert full > small
