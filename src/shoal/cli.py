@@ -11,6 +11,7 @@ import typer
 
 from shoal.commands import info, plan
 from shoal.commands import bench, serve
+from shoal.commands import profile
 from shoal.commands._common import guard
 
 app = typer.Typer(
@@ -32,6 +33,9 @@ app.command("info")(guard(info.main))
 app.add_typer(serve.app, name="serve")
 app.command("bench")(guard(bench.main))
 app.add_typer(plan.app, name="plan")
+app.command("profile")(guard(profile.profile))
+app.command("predict")(guard(profile.predict))
+app.command("measure")(guard(profile.measure))
 
 # profile / predict / measure (shoal.commands.profile)
 # serve worker / central / local, bench (shoal.commands.serve, shoal.commands.bench)
