@@ -79,3 +79,17 @@ def test_unreachable_hub_gives_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))              # empty cache
     with pytest.raises(ModelError, match="hub is unreachable"):
         load_teacher("deit_tiny_patch16_224", pretrained=True)
+
+
+def test_shipped_teacher_loads_offline_and_reaches_its_reported_accuracy(monkeypatch):
+    from shoal.data.digits import load_digits_split
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    teacher = load_teacher()
+    assert teacher.is_default and teacher.config.input_shape == (1, 32, 32)
+    reported = teacher.meta["metrics"]["test"]
+    test = load_digits_split("test")
+    with torch.inference_mode():
+        top1 = (teacher.model(test.images).argmax(1) == test.labels).float().mean().item()
+    assert top1 == pytest.approx(reported["top1"], abs=1e-6)
+    assert top1 >= 0.97

@@ -67,7 +67,7 @@ def _split_indices() -> dict[str, torch.Tensor]:
 
 @lru_cache(maxsize=3)
 def load_digits_split(split: Split) -> TensorDataset:
-    """One split of the digits task (train 1,078 / val 359 / test 360 images)."""
+    """One split of the digits task (train 1,077 / val 360 / test 360 images)."""
     from sklearn.datasets import load_digits
 
     if split not in ("train", "val", "test"):
