@@ -73,6 +73,7 @@ def test_pinned_job_runs_in_a_child_process(tiny_config, tmp_path):
     assert not list(tmp_path.glob(".*.job.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NO_QUOTA is not None, reason=f"CPU quotas unavailable here: {NO_QUOTA}")
 def test_quota_job_runs_under_its_cgroup_and_cleans_up(tiny_config, tmp_path, monkeypatch):
     import shoal.devices.jobs as jobs

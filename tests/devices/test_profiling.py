@@ -8,7 +8,7 @@ import pytest
 from shoal.devices.dataset import read_dataset
 from shoal.devices.jobs import run_jobs, waves
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.profiling import DatasetMismatch, TimingSettings, prepare_job
+from shoal.devices.profiling import DatasetMismatch, TimingSettings, current_marker, prepare_job
 from shoal.devices.sampling import SamplerSettings
 from shoal.errors import DataError
 from tests.devices.helpers import CountingMeasure, FailingMeasure, fake_measure
@@ -122,3 +122,41 @@ def test_waves_keep_overlapping_cores_apart(tiny_config, tmp_path):
             for n, q, c in (("hub", 1.0, (0,)), ("a", 0.6, (1,)), ("b", 0.35, (1,)), ("free", None, None))]
     assert [[j.name for j in w] for w in waves(jobs, concurrent=True)] == [["hub", "a"], ["b"], ["free"]]
     assert len(waves(jobs, concurrent=False)) == 4
+
+
+def test_shape_that_killed_the_process_is_recorded_on_resume(tiny_config, tmp_path):
+    path = tmp_path / "m.jsonl"
+    job = _job(tiny_config, path)
+    victim = job.items[5]
+    calls = {"n": 0}
+
+    def dies_on_sixth(config, shape, timing):
+        calls["n"] += 1
+        if calls["n"] == 6:  # what the kernel's OOM killer leaves: the marker names the victim
+            raise _Killed
+        return fake_measure(config, shape, timing)
+
+    with pytest.raises(_Killed):
+        run_jobs([job], measure=dies_on_sixth, progress=False)
+    assert current_marker(path).exists()
+    messages: list[str] = []
+    resumed = _job(tiny_config, path, log=messages.append)
+    assert victim not in resumed.items and "died while timing shape" in messages[0]
+    [failure] = read_dataset(path).failures
+    assert failure.index == victim.index and "died" in failure.error and not current_marker(path).exists()
+
+
+def test_interrupt_is_not_a_crash(tiny_config, tmp_path):
+    path = tmp_path / "m.jsonl"
+
+    def interrupted(config, shape, timing):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs([_job(tiny_config, path)], measure=interrupted, progress=False)
+    assert not current_marker(path).exists()
+    assert len(_job(tiny_config, path).items) == 20 + 3 and not read_dataset(path).failures
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so the runner neither records it nor cleans up."""

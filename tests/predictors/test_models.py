@@ -113,3 +113,17 @@ def test_batched_prediction_is_fast_enough_for_the_planner(tiny_config, fake_dat
         start = time.perf_counter()
         result.predictor.predict_ms(specs)
         assert time.perf_counter() - start < 0.1
+
+
+def test_vectorised_features_match_the_accounting(tiny_config):
+    from shoal.models import spec_cost
+
+    shapes = sample_shapes(tiny_config, SamplerSettings(40, seed=4))
+    flops = feature_matrix(tiny_config, shapes, "flops")[:, 0]
+    assert flops.tolist() == [spec_cost(tiny_config, shape_to_spec(tiny_config, s)).flops for s in shapes]
+    rich = feature_matrix(tiny_config, shapes, "rich")
+    names = FEATURE_SETS["rich"]
+    for row, shape in zip(rich, shapes):
+        assert row[names.index("h_std")] == pytest.approx(np.std(shape.heads))
+        assert row[names.index("D_std")] == pytest.approx(np.std(shape.mlp))
+        assert row[names.index("n_attn")] == sum(h > 0 for h in shape.heads)

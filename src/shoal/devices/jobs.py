@@ -86,8 +86,11 @@ class JobRun:
             if self._child.returncode != 0:
                 err = self._log_file.read_text(errors="replace") if self._log_file.is_file() else ""
                 lines = [ln for ln in err.splitlines() if ln.strip()]
-                raise ShoalError(f"profiling child for device {self.job.name!r} failed "
-                                 f"(exit {self._child.returncode}): {lines[-1] if lines else 'no message'}")
+                code = self._child.returncode
+                why = lines[-1] if lines else ("killed (out of memory?)" if code == -9 else "no message")
+                raise ShoalError(f"the measuring process of device {self.job.name!r} died (exit {code}): {why}; "
+                                 "what it measured is kept: run again to resume (the shape it was timing is then "
+                                 "recorded as a failure)")
         finally:
             self.stop()
 

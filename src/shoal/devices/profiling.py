@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -98,7 +99,22 @@ def measure_shape(config: ViTConfig, shape: SubModelShape, timing: TimingSetting
 
 def time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timing: TimingSettings,
                measure: MeasureFn = measure_shape, on_item: Callable[[], None] | None = None) -> int:
-    """Time `items` in this process, appending each result to `dataset`; returns the failures."""
+    """Time `items` in this process, appending each result to `dataset`; returns the failures.
+
+    The item being timed is noted in a marker file beside the dataset, so that if the
+    process dies on it (the kernel's out-of-memory killer, a segfault) the next run
+    records it as a failure instead of dying on it again (`prepare_job`).
+    """
+    marker = current_marker(dataset)
+    try:
+        return _time_items(config, items, dataset, timing, measure, on_item, marker)
+    except (KeyboardInterrupt, SystemExit):  # stopped on purpose: not a crash of the shape being timed
+        marker.unlink(missing_ok=True)
+        raise
+
+
+def _time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timing: TimingSettings,
+                measure: MeasureFn, on_item: Callable[[], None] | None, marker: Path) -> int:
     failed: set[str] = set()
     with appender(dataset) as out:
         for item in items:
@@ -107,6 +123,7 @@ def time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timi
                 if on_item is not None:
                     on_item()
                 continue
+            marker.write_text(json.dumps({"index": item.index, "pass": item.pass_, "shape": shape_to_dict(item.shape)}))
             start = time.perf_counter()
             try:
                 stats, weights, activations = measure(config, item.shape, timing)
@@ -123,7 +140,32 @@ def time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timi
                                       max(build_ms, 0.0), round(os.getloadavg()[0], 2)))
             if on_item is not None:
                 on_item()
+    marker.unlink(missing_ok=True)
     return len(failed)
+
+
+def current_marker(dataset: Path) -> Path:
+    """The file naming the item a measuring process is timing right now."""
+    return dataset.with_name(f".{dataset.name}.current")
+
+
+def _record_crash(dataset: Path, done: set[tuple[str, int]], log: Callable[[str], None]) -> None:
+    """If a run died while timing an item (its marker is left), record that item as a failure."""
+    marker = current_marker(dataset)
+    try:
+        data = json.loads(marker.read_text())
+        item = WorkItem(int(data["index"]), int(data["pass"]), shape_from_dict(data["shape"]))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        marker.unlink(missing_ok=True)
+        return
+    sid = shape_id(item.shape)
+    if (sid, item.pass_) not in done:
+        with appender(dataset) as out:
+            out.write(Failure(item.index, item.pass_, sid, item.shape, "the measuring process died while timing "
+                              "this shape (killed for lack of memory?); skipped"))
+        log(f"{dataset}: the last run died while timing shape {item.index} (pass {item.pass_}); "
+            "recorded it as a failure and going on")
+    marker.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -188,9 +230,13 @@ def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSet
         mismatch = header_mismatch(existing.header, header)
         if mismatch:
             raise DatasetMismatch(f"{dataset} was measured under other conditions ({'; '.join(mismatch)}); "
-                              "pass --no-resume to start over (the old file is kept beside it)")
+                                  "pass --no-resume to start over (the old file is kept beside it)")
+        if current_marker(dataset).exists():
+            _record_crash(dataset, existing.done(), log)
+            existing = read_dataset(dataset)
         done = existing.done() | {(f.id, 2) for f in existing.failures if f.pass_ == 1}
     elif dataset.is_file():
+        current_marker(dataset).unlink(missing_ok=True)
         aside = dataset.with_name(f"{dataset.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
         shutil.move(str(dataset), aside)
         log(f"moved the previous dataset aside to {aside}")
@@ -222,6 +268,7 @@ def explicit_job(name: str, config: ViTConfig, dataset: Path, shapes: Sequence[S
 def _child_main(job_file: str) -> int:
     """Entry of the child process: wait for the parent's go (the limit is set), then time the items."""
     job = MeasurementJob.from_dict(json.loads(Path(job_file).read_text()))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the parent stops us: clean exit, no crash marker
     if sys.stdin.readline().strip() != "go":
         return 3  # the parent could not set the limit and gave up
     torch.set_num_threads(job.timing.threads)

@@ -38,6 +38,9 @@ class LatencyStats:
         warmup: Untimed calls before them.
         threads: Torch intra-op threads during the calls.
         device: "cpu" or "cuda".
+        cpu_ms: Mean CPU time of this process per timed call. Wall / CPU near 1 (or near
+            1/quota under a CPU quota) means the calls ran undisturbed; higher means the
+            machine was busy and the process waited for a core.
     """
 
     median_ms: float
@@ -49,6 +52,7 @@ class LatencyStats:
     warmup: int
     threads: int
     device: str
+    cpu_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -67,7 +71,8 @@ class LatencyStats:
         return asdict(self)
 
     @classmethod
-    def from_times(cls, times_ms: Sequence[float], *, warmup: int, threads: int, device: str) -> LatencyStats:
+    def from_times(cls, times_ms: Sequence[float], *, warmup: int, threads: int, device: str,
+                   cpu_ms: float | None = None) -> LatencyStats:
         """Statistics of raw per-call times (ms)."""
         if not times_ms:
             raise ConfigError("no timed calls to summarise")
@@ -75,7 +80,7 @@ class LatencyStats:
         return cls(
             median_ms=_quantile(ordered, 0.5), p10_ms=_quantile(ordered, 0.1), p90_ms=_quantile(ordered, 0.9),
             mean_ms=sum(ordered) / len(ordered), min_ms=ordered[0], n=len(ordered), warmup=warmup,
-            threads=threads, device=device)
+            threads=threads, device=device, cpu_ms=cpu_ms)
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
@@ -131,16 +136,18 @@ def measure_latency(
                 model(x)
             sync()
             gc.disable()  # no collection pauses inside the timed calls (a full collect costs ~0.1 s)
+            cpu_start = time.process_time_ns()
             for _ in range(repeats):
                 start = time.perf_counter_ns()
                 model(x)
                 sync()
                 times.append((time.perf_counter_ns() - start) / 1e6)
+            cpu_ms = (time.process_time_ns() - cpu_start) / 1e6 / repeats
     finally:
         if gc_was_enabled:
             gc.enable()
         torch.set_num_threads(previous_threads)
-    return LatencyStats.from_times(times, warmup=warmup, threads=threads, device=dev.type)
+    return LatencyStats.from_times(times, warmup=warmup, threads=threads, device=dev.type, cpu_ms=round(cpu_ms, 4))
 
 
 class _LiveBytes(TorchDispatchMode):

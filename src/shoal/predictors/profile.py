@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from rich.console import Console
 
 import shoal
-from shoal.devices.dataset import read_dataset
+from shoal.devices.dataset import LatencyDataset, read_dataset
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.jobs import ProgressFn, run_jobs
 from shoal.devices.probe import DeviceProbe, probe_device
@@ -83,6 +84,20 @@ class DeviceProfile:
         return self.metrics.get("noise_floor")
 
 
+def measuring_conditions(dataset: LatencyDataset, limit: CpuLimit) -> dict[str, Any]:
+    """How busy the machine was while measuring: load average, and wall / CPU time per call
+    against what the quota alone explains (1 / quota, or 1 unlimited)."""
+    first = dataset.first_pass()
+    ratios = [m.stats.median_ms / m.stats.cpu_ms for m in first if m.stats.cpu_ms]
+    expected = 1.0 / min(limit.quota, 1.0) if limit.quota is not None else 1.0
+    observed = float(np.median(ratios)) if ratios else None
+    loads = [m.loadavg for m in first]
+    return {"loadavg_mean": round(float(np.mean(loads)), 2) if loads else None,
+            "wall_over_cpu_median": round(observed, 3) if observed else None,
+            "wall_over_cpu_expected": round(expected, 3),
+            "busy": bool(observed and observed > 1.25 * expected)}
+
+
 def write_profile(out: Path, name: str, probe: DeviceProbe, suite: PredictorSuite, *, teacher_source: str,
                   train: TrainSettings) -> Path:
     """Save every predictor of `suite` and then `profile.json` into `out` (the dataset is already there)."""
@@ -102,6 +117,7 @@ def write_profile(out: Path, name: str, probe: DeviceProbe, suite: PredictorSuit
         "measurements": {"file": DATASET_FILE, "sha256": sha256_file(out / DATASET_FILE),
                          "measured": len(dataset.first_pass()), "remeasured": len(dataset.pairs()),
                          "failed": len(dataset.failures)},
+        "conditions": measuring_conditions(dataset, CpuLimit.from_dict(header["cpu_limit"])),
         "noise_floor": suite.noise.to_dict() if suite.noise else None,
         "split": suite.split, "predictors": predictors, "chosen": suite.chosen, "reason": suite.reason,
     }
@@ -210,5 +226,10 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
         suite = fit_predictors(config, dataset, train)
         probe = probe_device(req.timing.threads, req.timing.device)
         write_profile(req.out, req.name, probe, suite, teacher_source=teacher_source, train=train)
+        busy = measuring_conditions(dataset, req.cpu_limit)
+        if busy["busy"]:
+            say(f"[yellow]{req.name}: the machine was busy while measuring[/] (calls took "
+                f"{busy['wall_over_cpu_median']:.2f}x their CPU time, {busy['wall_over_cpu_expected']:.2f}x expected; "
+                f"load average {busy['loadavg_mean']}): latencies are inflated and noisy; profile again when idle")
         profiles.append(load_profile(req.out))
     return profiles
