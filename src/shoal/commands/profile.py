@@ -16,11 +16,11 @@ from shoal.devices.jobs import run_jobs
 from shoal.devices.probe import DeviceKind, probe_device
 from shoal.devices.profiling import TimingSettings, explicit_job
 from shoal.devices.sampling import SamplerSettings
-from shoal.errors import ConfigError, DataError, ModelError, ShoalError
+from shoal.errors import ConfigError, DataError, ShoalError
 from shoal.models import SubModelSpec, ViTConfig, load_teacher, spec_cost
 from shoal.models.partition import SubModelShape
 from shoal.predictors.profile import DATASET_FILE, DeviceProfile, ProfileRequest, load_profile, profile_devices
-from shoal.predictors.training import TrainSettings
+from shoal.predictors.training import DEFAULT_TARGET, TrainSettings
 
 DEFAULT_SAMPLES = 600
 ModelOpt = Annotated[str | None, typer.Option(
@@ -33,19 +33,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output o
 
 
 def teacher_family(model: str | None, checkpoint: str | None) -> tuple[ViTConfig, str]:
-    """(family, source) of the teacher; the default digits ViT's family is known even before it is trained."""
-    try:
-        teacher = load_teacher(model, checkpoint=checkpoint, pretrained=False)
-        return teacher.config, teacher.source
-    except ModelError:
-        if model is not None or checkpoint is not None:
-            raise
-    import timm
-
-    from shoal.data.train_teacher import TIMM_KWARGS, TIMM_MODEL
-    from shoal.models import DEFAULT_TEACHER, config_from_timm
-
-    return config_from_timm(timm.create_model(TIMM_MODEL, pretrained=False, **TIMM_KWARGS)), DEFAULT_TEACHER
+    """(family, source) of the teacher; timing needs no trained weights, so timm models are not downloaded."""
+    teacher = load_teacher(model, checkpoint=checkpoint, pretrained=False)
+    return teacher.config, teacher.source
 
 
 def cpu_limit_option(cpu_quota: float | None, cpus: str | None) -> CpuLimit:
@@ -73,6 +63,8 @@ def profile(
     cpus: CpusOpt = None,
     repeats: Annotated[int, typer.Option(min=3, help="timed calls per shape (median kept)")] = 25,
     seed: Annotated[int, typer.Option(help="seed of the shape sample and the split")] = 0,
+    target: Annotated[str, typer.Option(help="statistic to learn per shape: median, p10 or min of the timed calls")
+                      ] = DEFAULT_TARGET,
     out: Annotated[Path | None, typer.Option(help="profile directory (default: .shoal/profiles/<device-name>)")] = None,
     resume: Annotated[bool, typer.Option(help="keep what an earlier, interrupted run measured")] = True,
     as_json: JsonOpt = False,
@@ -80,6 +72,7 @@ def profile(
     """Measure this device on sampled sub-models of the teacher and train its latency predictor."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    train = TrainSettings(seed=seed, target=target)  # type: ignore[arg-type]  # validated there
     kind: DeviceKind = "cuda" if device == "cuda" else "cpu"
     probe_device(threads, kind)  # fails early if cuda is asked for and absent
     config, source = teacher_family(model, checkpoint)
@@ -90,7 +83,7 @@ def profile(
     request = ProfileRequest(device_name, out, limit, TimingSettings(repeats=repeats, threads=threads, device=kind))
     try:
         [result] = profile_devices([request], config, sampler=SamplerSettings(samples, seed), teacher_source=source,
-                                   train=TrainSettings(seed=seed), resume=resume, console=console)
+                                   train=train, resume=resume, console=console)
     except KeyboardInterrupt:
         kept = len(read_dataset(out / DATASET_FILE).measurements) if (out / DATASET_FILE).is_file() else 0
         console.print(f"[yellow]interrupted:[/] {kept} measurements kept in {out / DATASET_FILE}; "
@@ -108,12 +101,13 @@ def _print_profile(result: DeviceProfile) -> None:
     console.print(f"[bold]{result.name}[/]: {result.probe.describe()}; {result.cpu_limit.describe()}", highlight=False)
     console.print(f"measured {m['measured']} shapes, re-measured {m['remeasured']}, failed {m['failed']}",
                   highlight=False)
-    table = Table(title=f"latency predictors on {data['split']['test']} held-out shapes")
-    for col in ("predictor", "val MAPE", "test RMSE ms", "test MAPE", "within ±10%", ""):
-        table.add_column(col, justify="left" if col in ("predictor", "") else "right")
+    table = Table(title=f"latency predictors ({data['training']['target']} per shape), {data['split']['test']} "
+                        "held-out shapes; noise floor: pass 1 vs re-measurement")
+    for col in ("predictor", "val MAPE", "test RMSE ms", "test MAPE", "±10%", ""):
+        table.add_column(col, justify="left" if col in ("predictor", "") else "right", no_wrap=col == "predictor")
     noise = result.noise_floor
     if noise:
-        table.add_row("noise floor (pass 1 vs 2)", "", f"{noise['rmse_ms']:.3f}", f"{noise['mape']:.1%}",
+        table.add_row("noise floor", "", f"{noise['rmse_ms']:.3f}", f"{noise['mape']:.1%}",
                       f"{noise['within_10']:.0%}", f"n={noise['n']}", style="dim")
     for kind, r in data["predictors"].items():
         t = r["test"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from shoal.predictors.models import EnsemblePredictor, LinearPredictor, MLPPredi
 
 CANDIDATES = ("flops-linear", "mlp", "terms-linear", "mlp-terms-residual", "ensemble")
 MIN_SHAPES = 10
+Target = Literal["median", "p10", "min"]
+DEFAULT_TARGET: Target = "median"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class TrainSettings:
         epochs: MLP training epochs.
         seed: Seed of the split and of the MLP initialisation.
         candidates: Which predictors to train (a subset of `CANDIDATES`).
+        target: Which per-shape statistic is learnt and scored: "median" of the timed calls
+            (the typical latency; the default), or "p10" / "min" (the undisturbed latency,
+            steadier on a busy machine).
     """
 
     test_share: float = 0.25
@@ -50,8 +55,11 @@ class TrainSettings:
     epochs: int = 300
     seed: int = 0
     candidates: tuple[str, ...] = CANDIDATES
+    target: Target = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
+        if self.target not in ("median", "p10", "min"):
+            raise ConfigError(f"target must be 'median', 'p10' or 'min', got {self.target!r}")
         for name in ("test_share", "val_share"):
             value = getattr(self, name)
             if not 0.0 < value < 0.9:
@@ -64,7 +72,7 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"test_share": self.test_share, "val_share": self.val_share, "epochs": self.epochs,
-                "seed": self.seed, "candidates": list(self.candidates)}
+                "seed": self.seed, "candidates": list(self.candidates), "target": self.target}
 
 
 @dataclass(frozen=True)
@@ -117,12 +125,17 @@ def split_indices(n: int, test_share: float, val_share: float, seed: int) -> tup
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
-def dataset_noise(dataset: LatencyDataset) -> ErrorMetrics | None:
+def target_ms(measurement: Measurement, target: Target = "median") -> float:
+    """The statistic of one measurement that predictors learn."""
+    return float(getattr(measurement.stats, f"{target}_ms"))
+
+
+def dataset_noise(dataset: LatencyDataset, target: Target = "median") -> ErrorMetrics | None:
     """Noise floor of a dataset's re-measured shapes, or None if it has none."""
     pairs = dataset.pairs()
     if not pairs:
         return None
-    return noise_floor([a.median_ms for a, _ in pairs], [b.median_ms for _, b in pairs])
+    return noise_floor([target_ms(a, target) for a, _ in pairs], [target_ms(b, target) for _, b in pairs])
 
 
 def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSettings = TrainSettings()
@@ -137,7 +150,7 @@ def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSe
         raise ConfigError(f"need at least {MIN_SHAPES} measured shapes to train a latency predictor, "
                           f"have {len(measured)}; profile with more --samples")
     shapes = [m.shape for m in measured]
-    y = np.array([m.median_ms for m in measured])
+    y = np.array([target_ms(m, settings.target) for m in measured])
     tr, va, te = split_indices(len(y), settings.test_share, settings.val_share, settings.seed)
 
     def pick(idx: np.ndarray) -> list[Any]:
@@ -163,7 +176,7 @@ def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSe
     chosen = ranked[0]
     reason = f"lowest validation MAPE ({results[chosen].val.mape:.1%} on {len(va)} shapes"
     reason += f"; next {ranked[1]} {results[ranked[1]].val.mape:.1%})" if len(ranked) > 1 else ")"
-    return PredictorSuite(results, chosen, reason, dataset_noise(dataset),
+    return PredictorSuite(results, chosen, reason, dataset_noise(dataset, settings.target),
                           {"train": len(tr), "val": len(va), "test": len(te)})
 
 
