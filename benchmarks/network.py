@@ -79,6 +79,7 @@ def measure(plan_dir: Path, plan: Plan, rate: float, delay: float, requests: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", choices=["3dev", "2dev"], default="3dev", help="devices of the default plan")
     parser.add_argument("--plan", type=Path, default=None)
     parser.add_argument("--rates", type=float, nargs="+", default=[2.0, 100.0], help="Mbit/s")
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 20.0], help="one-way ms")
@@ -90,7 +91,7 @@ def main() -> None:
     if reason:
         sys.exit(f"cannot emulate links here: {reason}")
     with tempfile.TemporaryDirectory(prefix="shoal-net-") as tmp:
-        plan_dir, note = (args.plan, "given plan") if args.plan else default_plan(Path(tmp))
+        plan_dir, note = (args.plan, "given plan") if args.plan else default_plan(Path(tmp), args.layout)
         plan = load_plan(plan_dir)
         console.print(f"plan {plan_dir}: {note}", highlight=False)
         rows = [measure(plan_dir, plan, rate, delay, args.requests, not args.no_emulate)

@@ -30,6 +30,7 @@ GOAL = 1.15
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", choices=["3dev", "2dev"], default="3dev", help="devices of the default plan")
     parser.add_argument("--plan", type=Path, default=None, help="plan directory (default: see _plans.py)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/runtime.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
-        plan, teacher_note = (args.plan, "given plan") if args.plan else default_plan(Path(tmp))
+        plan, teacher_note = (args.plan, "given plan") if args.plan else default_plan(Path(tmp), args.layout)
         console.print(f"plan {plan}: {teacher_note}", highlight=False)
         runs = []
         for i, concurrency in enumerate(args.concurrency):

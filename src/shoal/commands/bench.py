@@ -61,6 +61,7 @@ def print_tables(r: BenchResult) -> None:
                       f"{d.round_trip_ms:.2f}")
     parts.add_row("aggregation", f"{r.aggregation_ms:.2f}", "", "", "")
     parts.add_row("slowest compute + aggregation", f"{r.critical_ms:.2f}", "", "", "")
+    parts.add_row("central node, receipt to reply", f"{r.server_ms:.2f}", "", "", "")
     parts.add_row("runtime overhead", f"{r.overhead_ms:.2f}", "", "", f"p50 / critical = {r.overhead_ratio:.2f}")
     console.print(parts)
     if r.errors:

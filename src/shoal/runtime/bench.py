@@ -71,6 +71,7 @@ class BenchResult:
     critical_ms: float
     overhead_ms: float
     overhead_ratio: float
+    server_ms: float
     accuracy: float | None
     accuracy_n: int
     data: str
@@ -122,12 +123,34 @@ def run_load(client: ShoalClient, requests: Sequence[pb.PredictRequest], total: 
     return [r for r in results if r is not None], time.perf_counter() - t0
 
 
-def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]
-              ) -> tuple[Stats, dict[str, int], tuple[DeviceBreakdown, ...], float, float, float]:
-    """Latency stats, error counts by status, per-device medians, aggregation, critical path and overhead.
+@dataclass(frozen=True)
+class Summary:
+    """What the timed requests say (medians over the answered ones, ms).
 
-    The critical path of a request is its slowest device compute plus aggregation;
-    the overhead is end-to-end minus that (medians over answered requests).
+    Attributes:
+        latency: End-to-end latency seen by the client.
+        errors: Failed requests by status code name.
+        devices: Per-device breakdown, plan order.
+        aggregation_ms: Aggregation on the central node.
+        critical_ms: Slowest device compute + aggregation, per request.
+        overhead_ms: End-to-end minus the critical path, per request (never negative).
+        server_ms: Central node time from receipt to reply (end-to-end minus it: the client's hop).
+    """
+
+    latency: Stats
+    errors: dict[str, int]
+    devices: tuple[DeviceBreakdown, ...]
+    aggregation_ms: float
+    critical_ms: float
+    overhead_ms: float
+    server_ms: float
+
+
+def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]) -> Summary:
+    """Summarise `run_load` results.
+
+    Raises:
+        RuntimeServiceError: no request was answered.
     """
     answered = [(ms, r) for ms, r in results if isinstance(r, pb.PredictReply)]
     errors: dict[str, int] = {}
@@ -143,15 +166,14 @@ def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]
         for t in reply.timings:
             if t.ok:
                 per_device.setdefault(t.device, []).append(t)
-        slowest = max(t.compute_ms for t in reply.timings if t.ok)
-        critical.append(slowest + reply.aggregation_ms)
+        critical.append(max(t.compute_ms for t in reply.timings if t.ok) + reply.aggregation_ms)
         overhead.append(ms - critical[-1])
     med = statistics.median
     devices = tuple(DeviceBreakdown(name, med(t.compute_ms for t in ts), med(t.queue_ms for t in ts),
                                     med(t.transfer_ms for t in ts), med(t.round_trip_ms for t in ts))
                     for name, ts in per_device.items())
-    return (Stats.of([ms for ms, _ in answered]), errors, devices, med(r.aggregation_ms for _, r in answered),
-            med(critical), med(overhead))
+    return Summary(Stats.of([ms for ms, _ in answered]), errors, devices, med(r.aggregation_ms for _, r in answered),
+                   med(critical), med(overhead), med(r.total_ms for _, r in answered))
 
 
 def run_bench(
@@ -199,7 +221,7 @@ def run_bench(
             log(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
         run_load(client, prepared, warmup, concurrency)
         results, wall = run_load(client, prepared, requests, concurrency)
-        latency, errors, devices, agg, critical, overhead = summarise(results)
+        summary = summarise(results)
         top1 = None
         if test is not None:
             top1 = accuracy(lambda b: client.predict(b, top_k=1).labels, test)
@@ -208,12 +230,13 @@ def run_bench(
         teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes, log)
     speedup = None
     if teacher_result is not None:
-        speedup = teacher_result["latency"]["p50_ms"] / latency.p50_ms
+        speedup = teacher_result["latency"]["p50_ms"] / summary.latency.p50_ms
     predicted = plan.meta.get("predicted") if isinstance(plan.meta.get("predicted"), dict) else {}
     return BenchResult(
         plan=str(plan_dir), fingerprint=fingerprint, target=target, requests=requests, concurrency=concurrency,
-        latency=latency, throughput_rps=len(results) / wall, errors=errors, devices=devices,
-        aggregation_ms=agg, critical_ms=critical, overhead_ms=overhead, overhead_ratio=latency.p50_ms / critical,
+        latency=summary.latency, throughput_rps=len(results) / wall, errors=summary.errors, devices=summary.devices,
+        aggregation_ms=summary.aggregation_ms, critical_ms=summary.critical_ms, overhead_ms=summary.overhead_ms,
+        overhead_ratio=summary.latency.p50_ms / summary.critical_ms, server_ms=summary.server_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
         speedup=speedup, predicted_ms=_number(predicted.get("total_ms")),
         predicted_speedup=_number(predicted.get("speedup_vs_teacher_on_central")), notes=tuple(notes))
