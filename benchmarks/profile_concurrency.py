@@ -59,7 +59,7 @@ def main() -> None:
                 for d, job in zip(chosen, jobs):
                     ms = sorted(read_dataset(job.dataset).measurements, key=lambda m: m.index)
                     medians[(d.name, mode, rnd)] = np.array([m.median_ms for m in ms])
-    table = Table(title="concurrent vs sequential profiling (median per-shape ratio, [p10, p90])")
+    table = Table(title="concurrent vs sequential profiling (median per-shape ratio, p10-p90 in brackets)")
     for col in ("device", "concurrent / sequential", "sequential round 2 / round 1"):
         table.add_column(col)
     result: dict[str, object] = {"shapes": args.shapes, "repeats": args.repeats, "rounds": args.rounds,

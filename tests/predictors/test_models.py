@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from shoal.predictors import (
     noise_floor, save_predictor,
 )
 from shoal.predictors.features import FEATURE_SETS, feature_matrix
+from shoal.predictors.training import resolve_target
 from tests.conftest import make_vit
 from tests.devices.helpers import fake_latency_ms
 
@@ -91,6 +93,9 @@ def test_fit_predictors_chooses_by_validation_and_reports_noise(tiny_config, fak
     assert suite.results["terms-linear"].test.mape < 0.01  # the fake latency is linear in the cost terms
     assert suite.split == {"train": 38, "val": 7, "test": 15}
     assert suite.noise is not None and suite.noise.n == 9 and suite.noise.mape == 0.0
+    assert suite.target == "p10"  # "auto" on an unlimited device
+    quota = dataclasses.replace(fake_dataset, header=fake_dataset.header | {"cpu_limit": {"quota": 0.5}})
+    assert resolve_target("auto", quota) == "mean" and resolve_target("median", quota) == "median"
     only = fit_predictors(tiny_config, fake_dataset, TrainSettings(candidates=("flops-linear",)))
     assert set(only.results) == {"flops-linear"}
     with pytest.raises(ConfigError, match="unknown predictor kind"):

@@ -63,8 +63,9 @@ def profile(
     cpus: CpusOpt = None,
     repeats: Annotated[int, typer.Option(min=3, help="timed calls per shape (median kept)")] = 25,
     seed: Annotated[int, typer.Option(help="seed of the shape sample and the split")] = 0,
-    target: Annotated[str, typer.Option(help="statistic to learn per shape: median, p10 or min of the timed calls")
-                      ] = DEFAULT_TARGET,
+    target: Annotated[str, typer.Option(
+        help="statistic of the timed calls to learn per shape: auto (mean under --cpu-quota, else p10), median, "
+             "mean, p10 or min")] = DEFAULT_TARGET,
     out: Annotated[Path | None, typer.Option(help="profile directory (default: .shoal/profiles/<device-name>)")] = None,
     resume: Annotated[bool, typer.Option(help="keep what an earlier, interrupted run measured")] = True,
     as_json: JsonOpt = False,
@@ -72,7 +73,7 @@ def profile(
     """Measure this device on sampled sub-models of the teacher and train its latency predictor."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
-    train = TrainSettings(seed=seed, target=target)  # type: ignore[arg-type]  # validated there
+    train = TrainSettings(seed=seed, target=target)
     kind: DeviceKind = "cuda" if device == "cuda" else "cpu"
     probe_device(threads, kind)  # fails early if cuda is asked for and absent
     config, source = teacher_family(model, checkpoint)
@@ -101,7 +102,7 @@ def _print_profile(result: DeviceProfile) -> None:
     console.print(f"[bold]{result.name}[/]: {result.probe.describe()}; {result.cpu_limit.describe()}", highlight=False)
     console.print(f"measured {m['measured']} shapes, re-measured {m['remeasured']}, failed {m['failed']}",
                   highlight=False)
-    table = Table(title=f"latency predictors ({data['training']['target']} per shape), {data['split']['test']} "
+    table = Table(title=f"latency predictors ({data['target']} per shape), {data['split']['test']} "
                         "held-out shapes; noise floor: pass 1 vs re-measurement")
     for col in ("predictor", "val MAPE", "test RMSE ms", "test MAPE", "±10%", ""):
         table.add_column(col, justify="left" if col in ("predictor", "") else "right", no_wrap=col == "predictor")

@@ -119,7 +119,8 @@ def write_profile(out: Path, name: str, probe: DeviceProbe, suite: PredictorSuit
                          "failed": len(dataset.failures)},
         "conditions": measuring_conditions(dataset, CpuLimit.from_dict(header["cpu_limit"])),
         "noise_floor": suite.noise.to_dict() if suite.noise else None,
-        "split": suite.split, "predictors": predictors, "chosen": suite.chosen, "reason": suite.reason,
+        "target": suite.target, "split": suite.split, "predictors": predictors, "chosen": suite.chosen,
+        "reason": suite.reason,
     }
     atomic_write_json(out / PROFILE_FILE, data)
     return out / PROFILE_FILE
@@ -165,7 +166,7 @@ def load_profile(path: str | Path) -> DeviceProfile:
     if predictor.family != config.fingerprint():
         raise DataError(f"{directory}: predictor-{chosen} is for family {predictor.family!r}, the profile for "
                         f"{config.fingerprint()!r}")
-    metrics = {k: data.get(k) for k in ("noise_floor", "predictors", "chosen", "reason", "split")}
+    metrics = {k: data.get(k) for k in ("noise_floor", "predictors", "chosen", "reason", "split", "target")}
     return DeviceProfile(directory, str(device["name"]), probe, cpu_limit, threads, config,
                          str(teacher.get("source", "")), predictor, metrics, data)
 

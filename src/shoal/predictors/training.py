@@ -31,8 +31,9 @@ from shoal.predictors.models import EnsemblePredictor, LinearPredictor, MLPPredi
 
 CANDIDATES = ("flops-linear", "mlp", "terms-linear", "mlp-terms-residual", "ensemble")
 MIN_SHAPES = 10
-Target = Literal["median", "p10", "min"]
-DEFAULT_TARGET: Target = "median"
+Target = Literal["median", "mean", "p10", "min"]
+TARGETS: tuple[str, ...] = ("auto", "median", "mean", "p10", "min")
+DEFAULT_TARGET = "auto"  # mean under a CPU quota, p10 otherwise (docs/decisions/004-latency-predictor.md)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,11 @@ class TrainSettings:
         epochs: MLP training epochs.
         seed: Seed of the split and of the MLP initialisation.
         candidates: Which predictors to train (a subset of `CANDIDATES`).
-        target: Which per-shape statistic is learnt and scored: "median" of the timed calls
-            (the typical latency; the default), or "p10" / "min" (the undisturbed latency,
-            steadier on a busy machine).
+        target: Which per-shape statistic of the timed calls is learnt and scored: "median",
+            "mean", "p10" or "min"; "auto" (default) takes "mean" for a device measured under a
+            CPU quota (throttling makes single calls bimodal; their mean is the quota'd speed)
+            and "p10" otherwise (the undisturbed latency; the median drifts with the load of a
+            shared machine).
     """
 
     test_share: float = 0.25
@@ -55,11 +58,11 @@ class TrainSettings:
     epochs: int = 300
     seed: int = 0
     candidates: tuple[str, ...] = CANDIDATES
-    target: Target = DEFAULT_TARGET
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
-        if self.target not in ("median", "p10", "min"):
-            raise ConfigError(f"target must be 'median', 'p10' or 'min', got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         for name in ("test_share", "val_share"):
             value = getattr(self, name)
             if not 0.0 < value < 0.9:
@@ -99,6 +102,7 @@ class PredictorSuite:
         reason: Why it was chosen (one line).
         noise: Noise floor of the dataset (None without re-measurements).
         split: Number of shapes in train / val / test.
+        target: The per-shape statistic learnt ("median", "mean", "p10" or "min").
     """
 
     results: dict[str, FitResult]
@@ -106,13 +110,14 @@ class PredictorSuite:
     reason: str
     noise: ErrorMetrics | None
     split: dict[str, int] = field(default_factory=dict)
+    target: Target = "median"
 
     @property
     def predictor(self) -> LatencyPredictor:
         return self.results[self.chosen].predictor
 
     def metrics_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "reason": self.reason, "split": self.split,
+        return {"chosen": self.chosen, "reason": self.reason, "split": self.split, "target": self.target,
                 "noise_floor": self.noise.to_dict() if self.noise else None,
                 "predictors": {k: r.to_dict() for k, r in self.results.items()}}
 
@@ -123,6 +128,13 @@ def split_indices(n: int, test_share: float, val_share: float, seed: int) -> tup
     n_test = max(1, round(test_share * n))
     n_val = max(1, round(val_share * (n - n_test)))
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def resolve_target(target: str, dataset: LatencyDataset) -> Target:
+    """The statistic "auto" stands for on this dataset: mean under a CPU quota, else p10."""
+    if target != "auto":
+        return target  # type: ignore[return-value]
+    return "mean" if (dataset.header.get("cpu_limit") or {}).get("quota") is not None else "p10"
 
 
 def target_ms(measurement: Measurement, target: Target = "median") -> float:
@@ -145,12 +157,13 @@ def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSe
     Raises:
         ConfigError: fewer than `MIN_SHAPES` shapes were measured.
     """
+    target = resolve_target(settings.target, dataset)
     measured: list[Measurement] = dataset.first_pass()
     if len(measured) < MIN_SHAPES:
         raise ConfigError(f"need at least {MIN_SHAPES} measured shapes to train a latency predictor, "
                           f"have {len(measured)}; profile with more --samples")
     shapes = [m.shape for m in measured]
-    y = np.array([target_ms(m, settings.target) for m in measured])
+    y = np.array([target_ms(m, target) for m in measured])
     tr, va, te = split_indices(len(y), settings.test_share, settings.val_share, settings.seed)
 
     def pick(idx: np.ndarray) -> list[Any]:
@@ -176,8 +189,8 @@ def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSe
     chosen = ranked[0]
     reason = f"lowest validation MAPE ({results[chosen].val.mape:.1%} on {len(va)} shapes"
     reason += f"; next {ranked[1]} {results[ranked[1]].val.mape:.1%})" if len(ranked) > 1 else ")"
-    return PredictorSuite(results, chosen, reason, dataset_noise(dataset, settings.target),
-                          {"train": len(tr), "val": len(va), "test": len(te)})
+    return PredictorSuite(results, chosen, reason, dataset_noise(dataset, target),
+                          {"train": len(tr), "val": len(va), "test": len(te)}, target)
 
 
 def _with_dependencies(kinds: Sequence[str]) -> list[str]:
