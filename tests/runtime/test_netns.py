@@ -17,7 +17,9 @@ from shoal.errors import RuntimeServiceError
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.delayproxy import DelayProxy
-from shoal.runtime.netns import NetnsLink, link_breakdown, netns_unavailable_reason, wire_bytes
+from shoal.runtime.netns import (
+    NetnsLink, link_breakdown, netns_unavailable_reason, sweep_stale_namespaces, wire_bytes,
+)
 
 REASON = netns_unavailable_reason()
 needs_netns = pytest.mark.skipif(REASON is not None, reason=f"network namespaces unavailable: {REASON}")
@@ -70,6 +72,24 @@ def test_failed_setup_removes_the_namespace(monkeypatch):
         with link:
             pass
     assert link.namespace not in _namespaces()
+
+
+@pytest.mark.netns
+@needs_netns
+def test_namespaces_of_dead_runs_are_swept():
+    dead = _dead_pid()
+    name = f"shoal-stale-{dead}-abcdef"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert name in sweep_stale_namespaces() and name not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.mark.netns

@@ -48,6 +48,18 @@ def netns_unavailable_reason() -> str | None:
     return None
 
 
+def sweep_stale_namespaces() -> list[str]:
+    """Delete `shoal-<hint>-<pid>-<tag>` namespaces whose creating process is gone (a killed run)."""
+    removed = []
+    for line in _run("ip", "netns", "list").splitlines():
+        name = line.split()[0] if line.strip() else ""
+        parts = name.split("-")
+        if len(parts) >= 4 and parts[0] == "shoal" and parts[-2].isdigit() and not Path(f"/proc/{parts[-2]}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+            removed.append(name)
+    return removed
+
+
 def _run(*cmd: str) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -81,7 +93,7 @@ class NetnsLink:
         self.rate_mbit = rate_mbit
         self.delay_ms = delay_ms
         tag = uuid.uuid4().hex[:6]
-        self.namespace = f"shoal-{''.join(c for c in hint if c.isalnum())[:12]}-{tag}"
+        self.namespace = f"shoal-{''.join(c for c in hint if c.isalnum())[:12]}-{os.getpid()}-{tag}"
         self.host_if, self.peer_if = f"shv{tag}h", f"shv{tag}p"
         self.force_proxy = force_proxy
         self.delay_mode: str = "none"
@@ -110,6 +122,7 @@ class NetnsLink:
         self.close()
 
     def _create(self) -> None:
+        sweep_stale_namespaces()
         octet = _free_subnet()
         self.outer_ip, self.inner_ip = f"{SUBNET}.{octet}.1", f"{SUBNET}.{octet}.2"
         ns = self.namespace
