@@ -24,7 +24,7 @@ NO_QUOTA = quota_unavailable_reason()
     (0.1, (1000, 10000)),
 ])
 def test_small_quotas_keep_their_share(quota, expected):
-    q, period = quota_and_period(CpuLimit(quota))
+    q, period = quota_and_period(CpuLimit(quota, period_us=2000))
     assert (q, period) == expected
     assert q / period == pytest.approx(quota, rel=0.01)
 
@@ -48,8 +48,8 @@ def test_quota_cgroup_is_written_and_removed():
         assert group is not None and group.is_dir()
         assert str(child.pid) in (group / "cgroup.procs").read_text().split()
         if cgroup_flavour() == "v1":
-            assert (group / "cpu.cfs_quota_us").read_text().strip() == "1000"
-            assert (group / "cpu.cfs_period_us").read_text().strip() == "2858"
+            assert (group / "cpu.cfs_quota_us").read_text().strip() == "3500"
+            assert (group / "cpu.cfs_period_us").read_text().strip() == "10000"
         assert os.sched_getaffinity(child.pid) == {sorted(os.sched_getaffinity(0))[0]}
     finally:
         child.kill()
@@ -92,3 +92,13 @@ def test_quota_job_runs_under_its_cgroup_and_cleans_up(tiny_config, tmp_path, mo
     assert len(read_dataset(tmp_path / "m.jsonl").first_pass()) == 3
     [(group, procs)] = created
     assert procs and group.name.startswith("shoal-") and not group.exists()
+
+
+def test_a_quota_equal_to_the_pinned_cores_needs_no_cgroup():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert apply_cpu_limit(CpuLimit(1.0, (0,)), pid=child.pid) is None
+        assert os.sched_getaffinity(child.pid) == {sorted(os.sched_getaffinity(0))[0]}
+    finally:
+        child.kill()
+        child.wait()

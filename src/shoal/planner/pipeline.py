@@ -75,8 +75,8 @@ class PlanRequest:
     proxy: ProxyKind = "ridge"
     search: SearchSettings = field(default_factory=SearchSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
-    importance: ImportanceRule = "taylor"
-    layer_rule: LayerRule = "importance"
+    importance: ImportanceRule = "mixed"
+    layer_rule: LayerRule = "uniform"
     deal_rule: DealRule = "fair"
     search_only: bool = False
     from_policy: str | None = None
@@ -125,7 +125,8 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks) -> tu
     from shoal.predictors import load_device_latency
 
     devices = load_device_set(request.devices) if request.devices else default_device_set()
-    ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress)
+    devices = ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress,
+                              log=hooks.phase)
     return devices, [load_device_latency(d, teacher.config) for d in devices.devices]
 
 

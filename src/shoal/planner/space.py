@@ -65,7 +65,7 @@ class SearchSpace:
     devices: DeviceSet
     scores: ImportanceScores
     knots: int = 2
-    layer_rule: LayerRule = "importance"
+    layer_rule: LayerRule = "uniform"
     deal_rule: DealRule = "fair"
     min_width: int = MIN_WIDTH
 
