@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from shoal.commands import info, plan
-from shoal.commands import bench, serve
-from shoal.commands import profile
+from shoal.commands import bench, demo, info, plan, profile, serve
 from shoal.commands._common import guard
 
 app = typer.Typer(
@@ -23,23 +21,19 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """shoal: aggregate-edge inference for vision transformers (CoFormer)."""
 
 
-app.command("info")(guard(info.main))
-app.add_typer(serve.app, name="serve")
-app.command("bench")(guard(bench.main))
-app.add_typer(plan.app, name="plan")
 app.command("profile")(guard(profile.profile))
 app.command("predict")(guard(profile.predict))
 app.command("measure")(guard(profile.measure))
-
-# profile / predict / measure (shoal.commands.profile)
-# serve worker / central / local, bench (shoal.commands.serve, shoal.commands.bench)
-# demo (shoal.commands.demo)
+app.add_typer(plan.app, name="plan")
+app.add_typer(serve.app, name="serve")
+app.command("bench")(guard(bench.main))
+app.command("demo")(guard(demo.main))
+app.command("info")(guard(info.main))
 
 
 def main() -> None:

@@ -36,9 +36,13 @@ def test_evaluation_parts_add_up(problem):
     assert 0 < lat.aggregate_ms < min(lat.compute_ms)
 
 
-@pytest.mark.parametrize("proxy", ["sliced", "probe", "ridge"])
+@pytest.mark.parametrize("proxy", ["probe", "ridge"])
 def test_proxies_prefer_the_bigger_decomposition_of_the_real_teacher(three_devices, proxy):
-    """On the shipped (trained) teacher every proxy must tell a tiny split from a generous one."""
+    """On the shipped (trained) teacher the fitted proxies tell a tiny split from a generous one.
+
+    ("sliced", eq. 7 as printed, reads thin sub-models through the teacher's sliced head and is
+    near chance for both: the failure DESIGN.md warns about, measured in benchmarks/search.py.)
+    """
     teacher = load_teacher()
     train, val = load_digits_split("train"), load_digits_split("val")
     scores = compute_importance(teacher.model, teacher.config, train.images[:64], train.labels[:64])

@@ -30,7 +30,7 @@ def _spark(values: list[float], width: int = 40) -> str:
     return "".join(_SPARK[int((v - lo) / (hi - lo) * (len(_SPARK) - 1))] for v in values)
 
 
-class _LiveSearch:
+class LiveSearch:
     """Progress bars for every phase, and a live table of the best policy so far."""
 
     def __init__(self, budget: int, quiet: bool) -> None:
@@ -45,7 +45,7 @@ class _LiveSearch:
         self.table: Table | None = None
         self.live = Live(Group(self.progress), console=console, refresh_per_second=4, transient=False)
 
-    def __enter__(self) -> _LiveSearch:
+    def __enter__(self) -> LiveSearch:
         if not self.quiet:
             self.live.__enter__()
         return self
@@ -87,7 +87,7 @@ class _LiveSearch:
         self.live.update(Group(self.progress, table))
 
 
-def _hooks(ui: _LiveSearch) -> PlanHooks:
+def plan_hooks(ui: LiveSearch) -> PlanHooks:
     return PlanHooks(phase=ui.phase, progress=ui.step, record=ui.record)
 
 
@@ -133,9 +133,9 @@ def plan(
                                         aggregator_epochs=aggregator_epochs, joint_epochs=joint_epochs,
                                         device_dropout=device_dropout, seed=seed),
         search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples)
-    with _LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
+    with LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
         try:
-            document = run_plan(request, _hooks(ui))
+            document = run_plan(request, plan_hooks(ui))
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted: continue with `shoal plan --resume --out {out}`[/]")
             raise typer.Exit(130) from None

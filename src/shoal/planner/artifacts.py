@@ -102,6 +102,8 @@ def write_plan(
     submodels: Mapping[str, nn.Module],
     aggregator: Aggregator,
     meta: dict[str, Any],
+    *,
+    device_dropout: bool = False,
 ) -> Path:
     """Write a plan directory (atomic per file; plan.json with hashes last).
 
@@ -113,6 +115,7 @@ def write_plan(
         submodels: Calibrated sub-model per device name.
         aggregator: Trained aggregation module.
         meta: Extra plan.json content: "teacher", "predicted", "accuracy", "search", ...
+        device_dropout: The aggregator was trained to answer without some devices (--degrade).
 
     Returns:
         The path of plan.json.
@@ -140,7 +143,8 @@ def write_plan(
         "family": config.fingerprint(),
         "devices": devices.to_dict()["devices"],
         "policy": policy.to_dict(),
-        "aggregator": {"widths": list(aggregator.widths), "out_dim": aggregator.fuse.out_features},
+        "aggregator": {"widths": list(aggregator.widths), "out_dim": aggregator.fuse.out_features,
+                       "device_dropout": device_dropout},
         **meta,
         "files": files,
     }

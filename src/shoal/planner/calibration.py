@@ -36,6 +36,7 @@ from shoal.utils.io import atomic_save_safetensors, atomic_write_json
 
 Weighting = Literal["boost", "printed", "uniform"]
 WEIGHT_CLIP = 20.0
+VIEW_CACHE_BYTES = 512 * 2**20   # augmented training views kept in memory across sub-models
 Progress = Callable[[str, int, int], None]   # (phase description, done, total)
 
 
@@ -125,9 +126,11 @@ class Booster:
         self.teacher, self.submodels, self.names = teacher, submodels, names
         self.data, self.settings, self.workdir = data, settings, Path(workdir)
         self.state_path = self.workdir / "state.json"
+        self._views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def teacher_decisions(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        """(N,) hard decisions ŷ_t of the teacher on (N, C, H, W) images."""
+        with torch.no_grad():  # not inference_mode: the labels meet autograd in the loss
             return torch.cat([self.teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
 
     def run(self, progress: Progress | None = None, resume: bool = True) -> dict[str, Any]:
@@ -165,23 +168,38 @@ class Booster:
             model.eval()
         return summary
 
+    def _view(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented training set of `epoch` and the teacher's decisions on it.
+
+        Every sub-model sees the same augmented view in a given epoch, so the
+        teacher runs once per view, not once per sub-model; views are cached when
+        the training set is small enough (the digits task: 4 MB a view).
+        """
+        if epoch in self._views:
+            return self._views[epoch]
+        train = self.data.train
+        images = train.images
+        if self.data.augment is not None:
+            gen = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + 7 * epoch + 1)
+            images = torch.cat([self.data.augment(images[i:i + 512], gen) for i in range(0, len(images), 512)])
+        view = (images, self.teacher_decisions(images))
+        if images.numel() * images.element_size() * (len(self._views) + 1) <= VIEW_CACHE_BYTES:
+            self._views[epoch] = view
+        return view
+
     def _epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, weights: torch.Tensor, epoch: int,
                n: int, steps_per_epoch: int, total_steps: int) -> None:
         s, train = self.settings, self.data.train
+        images, teacher_labels = self._view(epoch)
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + n * 1009 + epoch)
         order = torch.randperm(len(train), generator=gen)
         model.train()
         for step, i in enumerate(range(0, len(order), s.batch_size)):
             idx = order[i:i + s.batch_size]
-            x = train.images[idx]
-            if self.data.augment is not None:
-                x = self.data.augment(x, gen)
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * global_step / total_steps))
-            with torch.no_grad():  # not inference_mode: these tensors meet autograd below
-                teacher_labels = self.teacher(x).argmax(1)
-            per_sample = distillation_losses(model(x), train.labels[idx], teacher_labels)
+            per_sample = distillation_losses(model(images[idx]), train.labels[idx], teacher_labels[idx])
             w = weights[idx]
             loss = (w * per_sample).sum() / w.sum()
             optimizer.zero_grad(set_to_none=True)

@@ -252,7 +252,8 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
                                                config.global_pool, config.num_prefix_tokens)
     ablation = {"decompose_only": evaluate_decomposition(teacher.model, names, sliced, scatter, data.test)}
-    agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0), hooks.progress)
+    agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0, feature_copies=1),
+                                hooks.progress)
     ablation["decompose_aggregate"] = evaluate_decomposition(teacher.model, names, sliced, agg_only, data.test)
 
     hooks.phase(f"calibrating sub-models ({s.weighting} weighting)")
@@ -328,5 +329,6 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
                 accuracy=calibrated.accuracy)
     hooks.phase("writing the plan")
     models = dict(zip(policy.devices, calibrated.submodels))
-    write_plan(out, problem.teacher.config, policy, problem.devices, models, calibrated.aggregator, meta)
+    write_plan(out, problem.teacher.config, policy, problem.devices, models, calibrated.aggregator, meta,
+               device_dropout=request.calibration.device_dropout > 0)
     return read_plan_json(out)

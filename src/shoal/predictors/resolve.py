@@ -76,10 +76,12 @@ def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: Vi
     limit = device_limit(device)
     same_quota = (profile.cpu_limit.quota is None) == (limit.quota is None) and (
         limit.quota is None or math.isclose(profile.cpu_limit.quota or 0.0, limit.quota, rel_tol=1e-6))
-    if not same_quota or profile.cpu_limit.cpus != limit.cpus:
+    applies_quota = limit.quota is not None and (limit.cpus is None or limit.quota < len(limit.cpus))
+    same_period = not applies_quota or profile.cpu_limit.period_us == limit.period_us
+    if not same_quota or not same_period or profile.cpu_limit.cpus != limit.cpus:
         raise ConfigError(
-            f"{where} was measured under {profile.cpu_limit.describe()} but the device is set to "
-            f"{limit.describe()}; a device must serve under the limit it was profiled under: "
+            f"{where} was measured under {profile.cpu_limit.describe()} (period {profile.cpu_limit.period_us} us) "
+            f"but the device is set to {limit.describe()} (period {limit.period_us} us); a device must serve under the limit it was profiled under: "
             f"{profile_command(device, profile.path)}")
     if profile.threads != device.threads:
         raise ConfigError(f"{where} was measured with {profile.threads} thread(s) but the device uses "

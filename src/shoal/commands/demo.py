@@ -1,0 +1,59 @@
+"""`shoal demo`: the whole job on the embedded default, in minutes on 2 cores.
+
+Profile the three emulated default devices (only those without a profile),
+plan (search + calibrate) for the shipped digits teacher, start the local
+cluster, answer the test split through it, time it beside the teacher alone,
+print the comparison, stop everything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shoal.commands._common import console, print_json
+from shoal.commands.bench import print_tables
+from shoal.commands.plan import LiveSearch, plan_hooks, show_document
+from shoal.planner.calibration import CalibrationSettings
+from shoal.planner.pipeline import PlanRequest, run_plan
+from shoal.planner.search import SearchSettings
+
+
+def main(
+    out: Annotated[Path, typer.Option(help="where the demo's plan goes")] = Path(".shoal/demo"),
+    profile_samples: Annotated[int, typer.Option(help="shapes timed per device when profiling")] = 150,
+    init: Annotated[int, typer.Option("--init", help="r: random policies first")] = 8,
+    iterations: Annotated[int, typer.Option(help="I: BO iterations")] = 16,
+    epochs: Annotated[int, typer.Option(help="distillation epochs per sub-model")] = 4,
+    aggregator_epochs: Annotated[int, typer.Option(help="aggregator epochs")] = 40,
+    requests: Annotated[int, typer.Option(help="timed requests through the runtime")] = 200,
+    replan: Annotated[bool, typer.Option(help="plan again even if the demo plan exists")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Profile, plan, serve and benchmark the default teacher on three emulated devices."""
+    from shoal.planner.artifacts import PLAN_FILE, read_plan_json
+    from shoal.runtime.bench import run_bench
+
+    plan_dir = out / "plan"
+    if replan or not (plan_dir / PLAN_FILE).is_file() or read_plan_json(plan_dir).get("stage") != "calibrated":
+        console.rule("[bold]1-2. profile the devices and plan")
+        request = PlanRequest(
+            out=str(plan_dir), profile_samples=profile_samples,
+            search=SearchSettings("bo", init=init, iterations=iterations),
+            calibration=CalibrationSettings(epochs=epochs, aggregator_epochs=aggregator_epochs))
+        with LiveSearch(request.search.budget, quiet=as_json) as ui:
+            document = run_plan(request, plan_hooks(ui))
+        if not as_json:
+            show_document(document, plan_dir)
+    else:
+        console.print(f"using the existing demo plan {plan_dir} (--replan to make it again)")
+    console.rule("[bold]3. serve it on a local cluster and benchmark it beside the teacher")
+    result = run_bench(plan_dir, requests=requests, warmup=20, log=lambda m: console.print(m, highlight=False))
+    if as_json:
+        print_json({"plan": read_plan_json(plan_dir), "bench": result.to_dict()})
+        return
+    print_tables(result)
+    console.print(f"\nplan: {plan_dir}   figures: {plan_dir / 'figures'}   "
+                  f"serve it yourself: shoal serve local --plan {plan_dir}", highlight=False)
