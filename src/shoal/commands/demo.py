@@ -30,6 +30,7 @@ def main(
     aggregator_epochs: Annotated[int, typer.Option(help="aggregator epochs")] = 40,
     requests: Annotated[int, typer.Option(help="timed requests through the runtime")] = 200,
     replan: Annotated[bool, typer.Option(help="plan again even if the demo plan exists")] = False,
+    max_per_split: Annotated[int | None, typer.Option(help="use at most this many images per split (quick runs)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Profile, plan, serve and benchmark the default teacher on three emulated devices."""
@@ -40,7 +41,8 @@ def main(
     if replan or not (plan_dir / PLAN_FILE).is_file() or read_plan_json(plan_dir).get("stage") != "calibrated":
         console.rule("[bold]1-2. profile the devices and plan")
         request = PlanRequest(
-            out=str(plan_dir), profile_samples=profile_samples,
+            out=str(plan_dir), profile_samples=profile_samples, max_per_split=max_per_split,
+            cal_images=min(512, max_per_split or 512),
             search=SearchSettings("bo", init=init, iterations=iterations),
             calibration=CalibrationSettings(epochs=epochs, aggregator_epochs=aggregator_epochs))
         with LiveSearch(request.search.budget, quiet=as_json) as ui:

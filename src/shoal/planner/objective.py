@@ -1,8 +1,11 @@
 """The evaluator: Ψ(C) = L_val(C) + δ·T(C) (CoFormer eq. 8) for one policy.
 
 Latency (eq. 3-6): T = max_n (t1_n + t2_n) + t3, with t1 from device n's
-predictor, t2 = link latency + bytes(pooled features)/rate (zero on the
-central node) and t3 = aggregation FLOPs / the central node's throughput.
+predictor, t2 the link time (zero on the central node) and t3 = aggregation
+FLOPs / the central node's throughput. CoFormer's t2 is the feature upload
+alone (eq. 5: every device already holds the input); shoal's runtime sends
+each worker the input over the same link first, so t2 here is two one-way
+link latencies + (input bytes + feature bytes) / rate (ADR 006).
 
 Accuracy proxy (eq. 7) on the validation split, of sub-models decomposed but
 not calibrated. Three forms:
@@ -18,6 +21,7 @@ not calibrated. Three forms:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -151,7 +155,8 @@ class Evaluator:
     # -- latency (eq. 3-6) ----------------------------------------------------------
     def latency(self, policy: Policy) -> LatencyBreakdown:
         compute = tuple(float(p.predict_ms([s])[0]) for p, s in zip(self.predictors, policy.specs))
-        transfer = tuple(d.transfer_ms(spec_cost(self.config, s).feature_bytes)
+        input_bytes = 4 * math.prod(self.config.input_shape)
+        transfer = tuple(d.transfer_ms(input_bytes) + d.transfer_ms(spec_cost(self.config, s).feature_bytes)
                          for d, s in zip(self.devices.devices, policy.specs))
         d_agg = sum(s.width for s in policy.specs)
         agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes

@@ -62,7 +62,7 @@ class PlanRequest:
         resume: Continue an interrupted plan in `out`.
         profile_samples: Samples per device when a device of the set still needs profiling.
         cal_images: Training images used for importance and the proxy's ridge fits.
-        max_per_split: Cap on images per split of an ImageFolder dataset.
+        max_per_split: Cap on images per split (a fixed subset; quick runs and big folders).
     """
 
     model: str | None = None
