@@ -132,3 +132,16 @@ def test_predict_specs_of_the_profiled_family(tiny_config, tmp_path):
     assert all(v > 0 for v in prof.predictor.predict_ms(specs))
     full, small = prof.predictor.predict_ms([SubModelSpec.full(tiny_config), specs[1]])
     assert full > small
+
+
+def test_profile_under_another_cfs_period_is_refused(tiny_config, tmp_path):
+    out = tmp_path / "dev"
+    _profile(tiny_config, out)
+    data = json.loads((out / "profile.json").read_text())
+    data["device"]["cpu_limit"] = CpuLimit(0.5, (0,), period_us=2000).to_dict()
+    (out / "profile.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"50% of a core, pinned to cpu 0 \(CFS period 2000 us\) but .*10000 us"):
+        load_device_latency(_device(out, cpu_quota=0.5, cpus=(0,)), tiny_config)
+    data["device"]["cpu_limit"] = CpuLimit(1.0, (0,), period_us=2000).to_dict()  # a full core: no cgroup, no period
+    (out / "profile.json").write_text(json.dumps(data))
+    assert not load_device_latency(_device(out, cpu_quota=1.0, cpus=(0,)), tiny_config).is_estimate

@@ -208,10 +208,10 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
         args = (req.name, config, req.out / DATASET_FILE, sampler, req.timing, req.cpu_limit)
         try:
             job = prepare_job(*args, resume=resume, teacher_source=teacher_source, log=say)
-        except DatasetMismatch as exc:
+        except DatasetMismatch:
             if not restart_mismatched:
                 raise
-            say(f"{req.name}: starting over ({exc})".split("; pass --no-resume")[0] + ")")
+            say(f"{req.name}: its dataset was measured under other conditions; starting over")
             job = prepare_job(*args, resume=False, teacher_source=teacher_source, log=say)
         if job.items:  # the dataset will change: the old profile is stale until this run rewrites it
             (req.out / PROFILE_FILE).unlink(missing_ok=True)

@@ -65,6 +65,12 @@ def profile_command(device: DeviceSpec, out: str | Path) -> str:
     return cmd
 
 
+def _limit_text(limit: CpuLimit) -> str:
+    """`limit.describe()`, with the CFS period where a quota cgroup is applied."""
+    applied = limit.quota is not None and (limit.cpus is None or limit.quota < len(limit.cpus))
+    return limit.describe() + (f" (CFS period {limit.period_us} us)" if applied else "")
+
+
 def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: ViTConfig) -> None:
     """Raise `ConfigError` if the profile is for another family or other serving conditions."""
     where = f"device {device.name!r}: profile {profile.path}"
@@ -80,8 +86,8 @@ def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: Vi
     same_period = not applies_quota or profile.cpu_limit.period_us == limit.period_us
     if not same_quota or not same_period or profile.cpu_limit.cpus != limit.cpus:
         raise ConfigError(
-            f"{where} was measured under {profile.cpu_limit.describe()} (period {profile.cpu_limit.period_us} us) "
-            f"but the device is set to {limit.describe()} (period {limit.period_us} us); a device must serve under the limit it was profiled under: "
+            f"{where} was measured under {_limit_text(profile.cpu_limit)} but the device is set to "
+            f"{_limit_text(limit)}; a device must serve under the limit it was profiled under: "
             f"{profile_command(device, profile.path)}")
     if profile.threads != device.threads:
         raise ConfigError(f"{where} was measured with {profile.threads} thread(s) but the device uses "
