@@ -6,8 +6,9 @@ Times the same shapes of the default teacher family on the default device
 set's `hub` (cpu 0, quota 1.0) and `edge-a` (cpu 1, quota 0.6): each alone
 (sequential) and both at once (concurrent, as `ensure_profiles(...,
 concurrent=True)` would), alternating the order for `--rounds` rounds.
-Reports the median per-shape ratio concurrent / sequential and the
-sequential-vs-sequential ratio between rounds (the noise to compare it to).
+Reports, for the median, mean and p10 of each shape's timed calls, the median
+per-shape ratio concurrent / sequential and the sequential-vs-sequential ratio
+between rounds (the noise to compare it to).
 Needs writable cgroups (root).
 """
 
@@ -33,6 +34,7 @@ from shoal.devices.spec import default_device_set
 from shoal.utils.io import atomic_write_json
 
 console = Console(stderr=True, width=120)
+STATS = ("median", "mean", "p10")
 
 
 def main() -> None:
@@ -49,7 +51,7 @@ def main() -> None:
     chosen = [devices["hub"], devices["edge-a"]]
     shapes = sample_shapes(config, SamplerSettings(args.shapes, seed=7))
     timing = TimingSettings(repeats=args.repeats)
-    medians: dict[tuple[str, str, int], np.ndarray] = {}
+    values: dict[tuple[str, str, int, str], np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="shoal-conc-") as tmp:
         for rnd in range(args.rounds):
             for mode in (("sequential", "concurrent") if rnd % 2 == 0 else ("concurrent", "sequential")):
@@ -58,19 +60,22 @@ def main() -> None:
                 run_jobs(jobs, concurrent=mode == "concurrent", console=console)
                 for d, job in zip(chosen, jobs):
                     ms = sorted(read_dataset(job.dataset).measurements, key=lambda m: m.index)
-                    medians[(d.name, mode, rnd)] = np.array([m.median_ms for m in ms])
-    table = Table(title="concurrent vs sequential profiling (median per-shape ratio, p10-p90 in brackets)")
-    for col in ("device", "concurrent / sequential", "sequential round 2 / round 1"):
+                    for stat in STATS:
+                        values[(d.name, mode, rnd, stat)] = np.array([getattr(m.stats, f"{stat}_ms") for m in ms])
+    table = Table(title="concurrent vs sequential profiling: median per-shape ratio, p10-p90 in brackets")
+    for col in ("device", "statistic", "concurrent / sequential", "sequential round 2 / round 1"):
         table.add_column(col)
     result: dict[str, object] = {"shapes": args.shapes, "repeats": args.repeats, "rounds": args.rounds,
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "devices": {}}
     for d in chosen:
-        conc = np.concatenate([medians[(d.name, "concurrent", r)] / medians[(d.name, "sequential", r)]
-                               for r in range(args.rounds)])
-        seq = medians[(d.name, "sequential", 1)] / medians[(d.name, "sequential", 0)] if args.rounds > 1 else None
-        row = {"concurrent_over_sequential": _summary(conc), "sequential_round_ratio": _summary(seq)}
-        result["devices"][d.name] = row  # type: ignore[index]
-        table.add_row(d.name, _fmt(row["concurrent_over_sequential"]), _fmt(row["sequential_round_ratio"]))
+        result["devices"][d.name] = {}  # type: ignore[index]
+        for stat in STATS:
+            v = {key[1:3]: arr for key, arr in values.items() if key[0] == d.name and key[3] == stat}
+            conc = np.concatenate([v[("concurrent", r)] / v[("sequential", r)] for r in range(args.rounds)])
+            seq = v[("sequential", 1)] / v[("sequential", 0)] if args.rounds > 1 else None
+            row = {"concurrent_over_sequential": _summary(conc), "sequential_round_ratio": _summary(seq)}
+            result["devices"][d.name][stat] = row  # type: ignore[index]
+            table.add_row(d.name, stat, _fmt(row["concurrent_over_sequential"]), _fmt(row["sequential_round_ratio"]))
     console.print(table)
     atomic_write_json(args.out, result)
     print(json.dumps(result["devices"]))
