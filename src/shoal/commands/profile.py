@@ -61,7 +61,7 @@ def profile(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     cpu_quota: QuotaOpt = None,
     cpus: CpusOpt = None,
-    repeats: Annotated[int, typer.Option(min=3, help="timed calls per shape (median kept)")] = 25,
+    repeats: Annotated[int, typer.Option(min=3, help="timed calls per shape (median, mean, p10, p90 kept)")] = 25,
     seed: Annotated[int, typer.Option(help="seed of the shape sample and the split")] = 0,
     target: Annotated[str, typer.Option(
         help="statistic of the timed calls to learn per shape: auto (mean under --cpu-quota, else p10), median, "
