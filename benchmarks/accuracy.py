@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from shoal.models import SubModelShape, compute_importance, decompose
 from shoal.planner.calibration import CalibrationSettings
 from shoal.planner.pipeline import PlanHooks, PlanRequest, build_problem, calibrate, policy_from_plan
 
@@ -49,11 +50,19 @@ def main() -> None:
         variants[f"printed/s{seed}"] = replace(common, weighting="printed")
     variants["boost+joint/s0"] = CalibrationSettings(epochs=args.epochs, joint_epochs=2)
     variants[f"boost+dropout{args.dropout}/s0"] = CalibrationSettings(epochs=args.epochs, device_dropout=args.dropout)
+    # the same shapes with units dealt by random importance: does the importance rule survive calibration?
+    shapes = [SubModelShape.of(spec) for spec in policy.specs]
+    random_scores = compute_importance(problem.teacher.model, problem.teacher.config, problem.data.train.images[:8],
+                                       problem.data.train.labels[:8], "random", seed=0)
+    random_policy = decompose(problem.teacher.config, list(policy.devices), shapes, random_scores)
+    policies = {name: policy for name in variants}
+    variants["boost+random-importance/s0"] = CalibrationSettings(epochs=args.epochs)
+    policies["boost+random-importance/s0"] = random_policy
     results: dict[str, Any] = {}
     for name, settings in variants.items():
         console.log(f"calibrating: {name}")
         request = replace(base, out=str(work / name.replace("/", "-")), calibration=settings)
-        results[name] = calibrate(problem, policy, request, PlanHooks()).accuracy
+        results[name] = calibrate(problem, policies[name], request, PlanHooks()).accuracy
 
     first = next(iter(results.values()))
     table = Table(title=f"test top-1 (n={first['n']}), policy of {args.plan}")

@@ -102,7 +102,7 @@ def main() -> None:
         {f"{k} (mean of {len(v)})": _mean_curve([i["best_so_far"] for i in v]) for k, v in runs.items()},
         init=args.init)
 
-    proxy = _proxy_check(problem, runs["random"][0], args, console) if args.policies > 0 else {}
+    proxy = _proxy_check(problem, args, console) if args.policies > 0 else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"budget": budget, "init": args.init, "iterations": args.iterations,
                                     "runs": runs, "random_5x_best": reference, "verdict": verdict,
@@ -111,8 +111,7 @@ def main() -> None:
     console.print(f"wrote {args.out} and {figure}")
 
 
-def _proxy_check(problem: Any, random_run: dict[str, Any], args: argparse.Namespace, console: Console
-                 ) -> dict[str, Any]:
+def _proxy_check(problem: Any, args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Calibrate policies spread over Ψ; Spearman of each proxy's loss against calibrated accuracy."""
     from shoal.models.surgery import build_submodel
     from shoal.planner.aggregation import train_aggregator

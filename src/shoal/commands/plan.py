@@ -179,7 +179,8 @@ def show_document(doc: dict[str, Any], where: Path) -> None:
     if predicted:
         ratio = predicted.get("slowest_device_ratio", {})
         table.caption = (f"T = {predicted['total_ms']:.2f} ms (straggler {predicted['straggler']}, aggregation "
-                         f"{predicted['aggregate_ms']:.3f} ms); {predicted['speedup_vs_teacher_on_central']:.2f}× the "
+                         f"{predicted['aggregate_ms']:.3f} ms, request {predicted.get('request_ms', 0):.2f} ms); "
+                         f"{predicted['speedup_vs_teacher_on_central']:.2f}× the "
                          f"teacher on the central node; on {ratio.get('device')} the sub-model takes "
                          f"{ratio.get('ratio', 0):.0%} of the teacher's time.  Ψ {obj.get('psi', 0):.4f} "
                          f"(L {obj.get('loss', 0):.4f}, δ {obj.get('delta_per_ms', 0):.4f}/ms)")

@@ -72,11 +72,11 @@ def latency_figure(path: str | Path, devices: Sequence[str], breakdown: LatencyB
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.7 * len(devices)))
     ys = list(range(len(devices)))[::-1]
-    agg = [breakdown.aggregate_ms if i == 0 else 0.0 for i in range(len(devices))]
+    agg = [breakdown.aggregate_ms + breakdown.request_ms if i == 0 else 0.0 for i in range(len(devices))]
     ax.barh(ys, breakdown.compute_ms, color="C0", label="compute t1")
     ax.barh(ys, breakdown.transfer_ms, left=breakdown.compute_ms, color="C1", label="transfer t2")
     lefts = [c + t for c, t in zip(breakdown.compute_ms, breakdown.transfer_ms)]
-    ax.barh(ys, agg, left=lefts, color="C2", label="aggregation t3")
+    ax.barh(ys, agg, left=lefts, color="C2", label="aggregation + request t3")
     if teacher_ms is not None:
         ax.scatter(teacher_ms, ys, marker="|", s=300, color="black", label="teacher alone")
     if measured_ms is not None:

@@ -5,7 +5,8 @@ predictor, t2 the link time (zero on the central node) and t3 = aggregation
 FLOPs / the central node's throughput. CoFormer's t2 is the feature upload
 alone (eq. 5: every device already holds the input); shoal's runtime sends
 each worker the input over the same link first, so t2 here is two one-way
-link latencies + (input bytes + feature bytes) / rate (ADR 006).
+link latencies + (input bytes + feature bytes) / rate + the device's measured
+runtime-call overhead, and t3 adds the central node's own (ADR 006).
 
 Accuracy proxy (eq. 7) on the validation split, of sub-models decomposed but
 not calibrated. Three forms:
@@ -55,18 +56,22 @@ class LatencyBreakdown:
 
     Attributes:
         compute_ms: t1 per device.
-        transfer_ms: t2 per device (0 on the central node).
-        aggregate_ms: t3 on the central node.
+        transfer_ms: t2 per device (0 on the central node): link time plus the device's measured
+            runtime-call overhead.
+        aggregate_ms: t3 on the central node: the aggregation.
+        request_ms: The central node's own runtime-call overhead (receiving the request and
+            answering it), part of t3.
     """
 
     compute_ms: tuple[float, ...]
     transfer_ms: tuple[float, ...]
     aggregate_ms: float
+    request_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        """T = max_n(t1 + t2) + t3."""
-        return max(c + t for c, t in zip(self.compute_ms, self.transfer_ms)) + self.aggregate_ms
+        """T = max_n(t1 + t2) + t3, t3 = aggregation + the central node's request overhead."""
+        return max(c + t for c, t in zip(self.compute_ms, self.transfer_ms)) + self.aggregate_ms + self.request_ms
 
     @property
     def straggler(self) -> int:
@@ -76,7 +81,7 @@ class LatencyBreakdown:
 
     def to_dict(self) -> dict[str, Any]:
         return {"compute_ms": list(self.compute_ms), "transfer_ms": list(self.transfer_ms),
-                "aggregate_ms": self.aggregate_ms, "total_ms": self.total_ms}
+                "aggregate_ms": self.aggregate_ms, "request_ms": self.request_ms, "total_ms": self.total_ms}
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class Evaluation:
     def from_dict(cls, data: dict[str, Any]) -> Evaluation:
         lat = data["latency"]
         return cls(data["psi"], data["loss"],
-                   LatencyBreakdown(tuple(lat["compute_ms"]), tuple(lat["transfer_ms"]), lat["aggregate_ms"]),
+                   LatencyBreakdown(tuple(lat["compute_ms"]), tuple(lat["transfer_ms"]), lat["aggregate_ms"],
+                                    lat.get("request_ms", 0.0)),
                    data["delta"], tuple(data["device_losses"]), tuple(data["flops"]),
                    tuple(data["memory_bytes"]), data["seconds"])
 
@@ -132,18 +138,21 @@ class Evaluator:
         proxy: Which accuracy proxy (see module doc).
         ridge: Ridge strength relative to the mean feature variance.
         batch_size: Forward batch size.
+        rpc_ms: Per device, the measured overhead of one runtime call (None: unknown, counted as 0);
+            a worker's is added to its t2, the central node's to t3 (it receives and answers).
     """
 
     def __init__(self, teacher: torch.nn.Module, config: ViTConfig, devices: DeviceSet,
                  predictors: Sequence[LatencyPredictor], cal_images: torch.Tensor, val_images: torch.Tensor,
                  val_labels: torch.Tensor, delta: float, proxy: ProxyKind = "ridge", ridge: float = 1e-2,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, rpc_ms: Sequence[float | None] | None = None) -> None:
         if len(predictors) != len(devices):
             raise ValueError(f"{len(devices)} devices but {len(predictors)} predictors")
         self.teacher, self.config, self.devices = teacher, config, devices
         self.predictors = list(predictors)
         self.cal_images, self.val_images, self.val_labels = cal_images, val_images, val_labels
         self.delta, self.proxy, self.ridge, self.batch_size = float(delta), proxy, ridge, batch_size
+        self.rpc_ms = [float(r or 0.0) for r in (rpc_ms or [None] * len(devices))]
         with torch.inference_mode():
             self.cal_targets = self._batched(teacher, cal_images)     # (M, classes) teacher logits
             self.teacher_val_logits = self._batched(teacher, val_images)
@@ -156,11 +165,12 @@ class Evaluator:
     def latency(self, policy: Policy) -> LatencyBreakdown:
         compute = tuple(float(p.predict_ms([s])[0]) for p, s in zip(self.predictors, policy.specs))
         input_bytes = 4 * math.prod(self.config.input_shape)
-        transfer = tuple(d.transfer_ms(input_bytes) + d.transfer_ms(spec_cost(self.config, s).feature_bytes)
-                         for d, s in zip(self.devices.devices, policy.specs))
+        transfer = tuple(0.0 if d.central else
+                         d.transfer_ms(input_bytes) + d.transfer_ms(spec_cost(self.config, s).feature_bytes) + rpc
+                         for d, s, rpc in zip(self.devices.devices, policy.specs, self.rpc_ms))
         d_agg = sum(s.width for s in policy.specs)
         agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes
-        return LatencyBreakdown(compute, transfer, agg_flops / self.central_flops_per_ms)
+        return LatencyBreakdown(compute, transfer, agg_flops / self.central_flops_per_ms, self.rpc_ms[0])
 
     def teacher_latency(self) -> list[float]:
         """Predicted latency of the whole teacher on each device (ms)."""

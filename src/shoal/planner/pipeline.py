@@ -118,20 +118,24 @@ class Problem:
     evaluator: Evaluator
 
 
-def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks) -> tuple[DeviceSet, list[LatencyPredictor]]:
-    """The device set and one latency predictor per device (profiling devices that lack one)."""
+def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
+                 ) -> tuple[DeviceSet, list[LatencyPredictor], list[float | None]]:
+    """The device set, one latency predictor and one runtime-call overhead per device (profiling those lacking one)."""
     from shoal.devices.profiles import default_device_set, ensure_profiles
     from shoal.devices.spec import load_device_set
-    from shoal.predictors import load_device_latency
+    from shoal.predictors import load_device_latency, load_profile
 
     devices = load_device_set(request.devices) if request.devices else default_device_set()
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress,
                               log=hooks.phase)
-    return devices, [load_device_latency(d, teacher.config) for d in devices.devices]
+    rpc = [load_profile(d.profile).rpc_ms if d.profile and Path(d.profile).is_dir() else None
+           for d in devices.devices]
+    return devices, [load_device_latency(d, teacher.config) for d in devices.devices], rpc
 
 
 def build_problem(request: PlanRequest, hooks: PlanHooks,
-                  predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None) -> Problem:
+                  predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None,
+                  rpc_ms: Sequence[float | None] | None = None) -> Problem:
     """Load teacher, data and devices; score unit importance; set up the space and Ψ."""
     out = Path(request.out)
     hooks.phase("loading teacher and data")
@@ -139,7 +143,7 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     data = load_task_data(teacher, request.data, max_per_split=request.max_per_split)
     if devices is None or predictors is None:
         hooks.phase("loading device profiles")
-        devices, predictors = load_devices(request, teacher, hooks)
+        devices, predictors, rpc_ms = load_devices(request, teacher, hooks)
     for device, predictor in zip(devices.devices, predictors):
         if predictor.family != teacher.config.fingerprint():
             raise ConfigError(f"device {device.name!r}: its predictor was trained for family {predictor.family}, "
@@ -150,7 +154,7 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     space.check_feasible()
     cal = data.train.images[:request.cal_images]
     evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal, data.val.images,
-                          data.val.labels, delta=0.0, proxy=request.proxy)
+                          data.val.labels, delta=0.0, proxy=request.proxy, rpc_ms=rpc_ms)
     delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
     evaluator.delta = delta
     return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
@@ -205,7 +209,8 @@ def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) 
     teacher_ms = problem.evaluator.teacher_latency()
     lat = evaluation.latency
     return {
-        "total_ms": lat.total_ms, "aggregate_ms": lat.aggregate_ms, "straggler": names[lat.straggler],
+        "total_ms": lat.total_ms, "aggregate_ms": lat.aggregate_ms, "request_ms": lat.request_ms,
+        "straggler": names[lat.straggler],
         "teacher_ms": dict(zip(names, teacher_ms)),
         "devices": {n: {"compute_ms": c, "transfer_ms": t, "flops": f, "memory_bytes": m,
                         "shape": s.describe(), "predictor": p.kind, "estimate": p.is_estimate}

@@ -83,6 +83,12 @@ class DeviceProfile:
     def noise_floor(self) -> dict[str, Any] | None:
         return self.metrics.get("noise_floor")
 
+    @property
+    def rpc_ms(self) -> float | None:
+        """Median round trip of one runtime call to this device beyond compute (`shoal.runtime.probe`)."""
+        rpc = self.data.get("rpc")
+        return float(rpc["median_ms"]) if isinstance(rpc, dict) and "median_ms" in rpc else None
+
 
 def measuring_conditions(dataset: LatencyDataset, limit: CpuLimit) -> dict[str, Any]:
     """How busy the machine was while measuring: load average, and wall / CPU time per call
@@ -99,7 +105,7 @@ def measuring_conditions(dataset: LatencyDataset, limit: CpuLimit) -> dict[str, 
 
 
 def write_profile(out: Path, name: str, probe: DeviceProbe, suite: PredictorSuite, *, teacher_source: str,
-                  train: TrainSettings) -> Path:
+                  train: TrainSettings, rpc: dict[str, Any] | None = None) -> Path:
     """Save every predictor of `suite` and then `profile.json` into `out` (the dataset is already there)."""
     dataset = read_dataset(out / DATASET_FILE)
     header = dataset.header
@@ -121,6 +127,7 @@ def write_profile(out: Path, name: str, probe: DeviceProbe, suite: PredictorSuit
         "noise_floor": suite.noise.to_dict() if suite.noise else None,
         "target": suite.target, "split": suite.split, "predictors": predictors, "chosen": suite.chosen,
         "reason": suite.reason,
+        "rpc": rpc,
     }
     atomic_write_json(out / PROFILE_FILE, data)
     return out / PROFILE_FILE
@@ -226,7 +233,8 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
         say(f"{req.name}: training latency predictors on {len(dataset.first_pass())} measured shapes")
         suite = fit_predictors(config, dataset, train)
         probe = probe_device(req.timing.threads, req.timing.device)
-        write_profile(req.out, req.name, probe, suite, teacher_source=teacher_source, train=train)
+        rpc = None if measure is not None else _measure_rpc(req, config, say)
+        write_profile(req.out, req.name, probe, suite, teacher_source=teacher_source, train=train, rpc=rpc)
         busy = measuring_conditions(dataset, req.cpu_limit)
         if busy["busy"]:
             say(f"[yellow]{req.name}: the machine was busy while measuring[/] (calls took "
@@ -234,3 +242,17 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
                 f"load average {busy['loadavg_mean']}): latencies are inflated and noisy; profile again when idle")
         profiles.append(load_profile(req.out))
     return profiles
+
+
+def _measure_rpc(req: ProfileRequest, config: ViTConfig, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The device's runtime call overhead under its limit (None, said in one line, if it cannot be measured)."""
+    from shoal.runtime.probe import measure_rpc
+
+    try:
+        stats = measure_rpc(req.cpu_limit, config.input_shape, config.embed_dim)
+    except Exception as exc:  # a probe failure must not lose the measured profile
+        say(f"[yellow]{req.name}: could not measure the RPC overhead[/] ({type(exc).__name__}: {exc}); "
+            "the planner will count only the link")
+        return None
+    say(f"{req.name}: one runtime call costs {stats.median_ms:.2f} ms beyond compute (median of {stats.calls})")
+    return stats.to_dict()
