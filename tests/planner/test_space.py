@@ -87,3 +87,16 @@ def test_apportion_never_exceeds_cap(requests, cap, minimum):
     assert sum(counts) <= cap and all(c >= 0 for c in counts)
     if sum(requests) <= cap and minimum == 0:
         assert all(abs(c - r) < 1 for c, r in zip(counts, requests))
+
+
+def test_a_worker_below_the_leave_out_threshold_gets_no_submodel():
+    space = SearchSpace(CONFIG, _devices(), _scores())
+    x = [0.8, 0.5, 0.5, 0.5, 0.05, 0.5, 0.5, 0.5, 0.8, 0.3, 0.5, 0.5, 0.5, 0.5]
+    shapes = space.decode_shapes(x)
+    assert shapes[1] is None and shapes[0] is not None and shapes[2] is not None
+    policy = space.decode(x)
+    assert policy.devices == ("hub", "b")
+    # the central node is never left out, and CoFormer's rule can be kept
+    assert space.decode([0.0] + x[1:]).devices[0] == "hub"
+    strict = SearchSpace(CONFIG, _devices(), _scores(), allow_leave_out=False)
+    assert strict.decode(x).devices == ("hub", "a", "b")

@@ -77,7 +77,12 @@ class LiveSearch:
         for col in ("device", "blocks", "width", "heads/blk", "MLP/blk", "t1 ms", "t2 ms"):
             table.add_column(col, justify="right" if col != "device" else "left")
         ev = self.best.evaluation
-        for name, shape, t1, t2 in zip(space.names, self.best.shapes, ev.latency.compute_ms, ev.latency.transfer_ms):
+        timings = iter(zip(ev.latency.compute_ms, ev.latency.transfer_ms))
+        for name, shape in zip(space.names, self.best.shapes):
+            if shape is None:
+                table.add_row(name, "[dim]left out[/]", "", "", "", "", "")
+                continue
+            t1, t2 = next(timings)
             heads, mlp = shape["heads"], shape["mlp"]
             table.add_row(name, str(len(shape["layers"])), str(shape["width"]),
                           f"{sum(heads) / max(len(heads), 1):.1f}", f"{sum(mlp) / max(len(mlp), 1):.0f}",
@@ -108,6 +113,10 @@ def plan(
     proxy: Annotated[str, typer.Option(help="accuracy proxy: ridge | probe | sliced")] = "ridge",
     seed: Annotated[int, typer.Option(help="seed of the search and calibration")] = 0,
     out: Annotated[Path, typer.Option(help="plan directory")] = Path(".shoal/plan"),
+    use_all_devices: Annotated[bool, typer.Option(
+        help="every device runs a sub-model (CoFormer's rule); by default a worker whose compute does not pay "
+             "for its call may be left out")] = False,
+    importance: Annotated[str, typer.Option(help="unit ranking: mixed | taylor | fisher | magnitude | random")] = "mixed",
     search_only: Annotated[bool, typer.Option(help="stop after the search")] = False,
     from_policy: Annotated[str | None, typer.Option(help="calibrate the policy of this plan.json")] = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted plan in --out")] = False,
@@ -132,7 +141,8 @@ def plan(
         calibration=CalibrationSettings(epochs=epochs, lr=lr, batch_size=batch_size, weighting=weighting,  # type: ignore[arg-type]
                                         aggregator_epochs=aggregator_epochs, joint_epochs=joint_epochs,
                                         device_dropout=device_dropout, seed=seed),
-        search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples)
+        search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples,
+        allow_leave_out=not use_all_devices, importance=importance)  # type: ignore[arg-type]
     with LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))
@@ -184,6 +194,8 @@ def show_document(doc: dict[str, Any], where: Path) -> None:
                          f"teacher on the central node; on {ratio.get('device')} the sub-model takes "
                          f"{ratio.get('ratio', 0):.0%} of the teacher's time.  Ψ {obj.get('psi', 0):.4f} "
                          f"(L {obj.get('loss', 0):.4f}, δ {obj.get('delta_per_ms', 0):.4f}/ms)")
+    for name in predicted.get("left_out", []):
+        table.add_row(name, "[dim]left out: its compute does not pay for its call[/]", "", "", "", "", "", "")
     console.print(table)
     accuracy = doc.get("accuracy")
     if accuracy:

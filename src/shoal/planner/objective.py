@@ -163,14 +163,18 @@ class Evaluator:
 
     # -- latency (eq. 3-6) ----------------------------------------------------------
     def latency(self, policy: Policy) -> LatencyBreakdown:
-        compute = tuple(float(p.predict_ms([s])[0]) for p, s in zip(self.predictors, policy.specs))
+        """Predicted latency of `policy` (which may use a subset of the devices), in policy order."""
+        index = [self.devices.names.index(name) for name in policy.devices]
+        compute = tuple(float(self.predictors[i].predict_ms([s])[0]) for i, s in zip(index, policy.specs))
         input_bytes = 4 * math.prod(self.config.input_shape)
-        transfer = tuple(0.0 if d.central else
-                         d.transfer_ms(input_bytes) + d.transfer_ms(spec_cost(self.config, s).feature_bytes) + rpc
-                         for d, s, rpc in zip(self.devices.devices, policy.specs, self.rpc_ms))
+        transfer = []
+        for i, spec in zip(index, policy.specs):
+            device = self.devices.devices[i]
+            transfer.append(0.0 if device.central else device.transfer_ms(input_bytes) + self.rpc_ms[i]
+                            + device.transfer_ms(spec_cost(self.config, spec).feature_bytes))
         d_agg = sum(s.width for s in policy.specs)
         agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes
-        return LatencyBreakdown(compute, transfer, agg_flops / self.central_flops_per_ms, self.rpc_ms[0])
+        return LatencyBreakdown(compute, tuple(transfer), agg_flops / self.central_flops_per_ms, self.rpc_ms[0])
 
     def teacher_latency(self) -> list[float]:
         """Predicted latency of the whole teacher on each device (ms)."""

@@ -57,6 +57,8 @@ class PlanRequest:
         importance: Importance rule for ranking units.
         layer_rule: How a sub-model's blocks are chosen.
         deal_rule: How ranked units are dealt among sub-models.
+        allow_leave_out: The search may leave a worker out when it does not pay for its call
+            (False: every device runs a sub-model, as in CoFormer).
         search_only: Stop after the search.
         from_policy: plan.json whose policy to calibrate (skips the search).
         resume: Continue an interrupted plan in `out`.
@@ -78,6 +80,7 @@ class PlanRequest:
     importance: ImportanceRule = "mixed"
     layer_rule: LayerRule = "uniform"
     deal_rule: DealRule = "fair"
+    allow_leave_out: bool = True
     search_only: bool = False
     from_policy: str | None = None
     resume: bool = False
@@ -92,6 +95,11 @@ class PlanRequest:
             raise ConfigError(f"--proxy must be ridge, probe or sliced, got {self.proxy!r}")
         if self.search_only and self.from_policy:
             raise ConfigError("--search-only and --from-policy exclude each other")
+        if self.importance not in ("mixed", "taylor", "fisher", "magnitude", "random"):
+            raise ConfigError(f"--importance must be mixed, taylor, fisher, magnitude or random, got {self.importance!r}")
+        if self.layer_rule not in ("importance", "uniform") or self.deal_rule not in ("fair", "ranked"):
+            raise ConfigError(f"layer_rule must be importance|uniform and deal_rule fair|ranked, got "
+                              f"{self.layer_rule!r}, {self.deal_rule!r}")
         if self.cal_images < 16:
             raise ConfigError(f"cal_images must be at least 16, got {self.cal_images}")
 
@@ -150,7 +158,8 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
                               f"this teacher is {teacher.config.fingerprint()}; re-run shoal profile")
     hooks.phase(f"scoring unit importance ({request.importance})")
     scores = _importance(teacher, data, request, out)
-    space = SearchSpace(teacher.config, devices, scores, layer_rule=request.layer_rule, deal_rule=request.deal_rule)
+    space = SearchSpace(teacher.config, devices, scores, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
+                        allow_leave_out=request.allow_leave_out)
     space.check_feasible()
     cal = data.train.images[:request.cal_images]
     evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal, data.val.images,
@@ -185,7 +194,7 @@ def search_header(problem: Problem, request: PlanRequest) -> dict[str, Any]:
             "data": problem.data.name, "devices": problem.devices.to_dict(), "delta": problem.evaluator.delta,
             "proxy": request.proxy, "strategy": s.strategy, "seed": s.seed, "init": s.init,
             "acquisition": s.acquisition, "importance": request.importance, "layer_rule": request.layer_rule,
-            "deal_rule": request.deal_rule, "dim": problem.space.dim}
+            "deal_rule": request.deal_rule, "allow_leave_out": request.allow_leave_out, "dim": problem.space.dim}
 
 
 def search(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> SearchResult:
@@ -205,8 +214,11 @@ def search_summary(result: SearchResult) -> dict[str, Any]:
 
 
 def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) -> dict[str, Any]:
-    names = problem.devices.names
-    teacher_ms = problem.evaluator.teacher_latency()
+    names = policy.devices
+    index = [problem.devices.names.index(n) for n in names]
+    teacher_all = problem.evaluator.teacher_latency()
+    teacher_ms = [teacher_all[i] for i in index]
+    predictors = [problem.predictors[i] for i in index]
     lat = evaluation.latency
     return {
         "total_ms": lat.total_ms, "aggregate_ms": lat.aggregate_ms, "request_ms": lat.request_ms,
@@ -215,15 +227,15 @@ def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) 
         "devices": {n: {"compute_ms": c, "transfer_ms": t, "flops": f, "memory_bytes": m,
                         "shape": s.describe(), "predictor": p.kind, "estimate": p.is_estimate}
                     for n, c, t, f, m, s, p in zip(names, lat.compute_ms, lat.transfer_ms, evaluation.flops,
-                                                   evaluation.memory_bytes, policy.specs, problem.predictors)},
+                                                   evaluation.memory_bytes, policy.specs, predictors)},
+        "left_out": [n for n in problem.devices.names if n not in names],
         "speedup_vs_teacher_on_central": teacher_ms[0] / lat.total_ms,
-        "slowest_device_ratio": _slowest_ratio(names, lat.compute_ms, teacher_ms, problem.devices),
+        "slowest_device_ratio": _slowest_ratio(names, lat.compute_ms, teacher_ms),
     }
 
 
-def _slowest_ratio(names: Sequence[str], compute: Sequence[float], teacher_ms: Sequence[float],
-                   devices: DeviceSet) -> dict[str, Any]:
-    """Sub-model vs teacher latency on the slowest device (highest teacher latency)."""
+def _slowest_ratio(names: Sequence[str], compute: Sequence[float], teacher_ms: Sequence[float]) -> dict[str, Any]:
+    """Sub-model vs teacher latency on the slowest device of the policy (highest teacher latency)."""
     i = max(range(len(names)), key=lambda k: teacher_ms[k])
     return {"device": names[i], "submodel_ms": compute[i], "teacher_ms": teacher_ms[i],
             "ratio": compute[i] / teacher_ms[i]}
@@ -285,9 +297,10 @@ def write_search_outputs(problem: Problem, result: SearchResult | None, policy: 
         convergence_figure(figures / "convergence.png", {result.settings.strategy: result.best_so_far()},
                            {result.settings.strategy: [r.psi for r in result.records]},
                            init=result.settings.init if result.settings.strategy == "bo" else None)
-    latency_figure(figures / "latency.png", problem.devices.names, evaluation.latency,
-                   teacher_ms=problem.evaluator.teacher_latency())
-    return predicted_summary(problem, policy, evaluation)
+    summary = predicted_summary(problem, policy, evaluation)
+    latency_figure(figures / "latency.png", list(policy.devices), evaluation.latency,
+                   teacher_ms=list(summary["teacher_ms"].values()))
+    return summary
 
 
 def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
@@ -301,9 +314,10 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
     result: SearchResult | None = None
     if request.from_policy:
         policy = policy_from_plan(request.from_policy)
-        if policy.devices != problem.devices.names:
+        unknown = [n for n in policy.devices if n not in problem.devices.names]
+        if unknown or policy.devices[0] != problem.devices.central.name:
             raise ConfigError(f"the policy in {request.from_policy} is for devices {list(policy.devices)}, "
-                              f"the device set has {list(problem.devices.names)}")
+                              f"the device set has {list(problem.devices.names)} (central first)")
         policy.check_against(problem.teacher.config)
         hooks.phase("evaluating the given policy")
         evaluation = problem.evaluator.evaluate(policy)
@@ -323,10 +337,11 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         "search": search_summary(result) if result is not None else {"from_policy": str(request.from_policy)},
         "importance": request.importance, "layer_rule": request.layer_rule, "deal_rule": request.deal_rule,
     }
+    used = DeviceSet(tuple(problem.devices[n] for n in policy.devices), source=problem.devices.source)
     if request.search_only:
         from shoal.planner.artifacts import searched_only_document
 
-        document = searched_only_document(problem.teacher.config, policy, problem.devices, meta)
+        document = searched_only_document(problem.teacher.config, policy, used, meta)
         atomic_write_json(out / PLAN_FILE, document)
         return document
     calibrated = calibrate(problem, policy, request, hooks)
@@ -334,6 +349,6 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
                 accuracy=calibrated.accuracy)
     hooks.phase("writing the plan")
     models = dict(zip(policy.devices, calibrated.submodels))
-    write_plan(out, problem.teacher.config, policy, problem.devices, models, calibrated.aggregator, meta,
+    write_plan(out, problem.teacher.config, policy, used, models, calibrated.aggregator, meta,
                device_dropout=request.calibration.device_dropout > 0)
     return read_plan_json(out)

@@ -146,11 +146,14 @@ def run_search(
     return SearchResult(tuple(records), settings)
 
 
-def _key(shapes: tuple[dict[str, object], ...]) -> str:
+def _key(shapes: tuple[dict[str, object] | None, ...]) -> str:
     return json.dumps(shapes, sort_keys=True)
 
 
-def _shape_dict(shape: object) -> dict[str, object]:
+def _shape_dict(shape: object) -> dict[str, object] | None:
+    """JSON of a device's unit counts (None: the device is left out)."""
+    if shape is None:
+        return None
     return {"layers": list(shape.layers), "width": shape.width,  # type: ignore[attr-defined]
             "heads": list(shape.heads), "mlp": list(shape.mlp)}  # type: ignore[attr-defined]
 

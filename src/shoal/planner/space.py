@@ -8,7 +8,9 @@ Per device n (central node first), four numbers:
 and `knots` shared numbers describing shape(k) over relative depth (linear
 interpolation, multiplier 0.5..1.5). k = 4N + knots: small enough for a GP.
 
-Decoding meets C1-C4 by construction: where the requests of the devices
+A worker whose depth ratio is below 0.1 is left out (no sub-model, no call):
+when a device's compute does not pay for its round trip, the best policy
+does not use it. Decoding meets C1-C4 by construction: where the requests of the devices
 sharing a block (or the channels) exceed the teacher's units they are scaled
 down proportionally, then rounded with largest remainders. Budgets C5-C6 are
 met by repair: a device whose own request does not fit its memory/compute
@@ -35,6 +37,7 @@ from shoal.models.spec import Policy
 
 PER_DEVICE = 4
 MIN_WIDTH = 8
+LEAVE_OUT = 0.1   # a worker whose depth ratio is below this is left out of the policy
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class SearchSpace:
         layer_rule: How l_n blocks are chosen ("importance" or "uniform").
         deal_rule: How ranked units are dealt ("fair" or "ranked").
         min_width: Smallest residual width a sub-model may get.
+        allow_leave_out: A worker (never the central node) whose depth ratio is below
+            `LEAVE_OUT` gets no sub-model: it is left out of the policy and costs no call.
+            False keeps CoFormer's rule that every device runs a sub-model.
     """
 
     config: ViTConfig
@@ -68,6 +74,7 @@ class SearchSpace:
     layer_rule: LayerRule = "uniform"
     deal_rule: DealRule = "fair"
     min_width: int = MIN_WIDTH
+    allow_leave_out: bool = True
 
     def __post_init__(self) -> None:
         if self.knots < 0:
@@ -88,11 +95,13 @@ class SearchSpace:
 
     # -- decoding ---------------------------------------------------------------
     def decode(self, x: Sequence[float] | torch.Tensor) -> Policy:
-        """A policy meeting C1-C6 for the point `x` in [0,1]^k."""
-        return decompose(self.config, self.names, self.decode_shapes(x), self.scores, self.deal_rule)
+        """A policy meeting C1-C6 for the point `x` in [0,1]^k (over the devices it uses)."""
+        shapes = self.decode_shapes(x)
+        used = [(name, shape) for name, shape in zip(self.names, shapes) if shape is not None]
+        return decompose(self.config, [n for n, _ in used], [s for _, s in used], self.scores, self.deal_rule)
 
-    def decode_shapes(self, x: Sequence[float] | torch.Tensor) -> list[SubModelShape]:
-        """Unit counts per device for `x` (before indices are dealt)."""
+    def decode_shapes(self, x: Sequence[float] | torch.Tensor) -> list[SubModelShape | None]:
+        """Unit counts per device for `x` (before indices are dealt); None for a device left out."""
         values = [float(v) for v in (x.tolist() if isinstance(x, torch.Tensor) else x)]
         if len(values) != self.dim:
             raise ConfigError(f"an encoding has {self.dim} numbers, got {len(values)}")
@@ -100,11 +109,18 @@ class SearchSpace:
             raise ConfigError(f"an encoding must lie in [0,1]^{self.dim}, got {values}")
         values = [min(1.0, max(0.0, v)) for v in values]
         shape_knots = values[PER_DEVICE * len(self.devices):]
-        requests = []
+        requests: list[_Request | None] = []
         for n, device in enumerate(self.devices.devices):
             depth, width, heads, mlp = values[PER_DEVICE * n: PER_DEVICE * (n + 1)]
+            if self.allow_leave_out and not device.central:
+                if depth < LEAVE_OUT:
+                    requests.append(None)
+                    continue
+                depth = (depth - LEAVE_OUT) / (1 - LEAVE_OUT)
             requests.append(self._repair(device, depth, width, heads, mlp, shape_knots))
-        return self._reconcile(requests)
+        active = [r for r in requests if r is not None]
+        reconciled = iter(self._reconcile(active))
+        return [None if r is None else next(reconciled) for r in requests]
 
     def _request(self, depth: float, width: float, heads: float, mlp: float, knots: Sequence[float],
                  scale: float = 1.0, depth_cap: int | None = None) -> _Request:
@@ -195,7 +211,13 @@ class SearchSpace:
         """Every device the same request: width, heads and MLP shares `scale`/N, flat shape."""
         n = len(self.devices)
         share = scale / n
-        return [depth, share, share, share] * n + [0.5] * self.knots
+        point: list[float] = []
+        for device in self.devices.devices:
+            encoded = depth
+            if self.allow_leave_out and not device.central:
+                encoded = LEAVE_OUT + depth * (1 - LEAVE_OUT)
+            point += [encoded, share, share, share]
+        return point + [0.5] * self.knots
 
     def largest_uniform_scale(self, depth: float) -> float:
         """The largest `scale` for which the uniform request fits the weakest device unrepaired."""
