@@ -137,7 +137,7 @@ def test_workers_must_name_every_worker_device(plan):
 
 @pytest.mark.parametrize("text, match", [
     ("edge-a", "must look like name=host:port"), ("edge-a=host", "must look like"),
-    ("a=h:1,a=h:2", "twice"), (" , ", "names no worker"),
+    ("a=h:1,a=h:2", "twice"),
 ])
 def test_parse_workers_rejects(text, match):
     with pytest.raises(ConfigError, match=match):
@@ -146,3 +146,9 @@ def test_parse_workers_rejects(text, match):
 
 def test_parse_workers():
     assert parse_workers("a=127.0.0.1:5,b=[::1]:6") == {"a": "127.0.0.1:5", "b": "[::1]:6"}
+    assert parse_workers(" , ") == {}  # a central-only plan has no workers
+
+
+def test_an_empty_worker_list_is_refused_for_a_plan_with_workers(plan):
+    with pytest.raises(ConfigError, match=r"missing \['edge-a', 'edge-b'\]"):
+        start_central(plan, parse_workers(""))

@@ -21,6 +21,9 @@ from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.status import RemoteError
 from shoal.runtime.worker import FAULT_ENV
+from shoal.planner.artifacts import load_plan
+from shoal.runtime.demo_plan import device_set, write_even_plan
+from tests.conftest import make_vit
 from tests.runtime.conftest import reference_logits
 
 pytestmark = pytest.mark.slow
@@ -152,3 +155,14 @@ def test_cli_errors_are_one_red_line(plan_dir, args, message):
     out = CliRunner().invoke(app, [*args, "--plan", str(plan_dir), "--no-emulate"])
     assert out.exit_code == 1 and "error:" in out.output and message in " ".join(out.output.split())
     assert "Traceback" not in out.output
+
+
+def test_a_central_only_plan_serves_without_workers(tmp_path):
+    """The planner may leave every worker out: the plan is then one device, and it still serves."""
+    teacher = make_vit()
+    plan_root = write_even_plan(tmp_path / "solo", teacher, device_set([("hub", 1.0, (0,))]), "tiny")
+    solo = load_plan(plan_root)
+    x = torch.randn(2, *solo.config.input_shape)
+    with LocalCluster(plan_root) as cluster, ShoalClient(cluster.central_target) as client:
+        p = client.predict(x)
+    assert torch.allclose(p.logits, reference_logits(solo, x), atol=1e-5)
