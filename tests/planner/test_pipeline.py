@@ -23,7 +23,9 @@ def test_search_only_writes_policy_figures_and_journal(tiny_digits_teacher, thre
     doc = run_plan(_request(tiny_digits_teacher, tmp_path, search_only=True),
                    predictors=three_predictors, devices=three_devices)
     assert doc["stage"] == "searched"
-    assert set(doc["policy"]["devices"]) == {"hub", "fast", "slow"}
+    used = list(doc["policy"]["devices"])
+    assert used[0] == "hub" and set(used) <= {"hub", "fast", "slow"}
+    assert doc["predicted"]["left_out"] == [n for n in ("hub", "fast", "slow") if n not in used]
     assert doc["search"]["evaluations"] == 5 and len(doc["search"]["best_so_far"]) == 5
     assert (tmp_path / "figures" / "convergence.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "latency.png").stat().st_size > 1000
@@ -38,7 +40,8 @@ def test_search_only_writes_policy_figures_and_journal(tiny_digits_teacher, thre
 def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, three_devices, three_predictors,
                                                           tmp_path):
     out = tmp_path / "plan"
-    doc = run_plan(_request(tiny_digits_teacher, out, delta=0.01), predictors=three_predictors, devices=three_devices)
+    doc = run_plan(_request(tiny_digits_teacher, out, delta=0.01, allow_leave_out=False),
+                   predictors=three_predictors, devices=three_devices)
     assert doc["stage"] == "calibrated"
     acc = doc["accuracy"]
     assert set(acc["submodels"]) == {"hub", "fast", "slow"}
@@ -51,7 +54,8 @@ def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, 
              for n in plan.devices.names]
     assert plan.build_aggregator()(feats).shape == (2, 10)
     # calibrate the same policy again from its plan.json, without searching
-    again = run_plan(_request(tiny_digits_teacher, tmp_path / "again", from_policy=str(out / "plan.json")),
+    again = run_plan(_request(tiny_digits_teacher, tmp_path / "again", from_policy=str(out / "plan.json"),
+                              allow_leave_out=False),
                      predictors=three_predictors, devices=three_devices)
     assert again["policy"] == doc["policy"]
     assert again["search"] == {"from_policy": str(out / "plan.json")}

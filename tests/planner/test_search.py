@@ -82,7 +82,10 @@ def test_search_journal_resume_loses_and_repeats_nothing(problem, tmp_path, stra
 def test_bo_uses_the_gp_after_init(problem):
     space, evaluator = problem
     result = run_search(space, evaluator, SearchSettings("bo", init=3, iterations=2, num_restarts=2, raw_samples=32))
-    assert [r.phase for r in result.records][:3] == ["init"] * 3
+    assert [r.phase for r in result.records][:3] == ["anchor", "anchor", "init"]
+    alone = result.records[0]
+    assert alone.shapes[1] is None and alone.shapes[2] is None   # the central node alone, the whole teacher
+    assert alone.shapes[0]["width"] == 48 and len(alone.shapes[0]["layers"]) == 3
     assert set(r.phase for r in result.records[3:]) <= {"bo", "fallback"}
     assert result.best_so_far() == sorted(result.best_so_far(), reverse=True)
 

@@ -1,10 +1,11 @@
 """DeBo's decomposer (CoFormer Algorithm 1, lines 1-11) and its baselines, in one code path.
 
-    strategy "bo"       r random feasible policies, then I iterations of a GP prior
+    strategy "bo"       r initial policies (two anchors: the central node alone and the
+                        uniform split; then random feasible ones), then I iterations of a GP prior
                         (Matern ν=1.5, ARD lengthscales fitted by marginal likelihood)
                         and expected improvement (LogEI by default, EI selectable),
                         optimised over [0,1]^k with BoTorch's `optimize_acqf`.
-    strategy "random"   r + I random feasible policies.
+    strategy "random"   the same two anchors, then random feasible policies (r + I in all).
     strategy "uniform"  CoFormer Fig. 11's baseline: every device the same shape,
                         sized so the weakest device can hold it; the budget is spent
                         on a grid over that family (depth x size).
@@ -46,6 +47,8 @@ class SearchSettings:
         acquisition: "logei" (BoTorch's recommendation) or "ei" (CoFormer eq. 12).
         num_restarts: Restarts of the acquisition optimiser.
         raw_samples: Raw samples seeding those restarts.
+        anchors: Start the initial design (bo and random) with the central-node-alone and the
+            uniform policies (`anchor_points`); they count towards `init`.
     """
 
     strategy: Strategy = "bo"
@@ -55,6 +58,7 @@ class SearchSettings:
     acquisition: Acquisition = "logei"
     num_restarts: int = 8
     raw_samples: int = 256
+    anchors: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in ("bo", "random", "uniform"):
@@ -169,16 +173,37 @@ def _proposer(space: SearchSpace, settings: SearchSettings
     if settings.strategy == "uniform":
         grid = _uniform_grid(space, settings.budget)
         return lambda records: ("uniform", grid[len(records) % len(grid)])
-    randoms = _random_points(space.dim, settings.seed, settings.budget)
+    anchors = anchor_points(space) if settings.anchors else []
+    randoms = [*anchors, *_random_points(space.dim, settings.seed, settings.budget)]
     if settings.strategy == "random":
-        return lambda records: ("random", randoms[len(records)])
+        return lambda records: ("anchor" if len(records) < len(anchors) else "random", randoms[len(records)])
 
     def propose(records: list[Record]) -> tuple[str, list[float]]:
+        if len(records) < len(anchors):
+            return "anchor", randoms[len(records)]
         if len(records) < settings.init:
             return "init", randoms[len(records)]
         return "bo", _bo_candidate(records, space.dim, settings, step=len(records))
 
     return propose
+
+
+def anchor_points(space: SearchSpace) -> list[list[float]]:
+    """The two baselines every search starts from: the central node alone running the whole
+    teacher (when workers may be left out), and the largest uniform decomposition.
+
+    Leaving every worker out is a corner random sampling almost never hits (each worker's
+    depth ratio below 0.1), yet it is CoFormer's single-edge baseline; seeding the design
+    with it lets the GP learn what a worker's call costs.
+    """
+    points = []
+    if space.allow_leave_out and len(space.devices) > 1:
+        alone = []
+        for device in space.devices.devices:
+            alone += [1.0, 1.0, 1.0, 1.0] if device.central else [0.0, 0.5, 0.5, 0.5]
+        points.append(alone + [0.5] * space.knots)
+    points.append(space.uniform_point(1.0, space.largest_uniform_scale(1.0)))
+    return points
 
 
 def _uniform_grid(space: SearchSpace, budget: int) -> list[list[float]]:
