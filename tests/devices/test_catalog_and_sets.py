@@ -29,7 +29,7 @@ def test_default_set_resolves_profiles_against_the_working_directory(tmp_path, m
     devices = default_device_set()
     assert devices.names == ("hub", "edge-a", "edge-b") and devices.central.name == "hub"
     assert devices["hub"].profile == str(tmp_path / ".shoal/profiles/hub")
-    assert devices["edge-b"].cpu_quota == 0.35 and devices["edge-b"].cpus == (1,)
+    assert devices["edge-b"].cpu_quota == 0.25 and devices["edge-b"].cpus == (1,)
     assert default_device_set(workdir="/srv/x")["edge-a"].profile == "/srv/x/.shoal/profiles/edge-a"
 
 
