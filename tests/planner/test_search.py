@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -114,3 +115,14 @@ def test_settings_validation():
         SearchSettings(strategy="grid")  # type: ignore[arg-type]
     with pytest.raises(Exception, match="init"):
         SearchSettings(init=1)
+
+
+def test_ridge_proxy_survives_constant_and_degenerate_features(problem):
+    """A tiny sub-model can emit the same vector for every image; the proxy must not crash."""
+    _, evaluator = problem
+    n_cal, n_val = len(evaluator.cal_targets), len(evaluator.val_labels)
+    chance = math.log(evaluator.cal_targets.shape[1])
+    constant = evaluator._ridge_loss([torch.ones(n_cal, 8)], [torch.ones(n_val, 8)])
+    assert math.isfinite(constant) and constant <= chance + 0.5
+    mixed = torch.cat([torch.ones(n_cal, 4), torch.randn(n_cal, 4)], dim=1)
+    assert math.isfinite(evaluator._ridge_loss([mixed], [torch.randn(n_val, 8)]))

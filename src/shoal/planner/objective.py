@@ -199,12 +199,19 @@ class Evaluator:
 
     def _ridge_loss(self, cal: list[torch.Tensor], val: list[torch.Tensor]) -> float:
         x_cal, x_val = torch.cat(cal, dim=1).double(), torch.cat(val, dim=1).double()
-        mean, std = x_cal.mean(0), x_cal.std(0).clamp_min(1e-6)
-        x_cal, x_val = (x_cal - mean) / std, (x_val - mean) / std
         y = self.cal_targets.double()
         y_mean = y.mean(0)
+        # Constant or non-finite feature columns carry no information and would make the
+        # normal equations singular (a tiny sub-model can emit the same vector for every input).
+        mean, std = x_cal.mean(0), x_cal.std(0)
+        keep = torch.isfinite(std) & (std > 1e-6) & torch.isfinite(x_val).all(0)
+        if not keep.any():
+            logits = y_mean.expand(len(x_val), -1).float()
+            return F.cross_entropy(logits, self.val_labels).item()
+        x_cal = (x_cal[:, keep] - mean[keep]) / std[keep]
+        x_val = (x_val[:, keep] - mean[keep]) / std[keep]
         gram = x_cal.T @ x_cal
-        lam = self.ridge * gram.diagonal().mean()
+        lam = self.ridge * gram.diagonal().mean().clamp_min(1.0)
         weight = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), x_cal.T @ (y - y_mean))
         logits = (x_val @ weight + y_mean).float()
         return F.cross_entropy(logits, self.val_labels).item()
