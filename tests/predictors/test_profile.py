@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -145,3 +146,12 @@ def test_profile_under_another_cfs_period_is_refused(tiny_config, tmp_path):
     data["device"]["cpu_limit"] = CpuLimit(1.0, (0,), period_us=2000).to_dict()  # a full core: no cgroup, no period
     (out / "profile.json").write_text(json.dumps(data))
     assert not load_device_latency(_device(out, cpu_quota=1.0, cpus=(0,)), tiny_config).is_estimate
+
+
+@pytest.mark.parametrize("target, expected", [("mean", 2.5), ("p10", 0.6)])
+def test_rpc_overhead_uses_the_statistic_the_predictors_learn(tiny_config, tmp_path, target, expected):
+    prof = _profile(tiny_config, tmp_path / "dev")
+    rpc = {"median_ms": 0.6, "p10_ms": 0.5, "p90_ms": 7.0, "calls": 200, "mean_ms": 2.5}
+    assert dataclasses.replace(prof, data=prof.data | {"target": target, "rpc": rpc}).rpc_ms == expected
+    older = {k: v for k, v in rpc.items() if k != "mean_ms"}   # profiles written before the mean was kept
+    assert dataclasses.replace(prof, data=prof.data | {"target": "mean", "rpc": older}).rpc_ms == 0.6

@@ -25,6 +25,7 @@ def test_rpc_probe_times_real_round_trips_and_cleans_up():
     before = _children()
     stats = measure_rpc(CpuLimit(None, (0,)), (1, 8, 8), 16, calls=20, warmup=5)
     assert stats.calls == 20 and 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
+    assert stats.mean_ms is not None and stats.p10_ms <= stats.mean_ms
     assert RpcStats.from_dict(stats.to_dict()) == stats
     assert _children() <= before
 

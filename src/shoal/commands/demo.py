@@ -31,6 +31,8 @@ def main(
     requests: Annotated[int, typer.Option(help="timed requests through the runtime")] = 200,
     replan: Annotated[bool, typer.Option(help="plan again even if the demo plan exists")] = False,
     max_per_split: Annotated[int | None, typer.Option(help="use at most this many images per split (quick runs)")] = None,
+    use_all_devices: Annotated[bool, typer.Option(
+        help="give every device a sub-model (CoFormer's rule) instead of leaving out one that does not pay")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Profile, plan, serve and benchmark the default teacher on three emulated devices."""
@@ -44,7 +46,8 @@ def main(
             out=str(plan_dir), profile_samples=profile_samples, max_per_split=max_per_split,
             cal_images=min(512, max_per_split or 512),
             search=SearchSettings("bo", init=init, iterations=iterations),
-            calibration=CalibrationSettings(epochs=epochs, aggregator_epochs=aggregator_epochs))
+            calibration=CalibrationSettings(epochs=epochs, aggregator_epochs=aggregator_epochs),
+            allow_leave_out=not use_all_devices)
         with LiveSearch(request.search.budget, quiet=as_json) as ui:
             document = run_plan(request, plan_hooks(ui))
         if not as_json:

@@ -221,6 +221,9 @@ def _uniform_grid(space: SearchSpace, budget: int) -> list[list[float]]:
 
 
 def _bo_candidate(records: list[Record], dim: int, settings: SearchSettings, step: int) -> list[float]:
+    with warnings.catch_warnings():   # linear_operator decorates with torch.jit.script at import (deprecated)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+        import botorch  # noqa: F401
     from botorch.acquisition import ExpectedImprovement, LogExpectedImprovement
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
