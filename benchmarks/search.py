@@ -65,7 +65,7 @@ def main() -> None:
     for label, strategy, acq, seeds in strategies:
         for seed in range(seeds):
             started = time.perf_counter()
-            settings = SearchSettings(strategy, init=args.init, iterations=args.iterations, seed=seed,  # type: ignore[arg-type]
+            settings = SearchSettings(strategy, init=args.init, iterations=args.iterations, seed=seed, prune=False,  # type: ignore[arg-type]
                                       acquisition=acq)  # type: ignore[arg-type]
             result = run_search(problem.space, problem.evaluator, settings)
             runs.setdefault(label, []).append({
@@ -74,7 +74,7 @@ def main() -> None:
                 "seconds": time.perf_counter() - started})
             console.log(f"{label} seed {seed}: best Ψ {result.best.psi:.4f} ({time.perf_counter() - started:.0f}s)")
     big = run_search(problem.space, problem.evaluator,
-                     SearchSettings("random", init=5 * budget, iterations=0, seed=1000))
+                     SearchSettings("random", init=5 * budget, iterations=0, seed=1000, prune=False))
     reference = big.best.psi
 
     bo, rnd = runs["bo-logei"], runs["random"]
@@ -117,7 +117,7 @@ def _proxy_check(problem: Any, args: argparse.Namespace, console: Console) -> di
     from shoal.planner.aggregation import train_aggregator
     from shoal.planner.calibration import Booster
 
-    settings = SearchSettings("random", init=max(args.policies * 4, 40), iterations=0, seed=4242)
+    settings = SearchSettings("random", init=max(args.policies * 4, 40), iterations=0, seed=4242, prune=False)
     pool = run_search(problem.space, problem.evaluator, settings).records
     ranked = sorted(pool, key=lambda r: r.psi)
     step = max(1, len(ranked) // args.policies)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -126,3 +127,45 @@ def test_ridge_proxy_survives_constant_and_degenerate_features(problem):
     assert math.isfinite(constant) and constant <= chance + 0.5
     mixed = torch.cat([torch.ones(n_cal, 4), torch.randn(n_cal, 4)], dim=1)
     assert math.isfinite(evaluator._ridge_loss([mixed], [torch.randn(n_val, 8)]))
+
+
+class _PsiByDevices:
+    """Ψ = 1 + `per_missing` × (workers left out): a plateau (0) or a cost for every worker dropped."""
+
+    def __init__(self, real: Evaluator, per_missing: float) -> None:
+        self.real, self.per_missing, self.calls = real, per_missing, 0
+
+    def evaluate(self, policy):
+        self.calls += 1
+        ev = self.real.evaluate(policy)
+        missing = len(self.real.devices.names) - len(policy.devices)
+        return dataclasses.replace(ev, psi=1.0 + self.per_missing * missing)
+
+
+def _used(record):
+    return sum(shape is not None for shape in record.shapes)
+
+
+def test_prune_drops_workers_that_tie_and_keeps_those_that_pay(problem, tmp_path):
+    space, evaluator = problem
+    settings = SearchSettings("random", init=3, iterations=0, anchors=False, seed=3)
+    flat = run_search(space, _PsiByDevices(evaluator, 0.0), settings)
+    assert max(_used(r) for r in flat.records[:3]) > 1       # the random design used workers
+    assert any(r.phase == "prune" for r in flat.records)
+    assert _used(flat.chosen) == 1 and flat.chosen.shapes[0] is not None   # only the central node is left
+    costly = run_search(space, _PsiByDevices(evaluator, 0.1), settings)
+    assert costly.chosen.psi == costly.best.psi == 1.0 and _used(costly.chosen) == 3
+    assert all(r.psi > costly.best.psi for r in costly.records if r.phase == "prune")
+    off = run_search(space, _PsiByDevices(evaluator, 0.0), dataclasses.replace(settings, prune=False))
+    assert len(off.records) == 3 and not any(r.phase == "prune" for r in off.records)
+
+
+def test_prune_steps_are_journaled_and_not_repeated_on_resume(problem, tmp_path):
+    space, evaluator = problem
+    settings = SearchSettings("random", init=3, iterations=0, anchors=False, seed=3)
+    path = tmp_path / "journal.jsonl"
+    first = run_search(space, _PsiByDevices(evaluator, 0.0), settings, Journal(path, {}))
+    again = _PsiByDevices(evaluator, 0.0)
+    resumed = run_search(space, again, settings, Journal(path, {}), resume=True)
+    assert again.calls == 0 and resumed.chosen.key == first.chosen.key
+    assert [r.phase for r in resumed.records] == [r.phase for r in first.records]

@@ -204,7 +204,7 @@ def search(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> SearchRe
 
 
 def search_summary(result: SearchResult) -> dict[str, Any]:
-    best = result.best
+    best = result.chosen
     return {"strategy": result.settings.strategy, "evaluations": len(result.records),
             "init": result.settings.init, "iterations": result.settings.iterations,
             "seed": result.settings.seed, "acquisition": result.settings.acquisition,
@@ -324,8 +324,8 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
     else:
         hooks.phase(f"searching ({request.search.strategy}, {request.search.budget} evaluations)")
         result = search(problem, request, hooks)
-        policy = problem.space.decode(result.best.x)
-        evaluation = result.best.evaluation
+        policy = problem.space.decode(result.chosen.x)
+        evaluation = result.chosen.evaluation
     predicted = write_search_outputs(problem, result, policy, evaluation, out)
     meta: dict[str, Any] = {
         "teacher": {"source": problem.teacher.source, "metrics": problem.teacher.meta.get("metrics", {})},

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +28,7 @@ import torch
 from shoal.errors import ConfigError
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluator
-from shoal.planner.space import SearchSpace
+from shoal.planner.space import PER_DEVICE, SearchSpace
 
 Strategy = Literal["bo", "random", "uniform"]
 Acquisition = Literal["logei", "ei"]
@@ -49,6 +49,11 @@ class SearchSettings:
         raw_samples: Raw samples seeding those restarts.
         anchors: Start the initial design (bo and random) with the central-node-alone and the
             uniform policies (`anchor_points`); they count towards `init`.
+        prune: After the budget (bo and random, when workers may be left out), try leaving out
+            each worker of the chosen policy, greedily, and keep a policy that uses fewer
+            devices when its Ψ is within `PRUNE_TIE` of the best (`SearchResult.chosen`).
+            A worker off the critical path costs nothing in Ψ, so the search has no reason
+            to drop one that contributes nothing; this step does.
     """
 
     strategy: Strategy = "bo"
@@ -59,6 +64,7 @@ class SearchSettings:
     num_restarts: int = 8
     raw_samples: int = 256
     anchors: bool = True
+    prune: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in ("bo", "random", "uniform"):
@@ -92,7 +98,14 @@ class SearchResult:
 
     @property
     def best(self) -> Record:
+        """The evaluation of lowest Ψ."""
         return min(self.records, key=lambda r: r.psi)
+
+    @property
+    def chosen(self) -> Record:
+        """The policy the plan takes: among evaluations within `PRUNE_TIE` of the best Ψ, the one
+        using the fewest devices (then the lowest Ψ)."""
+        return _choose(self.records)
 
     def best_so_far(self) -> list[float]:
         """Best Ψ after each evaluation (the convergence curve)."""
@@ -124,14 +137,14 @@ def run_search(
     """
     space.check_feasible()
     records = journal.start(resume) if journal is not None else []
-    records = records[:settings.budget]
+    records = records[:settings.budget] + [r for r in records[settings.budget:] if r.phase == "prune"]
     for record in records:
         if on_record is not None:
             on_record(record)
     seen = {r.key: r for r in records}
     proposals = _proposer(space, settings)
     # `seen` only steers BO away from re-evaluating a policy; journal records are never skipped
-    while len(records) < settings.budget:
+    while len(records) < settings.budget and not any(r.phase == "prune" for r in records):
         phase, x = proposals(records)
         shapes = tuple(_shape_dict(s) for s in space.decode_shapes(x))
         if phase == "bo" and _key(shapes) in seen:
@@ -147,7 +160,53 @@ def run_search(
         seen.setdefault(record.key, record)
         if on_record is not None:
             on_record(record)
+    if settings.prune and settings.strategy != "uniform" and space.allow_leave_out:
+        _prune(space, evaluator, records, seen, journal, on_record)
     return SearchResult(tuple(records), settings)
+
+
+PRUNE_TIE = 2e-3   # Ψ differences below this are noise of the proxy: fewer devices win the tie
+
+
+def _devices_used(record: Record) -> int:
+    return sum(shape is not None for shape in record.shapes)
+
+
+def _choose(records: Sequence[Record]) -> Record:
+    best = min(r.psi for r in records)
+    return min((r for r in records if r.psi <= best + PRUNE_TIE), key=lambda r: (_devices_used(r), r.psi))
+
+
+def _prune(space: SearchSpace, evaluator: Evaluator, records: list[Record], seen: dict[str, Record],
+           journal: Journal | None, on_record: Callable[[Record], None] | None) -> None:
+    """Greedily leave out one more worker of the chosen policy while Ψ stays within the tie.
+
+    Deterministic given the records, so a resumed search walks the same path and finds each
+    step's evaluation in `seen` (from the journal) instead of repeating it.
+    """
+    while True:
+        current = _choose(records)
+        workers = [n for n, (device, shape) in enumerate(zip(space.devices.devices, current.shapes))
+                   if not device.central and shape is not None]
+        step = None
+        for n in workers:
+            x = list(current.x)
+            x[PER_DEVICE * n] = 0.0   # depth ratio below LEAVE_OUT: the worker is left out
+            shapes = tuple(_shape_dict(sh) for sh in space.decode_shapes(x))
+            record = seen.get(_key(shapes))
+            if record is None:
+                record = Record(len(records), "prune", tuple(x), shapes, evaluator.evaluate(space.decode(x)))
+                if journal is not None:
+                    journal.append(record)
+                records.append(record)
+                seen[record.key] = record
+                if on_record is not None:
+                    on_record(record)
+            if _choose(records) is record:
+                step = record
+                break
+        if step is None:
+            return
 
 
 def _key(shapes: tuple[dict[str, object] | None, ...]) -> str:
