@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         "name": "shoal-digits-vit",
         "timm_model": TIMM_MODEL,
         "timm_kwargs": TIMM_KWARGS,
+        # crop_pct 1 and bilinear: an image folder of full-frame 32x32 digits is read exactly as
+        # the built-in split (timm's default 0.875 centre crop would zoom them in)
         "data": {"dataset": "sklearn-digits", "img_size": IMG_SIZE, "mean": [MEAN], "std": [STD],
-                 "split": "stratified seed 0: 60/20/20"},
+                 "crop_pct": 1.0, "interpolation": "bilinear", "split": "stratified seed 0: 60/20/20"},
         "metrics": metrics,
         "recipe": recipe,
         "weights_dtype": "float16",
