@@ -138,13 +138,26 @@ def run_search(
     space.check_feasible()
     records = journal.start(resume) if journal is not None else []
     records = records[:settings.budget] + [r for r in records[settings.budget:] if r.phase == "prune"]
-    for record in records:
-        if on_record is not None:
-            on_record(record)
+    if on_record is not None:
+        for r in records:
+            on_record(r)
     seen = {r.key: r for r in records}
+
+    def record(phase: str, x: Sequence[float], shapes: tuple[dict[str, object] | None, ...]) -> Record:
+        """Evaluate `x`, append it to the journal and the records, and report it."""
+        new = Record(len(records), phase, tuple(float(v) for v in x), shapes, evaluator.evaluate(space.decode(x)))
+        if journal is not None:
+            journal.append(new)
+        records.append(new)
+        seen.setdefault(new.key, new)
+        if on_record is not None:
+            on_record(new)
+        return new
+
     proposals = _proposer(space, settings)
+    pruned = any(r.phase == "prune" for r in records)   # the budget was spent before pruning began
     # `seen` only steers BO away from re-evaluating a policy; journal records are never skipped
-    while len(records) < settings.budget and not any(r.phase == "prune" for r in records):
+    while len(records) < settings.budget and not pruned:
         phase, x = proposals(records)
         shapes = tuple(_shape_dict(s) for s in space.decode_shapes(x))
         if phase == "bo" and _key(shapes) in seen:
@@ -152,16 +165,9 @@ def run_search(
             x = _random_points(space.dim, settings.seed + 7919, len(records) + 1)[-1]
             phase = "fallback"
             shapes = tuple(_shape_dict(s) for s in space.decode_shapes(x))
-        evaluation = evaluator.evaluate(space.decode(x))
-        record = Record(len(records), phase, tuple(float(v) for v in x), shapes, evaluation)
-        if journal is not None:
-            journal.append(record)
-        records.append(record)
-        seen.setdefault(record.key, record)
-        if on_record is not None:
-            on_record(record)
+        record(phase, x, shapes)
     if settings.prune and settings.strategy != "uniform" and space.allow_leave_out:
-        _prune(space, evaluator, records, seen, journal, on_record)
+        _prune(space, records, seen, record)
     return SearchResult(tuple(records), settings)
 
 
@@ -177,8 +183,8 @@ def _choose(records: Sequence[Record]) -> Record:
     return min((r for r in records if r.psi <= best + PRUNE_TIE), key=lambda r: (_devices_used(r), r.psi))
 
 
-def _prune(space: SearchSpace, evaluator: Evaluator, records: list[Record], seen: dict[str, Record],
-           journal: Journal | None, on_record: Callable[[Record], None] | None) -> None:
+def _prune(space: SearchSpace, records: list[Record], seen: dict[str, Record],
+           record: Callable[[str, Sequence[float], tuple[dict[str, object] | None, ...]], Record]) -> None:
     """Greedily leave out one more worker of the chosen policy while Ψ stays within the tie.
 
     Deterministic given the records, so a resumed search walks the same path and finds each
@@ -193,17 +199,9 @@ def _prune(space: SearchSpace, evaluator: Evaluator, records: list[Record], seen
             x = list(current.x)
             x[PER_DEVICE * n] = 0.0   # depth ratio below LEAVE_OUT: the worker is left out
             shapes = tuple(_shape_dict(sh) for sh in space.decode_shapes(x))
-            record = seen.get(_key(shapes))
-            if record is None:
-                record = Record(len(records), "prune", tuple(x), shapes, evaluator.evaluate(space.decode(x)))
-                if journal is not None:
-                    journal.append(record)
-                records.append(record)
-                seen[record.key] = record
-                if on_record is not None:
-                    on_record(record)
-            if _choose(records) is record:
-                step = record
+            candidate = seen.get(_key(shapes)) or record("prune", x, shapes)
+            if _choose(records) is candidate:
+                step = candidate
                 break
         if step is None:
             return
