@@ -12,8 +12,8 @@ from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError, ShoalError
 from shoal.models import SubModelSpec, config_from_timm
 from shoal.predictors import (
-    CatalogPredictor, ProfileRequest, TrainSettings, ensure_profiles, load_device_latency, load_profile,
-    profile_devices,
+    CatalogPredictor, ProfileRequest, TrainSettings, ensure_profiles, load_device_costs, load_device_latency,
+    load_profile, profile_devices,
 )
 from tests.conftest import make_vit
 from tests.devices.helpers import fake_measure
@@ -84,6 +84,18 @@ def test_measured_profile_wins_over_the_catalog(tiny_config, tmp_path):
     _profile(tiny_config, out)
     measured = load_device_latency(_device(out, catalog="jetson-tx2"), tiny_config)
     assert not measured.is_estimate and measured.family == tiny_config.fingerprint()
+
+
+def test_device_costs_carry_the_profiles_call_overhead(tiny_config, tmp_path):
+    out = tmp_path / "dev"
+    _, unknown = load_device_costs(_device(out, catalog="jetson-tx2"), tiny_config)
+    assert unknown is None   # a catalog estimate knows nothing of the runtime's calls
+    _profile(tiny_config, out)
+    data = json.loads((out / "profile.json").read_text())
+    data["rpc"] = {"median_ms": 0.6, "p10_ms": 0.5, "p90_ms": 7.0, "calls": 200, "mean_ms": 2.5}
+    (out / "profile.json").write_text(json.dumps(data))
+    predictor, rpc = load_device_costs(_device(out), tiny_config)
+    assert not predictor.is_estimate and rpc == 0.6   # an unlimited device: the median call
 
 
 def test_missing_profile_and_catalog_says_what_to_run(tiny_config, tmp_path):

@@ -131,14 +131,13 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
     """The device set, one latency predictor and one runtime-call overhead per device (profiling those lacking one)."""
     from shoal.devices.profiles import default_device_set, ensure_profiles
     from shoal.devices.spec import load_device_set
-    from shoal.predictors import load_device_latency, load_profile
+    from shoal.predictors import load_device_costs
 
     devices = load_device_set(request.devices) if request.devices else default_device_set()
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress,
                               log=hooks.phase)
-    rpc = [load_profile(d.profile).rpc_ms if d.profile and Path(d.profile).is_dir() else None
-           for d in devices.devices]
-    return devices, [load_device_latency(d, teacher.config) for d in devices.devices], rpc
+    costs = [load_device_costs(d, teacher.config) for d in devices.devices]
+    return devices, [predictor for predictor, _ in costs], [rpc for _, rpc in costs]
 
 
 def build_problem(request: PlanRequest, hooks: PlanHooks,

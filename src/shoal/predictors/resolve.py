@@ -95,10 +95,16 @@ def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: Vi
 
 
 def load_device_latency(device: DeviceSpec, config: ViTConfig) -> LatencyPredictor:
-    """The latency predictor of `device` for teacher family `config`.
+    """The latency predictor of `device` for teacher family `config` (see `load_device_costs`)."""
+    return load_device_costs(device, config)[0]
 
-    A measured profile (`device.profile`, when that directory exists) wins; else
-    the catalog board (`device.catalog`) gives an estimate (`is_estimate=True`).
+
+def load_device_costs(device: DeviceSpec, config: ViTConfig) -> tuple[LatencyPredictor, float | None]:
+    """The latency predictor of `device` for teacher family `config`, and its runtime-call overhead.
+
+    A measured profile (`device.profile`, when that directory exists) wins, with the call
+    overhead it measured (`DeviceProfile.rpc_ms`); else the catalog board (`device.catalog`)
+    gives an estimate (`is_estimate=True`) and the overhead is unknown (None).
 
     Raises:
         ConfigError: the profile is for another family, thread count or CPU limit.
@@ -108,9 +114,9 @@ def load_device_latency(device: DeviceSpec, config: ViTConfig) -> LatencyPredict
     if device.profile is not None and Path(device.profile).exists():
         profile = load_profile(device.profile)
         check_profile_matches(profile, device, config)
-        return profile.predictor
+        return profile.predictor, profile.rpc_ms
     if device.catalog is not None:
-        return CatalogPredictor(config, board(device.catalog))
+        return CatalogPredictor(config, board(device.catalog)), None
     if device.profile is not None:
         raise ShoalError(f"device {device.name!r} has no profile at {device.profile} and no catalog board; "
                          f"measure it: {profile_command(device, device.profile)}")
