@@ -239,12 +239,13 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
         probe = probe_device(req.timing.threads, req.timing.device)
         rpc = None if measure is not None else _measure_rpc(req, config, say)
         write_profile(req.out, req.name, probe, suite, teacher_source=teacher_source, train=train, rpc=rpc)
-        busy = measuring_conditions(dataset, req.cpu_limit)
+        profile = load_profile(req.out)
+        busy = profile.data["conditions"]
         if busy["busy"]:
             say(f"[yellow]{req.name}: the machine was busy while measuring[/] (calls took "
                 f"{busy['wall_over_cpu_median']:.2f}x their CPU time, {busy['wall_over_cpu_expected']:.2f}x expected; "
                 f"load average {busy['loadavg_mean']}): latencies are inflated and noisy; profile again when idle")
-        profiles.append(load_profile(req.out))
+        profiles.append(profile)
     return profiles
 
 
