@@ -55,23 +55,40 @@ class DeviceBreakdown:
 
 
 @dataclass(frozen=True)
-class BenchResult:
-    """Everything `shoal bench` reports (see the module docstring)."""
+class Summary:
+    """What the timed requests say (medians over the answered ones, ms).
+
+    Attributes:
+        latency: End-to-end latency seen by the client.
+        errors: Failed requests by status code name.
+        devices: Per-device breakdown, plan order.
+        aggregation_ms: Aggregation on the central node.
+        critical_ms: Slowest device compute + aggregation, per request.
+        overhead_ms: End-to-end minus the critical path, per request (never negative).
+        server_ms: Central node time from receipt to reply (end-to-end minus it: the client's hop).
+    """
+
+    latency: Stats
+    errors: dict[str, int]
+    devices: tuple[DeviceBreakdown, ...]
+    aggregation_ms: float
+    critical_ms: float
+    overhead_ms: float
+    server_ms: float
+
+
+@dataclass(frozen=True)
+class BenchResult(Summary):
+    """Everything `shoal bench` reports (see the module docstring): the `Summary` of the timed
+    requests and what was run, beside what it is compared with."""
 
     plan: str
     fingerprint: str
     target: str
     requests: int
     concurrency: int
-    latency: Stats
     throughput_rps: float
-    errors: dict[str, int]
-    devices: tuple[DeviceBreakdown, ...]
-    aggregation_ms: float
-    critical_ms: float
-    overhead_ms: float
     overhead_ratio: float
-    server_ms: float
     accuracy: float | None
     accuracy_n: int
     data: str
@@ -121,29 +138,6 @@ def run_load(client: ShoalClient, requests: Sequence[pb.PredictRequest], total: 
         for future in [pool.submit(loop) for _ in range(concurrency)]:
             future.result()
     return [r for r in results if r is not None], time.perf_counter() - t0
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What the timed requests say (medians over the answered ones, ms).
-
-    Attributes:
-        latency: End-to-end latency seen by the client.
-        errors: Failed requests by status code name.
-        devices: Per-device breakdown, plan order.
-        aggregation_ms: Aggregation on the central node.
-        critical_ms: Slowest device compute + aggregation, per request.
-        overhead_ms: End-to-end minus the critical path, per request (never negative).
-        server_ms: Central node time from receipt to reply (end-to-end minus it: the client's hop).
-    """
-
-    latency: Stats
-    errors: dict[str, int]
-    devices: tuple[DeviceBreakdown, ...]
-    aggregation_ms: float
-    critical_ms: float
-    overhead_ms: float
-    server_ms: float
 
 
 def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]) -> Summary:
@@ -234,9 +228,8 @@ def run_bench(
     predicted = plan.meta.get("predicted") if isinstance(plan.meta.get("predicted"), dict) else {}
     return BenchResult(
         plan=str(plan_dir), fingerprint=fingerprint, target=target, requests=requests, concurrency=concurrency,
-        latency=summary.latency, throughput_rps=len(results) / wall, errors=summary.errors, devices=summary.devices,
-        aggregation_ms=summary.aggregation_ms, critical_ms=summary.critical_ms, overhead_ms=summary.overhead_ms,
-        overhead_ratio=summary.latency.p50_ms / summary.critical_ms, server_ms=summary.server_ms,
+        **vars(summary), throughput_rps=len(results) / wall,
+        overhead_ratio=summary.latency.p50_ms / summary.critical_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
         speedup=speedup, predicted_ms=_number(predicted.get("total_ms")),
         predicted_speedup=_number(predicted.get("speedup_vs_teacher_on_central")), notes=tuple(notes))
