@@ -11,7 +11,11 @@ STAMP  := $(VENV)/.shoal-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean proto
+.PHONY: setup demo test test-fast bench clean proto data
+
+# Fashion-MNIST (the second built-in task) comes from Debian's package where we are root
+# with apt; elsewhere its tests skip and `--data fashion-mnist` says how to install it.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +27,20 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
-demo: setup
+data:
+	@if [ ! -d $(FASHION_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+		echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	fi
+
+demo: setup data
 	$(VENV)/bin/shoal demo
 
-test: setup
+test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup data
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 proto: setup

@@ -93,3 +93,22 @@ def test_shipped_teacher_loads_offline_and_reaches_its_reported_accuracy(monkeyp
         top1 = (teacher.model(test.images).argmax(1) == test.labels).float().mean().item()
     assert top1 == pytest.approx(reported["top1"], abs=1e-6)
     assert top1 >= 0.97
+
+
+@pytest.mark.slow
+def test_shipped_fashion_mnist_teacher_reaches_its_reported_accuracy(monkeypatch):
+    from shoal.data import fashion_mnist as fm
+
+    if not fm.available():
+        pytest.skip(f"Fashion-MNIST is not installed: {fm.INSTALL_HINT}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    teacher = load_teacher("shoal-fashion-mnist-vit")
+    assert not teacher.is_default and teacher.config.input_shape == (1, 28, 28)
+    reported = teacher.meta["metrics"]["test"]
+    test = fm.load_split("test")
+    with torch.inference_mode():
+        logits = torch.cat([teacher.model(test.images[i:i + 500]) for i in range(0, len(test), 500)])
+    top1 = (logits.argmax(1) == test.labels).float().mean().item()
+    assert reported["n"] == len(test) == 10000
+    assert top1 == pytest.approx(reported["top1"], abs=2e-4)   # batch-order rounding: at most one image
+    assert top1 >= 0.85

@@ -1,4 +1,9 @@
-"""Task data for planning and calibration: the built-in digits, or an ImageFolder tree.
+"""Task data for planning and calibration: a built-in task, or an ImageFolder tree.
+
+Built-in tasks (`BUILTIN_TASKS`): "digits" (scikit-learn's, the instant
+default) and "fashion-mnist" (Debian's `dataset-fashion-mnist`, `$SHOAL_DATA`,
+or a folder holding its four IDX files; see `shoal.data.fashion_mnist`).
+Each has a shipped teacher, used when no model is named.
 
 An ImageFolder tree has one folder per split, each with one folder per class:
 
@@ -18,9 +23,24 @@ from pathlib import Path
 
 import torch
 
+from shoal.data import fashion_mnist
 from shoal.data.digits import TensorDataset, augment, load_digits_split
 from shoal.errors import DataError
-from shoal.models.teacher import Teacher
+from shoal.models.teacher import DEFAULT_TEACHER, FASHION_TEACHER, Teacher
+
+# built-in task -> the shipped teacher trained on it
+BUILTIN_TASKS = {"digits": DEFAULT_TEACHER, fashion_mnist.NAME: FASHION_TEACHER}
+
+
+def default_teacher_for(data: str | Path | None) -> str:
+    """The shipped teacher to use when the user names data but no model."""
+    if data is None:
+        return DEFAULT_TEACHER
+    if str(data) in BUILTIN_TASKS:
+        return BUILTIN_TASKS[str(data)]
+    if Path(data).is_dir() and fashion_mnist.available(data) and not (Path(data) / "train").is_dir():
+        return FASHION_TEACHER
+    return DEFAULT_TEACHER
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
@@ -54,7 +74,9 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
 
     Args:
         teacher: The teacher (its class count and preprocessing must match the data).
-        data: None or "digits" for the built-in digits; else an ImageFolder tree.
+        data: None or "digits" for the built-in digits, "fashion-mnist" (found as
+            `shoal.data.fashion_mnist.find_dir` says), a folder holding the Fashion-MNIST IDX
+            files, or an ImageFolder tree.
         max_per_split: Keep at most this many images per split (a fixed random subset).
 
     Raises:
@@ -67,6 +89,17 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
                 f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); pass --data DIR")
         splits = [load_digits_split(s).subset(max_per_split) for s in ("train", "val", "test")]
         return TaskData("sklearn-digits", *splits, augment=augment)
+    idx_folder = Path(data).is_dir() and not (Path(data) / "train").is_dir() and fashion_mnist.available(data)
+    if str(data) == fashion_mnist.NAME or idx_folder:
+        path = None if str(data) == fashion_mnist.NAME else data
+        if teacher.config.input_shape != (1, fashion_mnist.IMG_SIZE, fashion_mnist.IMG_SIZE) \
+                or teacher.config.num_classes != len(fashion_mnist.CLASSES):
+            raise DataError(
+                f"Fashion-MNIST (1x28x28, 10 classes) does not fit teacher {teacher.source} "
+                f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); "
+                f"leave out --model to use its shipped teacher {FASHION_TEACHER}")
+        splits = [fashion_mnist.load_split(s, path).subset(max_per_split) for s in ("train", "val", "test")]  # type: ignore[arg-type]
+        return TaskData(fashion_mnist.NAME, *splits, augment=fashion_mnist.augment)
     return _image_folder(teacher, Path(data), max_per_split)
 
 

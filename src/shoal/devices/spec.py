@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,13 +242,24 @@ def load_device_set(path: str | Path, *, base: str | Path | None = None) -> Devi
 DEFAULT_DEVICE_SET = Path(__file__).with_name("default.yaml")
 
 
-def default_device_set(workdir: str | Path | None = None) -> DeviceSet:
+def default_device_set(workdir: str | Path | None = None, family: str | None = None) -> DeviceSet:
     """The packaged default set: three emulated devices on this machine (see default.yaml).
 
     Its relative profile paths (`.shoal/profiles/<name>`) resolve against `workdir`
     (default: the current working directory), not against the installed package.
+    With `family` (a teacher family's fingerprint) they become `.shoal/profiles/<family>/<name>`,
+    so the profiles of several teachers (digits, Fashion-MNIST) live side by side instead of
+    each plan measuring the devices again for its own teacher.
     """
-    return load_device_set(DEFAULT_DEVICE_SET, base=Path(workdir) if workdir is not None else Path.cwd())
+    base = Path(workdir) if workdir is not None else Path.cwd()
+    devices = load_device_set(DEFAULT_DEVICE_SET, base=base)
+    if family is None:
+        return devices
+    moved = []
+    for d in devices.devices:
+        path = Path(d.profile) if d.profile is not None else base / ".shoal" / "profiles" / d.name
+        moved.append(replace(d, profile=str(path.parent / family / path.name)))
+    return DeviceSet(tuple(moved), source=devices.source)
 
 
 def device_set_to_yaml(devices: Sequence[DeviceSpec]) -> str:

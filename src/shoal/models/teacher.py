@@ -17,7 +17,9 @@ from shoal.models.config import ViTConfig, config_from_timm
 from shoal.utils.io import sha256_file
 
 DEFAULT_TEACHER = "shoal-digits-vit"
-_DEFAULT_FILES = ("digits_vit.safetensors", "digits_vit.json")
+FASHION_TEACHER = "shoal-fashion-mnist-vit"
+# built-in teachers shipped in `shoal.data`: name -> file stem
+BUILTIN_TEACHERS = {DEFAULT_TEACHER: "digits_vit", FASHION_TEACHER: "fashion_mnist_vit"}
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,11 @@ class Teacher:
         return self.source == DEFAULT_TEACHER
 
 
-def default_teacher_paths() -> tuple[Path, Path]:
-    """Paths of the shipped default teacher's weights and JSON description."""
+def default_teacher_paths(name: str = DEFAULT_TEACHER) -> tuple[Path, Path]:
+    """Paths of a shipped teacher's weights and JSON description (`BUILTIN_TEACHERS`)."""
     base = resources.files("shoal.data")
-    return tuple(Path(str(base.joinpath(name))) for name in _DEFAULT_FILES)  # type: ignore[return-value]
+    stem = BUILTIN_TEACHERS[name]
+    return tuple(Path(str(base.joinpath(f"{stem}{ext}"))) for ext in (".safetensors", ".json"))  # type: ignore[return-value]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -173,7 +176,8 @@ def load_teacher(
 
     Args:
         model: A timm model name (e.g. "deit_small_patch16_224"), a checkpoint file whose
-            sibling `<stem>.json` describes it, or None for the shipped digits teacher.
+            sibling `<stem>.json` describes it, a built-in teacher's name (`BUILTIN_TEACHERS`),
+            or None for the shipped digits teacher.
         checkpoint: Local weights (safetensors or torch) for the timm `model`.
         pretrained: Fetch timm's pretrained weights when no checkpoint is given.
         model_kwargs: Extra timm `create_model` arguments (e.g. num_classes, img_size).
@@ -184,7 +188,13 @@ def load_teacher(
     """
     kwargs = dict(model_kwargs or {})
     if model is None and checkpoint is None:
-        return _load_described(default_teacher_paths()[0], source=DEFAULT_TEACHER)
+        model = DEFAULT_TEACHER
+    if model in BUILTIN_TEACHERS and checkpoint is None:
+        weights = default_teacher_paths(model)[0]
+        if not weights.is_file():
+            raise ModelError(f"built-in teacher {model} is not installed ({weights} is missing); train it with "
+                             f"`python -m shoal.data.train_teacher --task {model.removeprefix('shoal-').removesuffix('-vit')}`")
+        return _load_described(weights, source=model)
     if model is not None and Path(model).suffix in (".safetensors", ".pt", ".pth", ".bin"):
         return _load_described(Path(model), source=str(model), extra_kwargs=kwargs)
     if model is None:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from shoal.data.datasets import TaskData
 from shoal.errors import ConfigError, DataError
-from shoal.utils.io import atomic_save_safetensors, atomic_write_json
+from shoal.utils.io import atomic_save_safetensors, atomic_write_json, load_optimizer_tensors, optimizer_tensors
 
 Weighting = Literal["boost", "printed", "uniform"]
 WEIGHT_CLIP = 20.0
@@ -218,12 +218,12 @@ class Booster:
     # -- checkpoints ------------------------------------------------------------------
     def _checkpoint(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         atomic_save_safetensors(self.workdir / f"{name}.partial.safetensors", model.state_dict())
-        atomic_save_safetensors(self.workdir / f"{name}.optim.safetensors", _optimizer_tensors(optimizer))
+        atomic_save_safetensors(self.workdir / f"{name}.optim.safetensors", optimizer_tensors(optimizer))
 
     def _restore(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         try:
             model.load_state_dict(load_file(str(self.workdir / f"{name}.partial.safetensors")))
-            _load_optimizer_tensors(optimizer, load_file(str(self.workdir / f"{name}.optim.safetensors")))
+            load_optimizer_tensors(optimizer, load_file(str(self.workdir / f"{name}.optim.safetensors")))
         except (OSError, RuntimeError, KeyError) as exc:
             raise DataError(f"calibration checkpoint of {name!r} in {self.workdir} is unusable ({exc}); "
                             "start without --resume") from None
@@ -251,22 +251,3 @@ class Booster:
             if weights.numel() == m:
                 return weights
         return torch.ones(m)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW state as a flat dict of tensors (safetensors holds no Python objects)."""
-    out = {}
-    for i, (param_id, state) in enumerate(optimizer.state_dict()["state"].items()):
-        for key, value in state.items():
-            out[f"{param_id}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-    return out
-
-
-def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        param_id, name = key.split(".", 1)
-        state.setdefault(int(param_id), {})[name] = value
-    sd["state"] = state
-    optimizer.load_state_dict(sd)

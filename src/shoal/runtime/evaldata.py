@@ -30,15 +30,19 @@ def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None =
     Returns:
         (dataset or None, a short description or the reason accuracy is skipped).
     """
+    from shoal.models.teacher import FASHION_TEACHER
+
+    if data is None and teacher_source == FASHION_TEACHER:
+        data = "fashion-mnist"
     if data is None or data == "digits":
         if config.input_shape == DIGITS_SHAPE and config.num_classes == 10:
             return load_digits_split("test"), "sklearn digits, test split"
         return None, (f"no test data for input {config.input_shape} with {config.num_classes} classes; "
                       "pass --data DIR (an ImageFolder tree with a test/ split)")
     from shoal.data.datasets import load_task_data
-    from shoal.models import DEFAULT_TEACHER, load_teacher
+    from shoal.models import load_teacher
 
-    teacher = load_teacher(None if teacher_source == DEFAULT_TEACHER else teacher_source)
+    teacher = load_teacher(teacher_source)
     return load_task_data(teacher, data).test, f"{data}, test split"
 
 

@@ -69,3 +69,23 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimizer's state as a flat dict of tensors (safetensors holds no Python objects)."""
+    out = {}
+    for param_id, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"{param_id}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return out
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Restore the state written by `optimizer_tensors` (hyperparameters stay the optimizer's own)."""
+    sd = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
