@@ -23,6 +23,7 @@ def test_demo_runs_the_whole_job(tmp_path, monkeypatch):
     assert bench["errors"] == {} and bench["requests"] == 20
     assert {d["device"] for d in bench["devices"]} == {"hub", "edge-a", "edge-b"}
     assert bench["accuracy"] is not None and 0.0 <= bench["accuracy"] <= 1.0
+    assert bench["accuracy_ci95"][0] <= bench["accuracy"] <= bench["accuracy_ci95"][1]
     assert bench["teacher"] is not None and bench["speedup"] > 0
     for name in ("hub", "edge-a", "edge-b"):
         assert (tmp_path / ".shoal" / "profiles" / name / "profile.json").is_file()

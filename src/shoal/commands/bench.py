@@ -38,17 +38,25 @@ def main(
     print_tables(result)
 
 
+def _top1(top1: float | None, ci95: tuple[float, float] | None, n: int) -> str:
+    """'98.33% [96.4, 99.2] n=360', or '-' when not measured."""
+    if top1 is None:
+        return "-"
+    ci = f" [{ci95[0]:.1%}, {ci95[1]:.1%}]" if ci95 is not None else ""
+    return f"{top1:.2%}{ci} n={n}"
+
+
 def print_tables(r: BenchResult) -> None:
     """The comparison, the per-device breakdown and the notes, on the console."""
     cmp = Table(title=f"shoal vs teacher ({r.requests} requests, concurrency {r.concurrency}, plan {r.fingerprint})")
     for column in ("", "p50 ms", "p95 ms", "throughput /s", "top-1"):
         cmp.add_column(column, justify="right")
-    acc = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
+    acc = _top1(r.accuracy, r.accuracy_ci95, r.accuracy_n)
     cmp.add_row("shoal (end to end)", f"{r.latency.p50_ms:.2f}", f"{r.latency.p95_ms:.2f}",
                 f"{r.throughput_rps:.1f}", acc)
     if r.teacher is not None:
         t = r.teacher["latency"]
-        top1 = f"{r.teacher['top1']:.2%}" if r.teacher.get("top1") is not None else "-"
+        top1 = _top1(r.teacher.get("top1"), r.teacher.get("ci95"), r.teacher.get("n", 0))
         cmp.add_row(f"teacher alone on {r.teacher['device']}", f"{t['p50_ms']:.2f}", f"{t['p95_ms']:.2f}",
                     f"{1e3 / t['p50_ms']:.1f} (1/p50)", top1)
         cmp.add_row("speedup (teacher p50 / shoal p50)", f"{r.speedup:.2f}×", "", "", "")

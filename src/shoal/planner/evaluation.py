@@ -4,11 +4,19 @@ Also the CoFormer Table III style ablation rows: decompose only (sliced
 sub-models, scatter aggregator), decompose + aggregate (sliced sub-models,
 trained aggregator), and the calibrated ensemble; and the accuracy with each
 non-central device missing (what --degrade answers).
+
+Every score carries `n` (images), `correct` and `ci95` (95% Wilson interval)
+next to `top1` and `loss`; the ensemble also carries `vs_teacher`, the exact
+McNemar test of the ensemble against the teacher on the same images
+(`shoal.utils.stats`). The per-image correctness vectors behind the scores are
+returned by `score_decomposition` (for paired tests between variants), not
+written to plan.json.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +26,11 @@ import torch.nn.functional as F
 from shoal.data.digits import TensorDataset
 from shoal.models.aggregator import Aggregator
 from shoal.models.surgery import pooled_features
+from shoal.utils.stats import Accuracy, mcnemar
+
+STATS_NOTE = {"ci95": "95% Wilson score interval of top1",
+              "vs_teacher": "exact McNemar test on the same images (a = teacher, b = ensemble; "
+                            "b01: only the ensemble right, b10: only the teacher right)"}
 
 
 def _logits(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -25,9 +38,11 @@ def _logits(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.T
         return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def _scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {"top1": (logits.argmax(1) == labels).float().mean().item(),
-            "loss": F.cross_entropy(logits, labels).item()}
+def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+    """({top1, loss, n, correct, ci95}, per-image correctness)."""
+    correct = logits.argmax(1) == labels
+    acc = Accuracy.of(correct).to_dict()
+    return {"top1": acc.pop("top1"), "loss": F.cross_entropy(logits, labels).item(), **acc}, correct
 
 
 def ensemble_logits(submodels: Sequence[nn.Module], aggregator: Aggregator, images: torch.Tensor,
@@ -41,6 +56,58 @@ def ensemble_logits(submodels: Sequence[nn.Module], aggregator: Aggregator, imag
         return torch.cat(out)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """What `score_decomposition` measured.
+
+    Attributes:
+        scores: The JSON-able scores (what plan.json records).
+        correct: Per-image correctness (bool, split order) by row: "teacher", "ensemble",
+            "submodels/<device>", "missing/<device>".
+    """
+
+    scores: dict[str, Any]
+    correct: dict[str, torch.Tensor]
+
+
+def score_decomposition(
+    teacher: nn.Module,
+    names: Sequence[str],
+    submodels: Sequence[nn.Module],
+    aggregator: Aggregator,
+    split: TensorDataset,
+    *,
+    with_missing: bool = False,
+) -> Scored:
+    """Scores of the teacher, every sub-model (own head) and the ensemble on `split`, with the
+    per-image correctness behind them.
+
+    Args:
+        with_missing: Also score the ensemble with each non-central device missing.
+    """
+    correct: dict[str, torch.Tensor] = {}
+    teacher_logits = _logits(teacher, split.images)
+    teacher_scores, correct["teacher"] = _scores(teacher_logits, split.labels)
+    sub_scores = {}
+    for name, m in zip(names, submodels):
+        sub_scores[name], correct[f"submodels/{name}"] = _scores(_logits(m, split.images), split.labels)
+    ens_logits = ensemble_logits(submodels, aggregator, split.images)
+    ens_scores, correct["ensemble"] = _scores(ens_logits, split.labels)
+    ens_scores["agreement_with_teacher"] = (ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+    ens_scores["vs_teacher"] = {"a": "teacher", "b": "ensemble",
+                                **mcnemar(correct["teacher"], correct["ensemble"]).to_dict()}
+    result: dict[str, Any] = {"n": len(split), "teacher": teacher_scores, "submodels": sub_scores,
+                              "ensemble": ens_scores, "stats": dict(STATS_NOTE)}
+    if with_missing and len(submodels) > 1:
+        result["missing"] = {}
+        for n, name in enumerate(names[1:], start=1):
+            present = torch.ones(len(submodels))
+            present[n] = 0.0
+            logits = ensemble_logits(submodels, aggregator, split.images, present)
+            result["missing"][name], correct[f"missing/{name}"] = _scores(logits, split.labels)
+    return Scored(result, correct)
+
+
 def evaluate_decomposition(
     teacher: nn.Module,
     names: Sequence[str],
@@ -50,25 +117,5 @@ def evaluate_decomposition(
     *,
     with_missing: bool = False,
 ) -> dict[str, Any]:
-    """Top-1 and loss of the teacher, every sub-model (own head) and the ensemble on `split`.
-
-    Args:
-        with_missing: Also score the ensemble with each non-central device missing.
-    """
-    teacher_logits = _logits(teacher, split.images)
-    result: dict[str, Any] = {
-        "n": len(split),
-        "teacher": _scores(teacher_logits, split.labels),
-        "submodels": {name: _scores(_logits(m, split.images), split.labels) for name, m in zip(names, submodels)},
-        "ensemble": _scores(ensemble_logits(submodels, aggregator, split.images), split.labels),
-    }
-    agree = ensemble_logits(submodels, aggregator, split.images).argmax(1) == teacher_logits.argmax(1)
-    result["ensemble"]["agreement_with_teacher"] = agree.float().mean().item()
-    if with_missing and len(submodels) > 1:
-        result["missing"] = {}
-        for n, name in enumerate(names[1:], start=1):
-            present = torch.ones(len(submodels))
-            present[n] = 0.0
-            logits = ensemble_logits(submodels, aggregator, split.images, present)
-            result["missing"][name] = _scores(logits, split.labels)
-    return result
+    """The JSON-able scores of `score_decomposition` (top1, loss, n, correct, ci95 per row)."""
+    return score_decomposition(teacher, names, submodels, aggregator, split, with_missing=with_missing).scores

@@ -5,8 +5,8 @@ unless a target is given), then the teacher alone on the central device's
 share of the machine. Reported: end-to-end p50/p95 and throughput, the
 per-device compute / queue / transfer medians, aggregation, the runtime's
 own overhead (end-to-end minus the slowest device's compute minus
-aggregation, per request), accuracy on the test split through the runtime,
-and the speedup over the teacher.
+aggregation, per request), accuracy on the test split through the runtime
+(with n and its 95% Wilson interval), and the speedup over the teacher.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class BenchResult(Summary):
     predicted_ms: float | None = None
     predicted_speedup: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    accuracy_ci95: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,7 +233,17 @@ def run_bench(
         overhead_ratio=summary.latency.p50_ms / summary.critical_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
         speedup=speedup, predicted_ms=_number(predicted.get("total_ms")),
-        predicted_speedup=_number(predicted.get("speedup_vs_teacher_on_central")), notes=tuple(notes))
+        predicted_speedup=_number(predicted.get("speedup_vs_teacher_on_central")), notes=tuple(notes),
+        accuracy_ci95=_ci95(top1, len(test) if test is not None else 0))
+
+
+def _ci95(top1: float | None, n: int) -> tuple[float, float] | None:
+    """95% Wilson interval of an accuracy measured on n images (None when none was measured)."""
+    if top1 is None or n < 1:
+        return None
+    from shoal.utils.stats import wilson_interval
+
+    return wilson_interval(round(top1 * n), n)
 
 
 def _number(value: Any) -> float | None:
@@ -254,5 +265,6 @@ def _teacher_row(plan: Any, data: str | None, repeats: int, emulate: bool, notes
     if result.pop("warning", None):
         notes.append("teacher timed without the CPU quota (cgroups unavailable)")
     result["device"] = central.name
+    result["ci95"] = _ci95(result.get("top1"), int(result.get("n") or 0))
     return result
 
