@@ -4,11 +4,23 @@
                         uniform split; then random feasible ones), then I iterations of a GP prior
                         (Matern ν=1.5, ARD lengthscales fitted by marginal likelihood)
                         and expected improvement (LogEI by default, EI selectable),
-                        optimised over [0,1]^k with BoTorch's `optimize_acqf`.
+                        maximised over decoded policies not yet evaluated (below).
     strategy "random"   the same two anchors, then random feasible policies (r + I in all).
     strategy "uniform"  CoFormer Fig. 11's baseline: every device the same shape,
                         sized so the weakest device can hold it; the budget is spent
                         on a grid over that family (depth x size).
+
+The encoding is many-to-one (rounding, repair, left-out workers): whole boxes of
+[0,1]^k decode to one policy, so a GP over x sees plateaus it cannot model, and the
+optimum of an acquisition over x often decodes to a policy already evaluated. BO
+therefore works on decoded policies: the GP's input is the policy's own description
+(`surrogate="policy"`: per device its depth, width, head and MLP shares and profile,
+read back from the unit counts), every candidate is decoded before it is scored, and
+the proposal is the candidate of highest acquisition among the policies not yet
+evaluated. Candidates are a scrambled Sobol pool over [0,1]^k (decoded once per
+search) and local perturbations of the best evaluations, then of the best candidates.
+Only when every candidate decodes to an evaluated policy is a random point taken
+instead (phase "fallback").
 
 Every evaluation is appended to the journal before the next one starts; the
 same seed gives the same sequence, interrupted or not.
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +45,9 @@ from shoal.planner.space import PER_DEVICE, SearchSpace
 
 Strategy = Literal["bo", "random", "uniform"]
 Acquisition = Literal["logei", "ei"]
-MAX_DUPLICATES = 3
+Surrogate = Literal["policy", "encoding"]
+FIT_MAXITER = 100      # L-BFGS-B iterations of a GP fit (the marginal likelihood barely moves after)
+FALLBACK_TRIES = 1000  # random points tried for an unevaluated policy when every candidate was evaluated
 
 
 @dataclass(frozen=True)
@@ -45,8 +60,12 @@ class SearchSettings:
         iterations: I, GP-guided evaluations (bo), or extra random ones (random).
         seed: Seed of every random choice.
         acquisition: "logei" (BoTorch's recommendation) or "ei" (CoFormer eq. 12).
-        num_restarts: Restarts of the acquisition optimiser.
-        raw_samples: Raw samples seeding those restarts.
+        num_restarts: Local searches per proposal: the best evaluations, then the best
+            candidates, are each perturbed `LOCAL_SAMPLES` times.
+        raw_samples: Sobol points over [0,1]^k every proposal scores (drawn and decoded once
+            per search).
+        surrogate: What the GP sees: "policy" (the decoded policy's description, so points
+            decoding to one policy are one point) or "encoding" (x itself).
         anchors: Start the initial design (bo and random) with the central-node-alone and the
             uniform policies (`anchor_points`); they count towards `init`.
         prune: After the budget (bo and random, when workers may be left out), try leaving out
@@ -62,7 +81,8 @@ class SearchSettings:
     seed: int = 0
     acquisition: Acquisition = "logei"
     num_restarts: int = 8
-    raw_samples: int = 256
+    raw_samples: int = 1024
+    surrogate: Surrogate = "policy"
     anchors: bool = True
     prune: bool = True
 
@@ -71,6 +91,8 @@ class SearchSettings:
             raise ConfigError(f"strategy must be bo, random or uniform, got {self.strategy!r}")
         if self.acquisition not in ("logei", "ei"):
             raise ConfigError(f"acquisition must be logei or ei, got {self.acquisition!r}")
+        if self.surrogate not in ("policy", "encoding"):
+            raise ConfigError(f"surrogate must be policy or encoding, got {self.surrogate!r}")
         if self.init < 1 or (self.strategy == "bo" and self.init < 2):
             raise ConfigError(f"init (r) must be at least {2 if self.strategy == 'bo' else 1}, got {self.init}")
         if self.iterations < 0:
@@ -91,10 +113,14 @@ class SearchResult:
     Attributes:
         records: Every evaluation.
         settings: How the search ran.
+        propose_seconds: Per record, the seconds spent choosing it (GP fit, candidates,
+            acquisition); 0 for points that need no optimiser and for records read back
+            from a journal.
     """
 
     records: tuple[Record, ...]
     settings: SearchSettings
+    propose_seconds: tuple[float, ...] = ()
 
     @property
     def best(self) -> Record:
@@ -114,6 +140,28 @@ class SearchResult:
             best = min(best, r.psi)
             out.append(best)
         return out
+
+    @property
+    def optimiser_seconds(self) -> float:
+        """Seconds spent choosing points (see `propose_seconds`)."""
+        return sum(self.propose_seconds)
+
+    @property
+    def evaluation_seconds(self) -> float:
+        """Seconds spent evaluating Ψ."""
+        return sum(r.evaluation.seconds for r in self.records)
+
+    @property
+    def wasted(self) -> int:
+        """BO proposals that did not come from the acquisition or repeated an evaluated policy
+        (phase "fallback", or a "bo" record whose policy an earlier record already had)."""
+        seen: set[str] = set()
+        count = 0
+        for r in self.records:
+            if r.phase == "fallback" or (r.phase == "bo" and r.key in seen):
+                count += 1
+            seen.add(r.key)
+        return count
 
 
 def run_search(
@@ -142,13 +190,16 @@ def run_search(
         for r in records:
             on_record(r)
     seen = {r.key: r for r in records}
+    seconds = [0.0] * len(records)
 
-    def record(phase: str, x: Sequence[float], shapes: tuple[dict[str, object] | None, ...]) -> Record:
+    def record(phase: str, x: Sequence[float], shapes: tuple[dict[str, object] | None, ...],
+               spent: float = 0.0) -> Record:
         """Evaluate `x`, append it to the journal and the records, and report it."""
         new = Record(len(records), phase, tuple(float(v) for v in x), shapes, evaluator.evaluate(space.decode(x)))
         if journal is not None:
             journal.append(new)
         records.append(new)
+        seconds.append(spent)
         seen.setdefault(new.key, new)
         if on_record is not None:
             on_record(new)
@@ -158,17 +209,13 @@ def run_search(
     pruned = any(r.phase == "prune" for r in records)   # the budget was spent before pruning began
     # `seen` only steers BO away from re-evaluating a policy; journal records are never skipped
     while len(records) < settings.budget and not pruned:
+        started = time.perf_counter()
         phase, x = proposals(records)
-        shapes = tuple(_shape_dict(s) for s in space.decode_shapes(x))
-        if phase == "bo" and _key(shapes) in seen:
-            # the acquisition's optimum decodes to a policy already evaluated: explore instead
-            x = _random_points(space.dim, settings.seed + 7919, len(records) + 1)[-1]
-            phase = "fallback"
-            shapes = tuple(_shape_dict(s) for s in space.decode_shapes(x))
-        record(phase, x, shapes)
+        spent = time.perf_counter() - started if phase in ("bo", "fallback") else 0.0
+        record(phase, x, decode_key(space, x)[1], spent)
     if settings.prune and settings.strategy != "uniform" and space.allow_leave_out:
         _prune(space, records, seen, record)
-    return SearchResult(tuple(records), settings)
+    return SearchResult(tuple(records), settings, tuple(seconds))
 
 
 PRUNE_TIE = 2e-3   # Ψ differences below this are noise of the proxy: fewer devices win the tie
@@ -198,7 +245,7 @@ def _prune(space: SearchSpace, records: list[Record], seen: dict[str, Record],
         for n in workers:
             x = list(current.x)
             x[PER_DEVICE * n] = 0.0   # depth ratio below LEAVE_OUT: the worker is left out
-            shapes = tuple(_shape_dict(sh) for sh in space.decode_shapes(x))
+            shapes = decode_key(space, x)[1]
             candidate = seen.get(_key(shapes)) or record("prune", x, shapes)
             if _choose(records) is candidate:
                 step = candidate
@@ -219,6 +266,13 @@ def _shape_dict(shape: object) -> dict[str, object] | None:
             "heads": list(shape.heads), "mlp": list(shape.mlp)}  # type: ignore[attr-defined]
 
 
+def decode_key(space: SearchSpace, x: Sequence[float]) -> tuple[str, tuple[dict[str, object] | None, ...]]:
+    """The key of the policy `x` decodes to (its identity, as `Record.key`) and its unit counts
+    (cheap: no sub-model is built)."""
+    shapes = tuple(_shape_dict(s) for s in space.decode_shapes(x))
+    return _key(shapes), shapes
+
+
 def _random_points(dim: int, seed: int, n: int) -> list[list[float]]:
     """The first n points of a seeded uniform stream (stable prefix: resuming sees the same points)."""
     gen = torch.Generator().manual_seed(seed)
@@ -234,13 +288,14 @@ def _proposer(space: SearchSpace, settings: SearchSettings
     randoms = [*anchors, *_random_points(space.dim, settings.seed, settings.budget)]
     if settings.strategy == "random":
         return lambda records: ("anchor" if len(records) < len(anchors) else "random", randoms[len(records)])
+    bo = _PolicyBO(space, settings)
 
     def propose(records: list[Record]) -> tuple[str, list[float]]:
         if len(records) < len(anchors):
             return "anchor", randoms[len(records)]
         if len(records) < settings.init:
             return "init", randoms[len(records)]
-        return "bo", _bo_candidate(records, space.dim, settings, step=len(records))
+        return bo.propose(records)
 
     return propose
 
@@ -277,7 +332,144 @@ def _uniform_grid(space: SearchSpace, budget: int) -> list[list[float]]:
     return points[:budget]
 
 
-def _bo_candidate(records: list[Record], dim: int, settings: SearchSettings, step: int) -> list[float]:
+# -- BO over decoded policies ---------------------------------------------------------------
+
+LOCAL_SAMPLES = 64                      # perturbations of each point a local search starts from
+LOCAL_SIGMAS = (0.02, 0.05, 0.1, 0.2)   # their step sizes (standard deviations in [0,1]^k), mixed
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A decoded point: its policy's key and what the GP sees of it."""
+
+    x: tuple[float, ...]
+    key: str
+    features: tuple[float, ...]
+
+
+def policy_features(space: SearchSpace, shapes: Sequence[object | None]) -> list[float]:
+    """A fixed-length description of a decoded policy in [0,1]: per device its depth (blocks / L,
+    0 when left out), width share, mean head and MLP shares over its blocks, and profile
+    (0.5 flat, towards 1 when its later blocks keep more units than its earlier ones).
+
+    Points of [0,1]^k decoding to one policy have one description: the GP sees the
+    policy, not where in its plateau the point lay.
+    """
+    c = space.config
+    out: list[float] = []
+    for shape in shapes:
+        if shape is None:
+            out += [0.0, 0.0, 0.0, 0.0, 0.5]
+            continue
+        layers, heads, mlp = shape.layers, shape.heads, shape.mlp  # type: ignore[attr-defined]
+        n = len(layers)
+        units = [h / c.num_heads + m / c.mlp_hidden for h, m in zip(heads, mlp)]
+        front, back = sum(units[:n // 2]), sum(units[(n + 1) // 2:])
+        profile = 0.5 + 0.5 * (back - front) / (back + front) if n > 1 and back + front > 0 else 0.5
+        out += [n / c.depth, shape.width / c.embed_dim,  # type: ignore[attr-defined]
+                sum(heads) / (n * c.num_heads), sum(mlp) / (n * c.mlp_hidden), profile]
+    return out
+
+
+class _PolicyBO:
+    """Proposes, for a set of evaluated records, the unevaluated policy of highest acquisition.
+
+    State kept between proposals is a cache only (decoded Sobol pool and decoded records), so a
+    proposal depends on the records alone and a resumed search proposes what an uninterrupted one
+    would.
+    """
+
+    def __init__(self, space: SearchSpace, settings: SearchSettings) -> None:
+        self.space, self.settings = space, settings
+        self._pool: list[_Candidate] | None = None
+        self._decoded: dict[tuple[float, ...], _Candidate] = {}   # records' points, decoded once
+
+    def decode(self, x: Sequence[float], cache: bool = False) -> _Candidate:
+        point = tuple(float(v) for v in x)
+        hit = self._decoded.get(point)
+        if hit is not None:
+            return hit
+        shapes = self.space.decode_shapes(point)
+        candidate = _Candidate(point, _key(tuple(_shape_dict(s) for s in shapes)),
+                               tuple(policy_features(self.space, shapes)))
+        if cache:
+            self._decoded[point] = candidate
+        return candidate
+
+    def pool(self) -> list[_Candidate]:
+        if self._pool is None:
+            sobol = torch.quasirandom.SobolEngine(self.space.dim, scramble=True, seed=self.settings.seed)
+            points = sobol.draw(self.settings.raw_samples, dtype=torch.float64).tolist()
+            self._pool = [self.decode(p) for p in points]
+        return self._pool
+
+    def inputs(self, candidates: Sequence[_Candidate]) -> torch.Tensor:
+        if self.settings.surrogate == "policy":
+            return torch.tensor([c.features for c in candidates], dtype=torch.float64)
+        return torch.tensor([c.x for c in candidates], dtype=torch.float64)
+
+    def propose(self, records: list[Record]) -> tuple[str, list[float]]:
+        settings, step = self.settings, len(records)
+        gen = torch.Generator().manual_seed(settings.seed * 100_003 + step)
+        evaluated = [self.decode(r.x, cache=True) for r in records]
+        seen = {r.key for r in records}
+        # one training point per policy: its first evaluation (Ψ is deterministic)
+        first: dict[str, int] = {}
+        for i, r in enumerate(records):
+            first.setdefault(r.key, i)
+        train = sorted(first.values())
+        X = self.inputs([evaluated[i] for i in train])
+        Y = -torch.tensor([[records[i].psi] for i in train], dtype=torch.float64)   # BoTorch maximises
+        acq = _acquisition(X, Y, settings, settings.seed * 100_003 + step)
+
+        best: dict[str, tuple[float, _Candidate]] = {}
+
+        def score(candidates: Sequence[_Candidate]) -> None:
+            fresh = [c for c in candidates if c.key not in seen]
+            if not fresh:
+                return
+            with torch.no_grad():
+                values = torch.cat([acq(chunk.unsqueeze(1)) for chunk in self.inputs(fresh).split(2048)]).tolist()
+            for c, v in zip(fresh, values):
+                if c.key not in best or v > best[c.key][0]:
+                    best[c.key] = (v, c)
+
+        # start points: the pool, then local searches around the best evaluations and around
+        # the best candidates found so far
+        score(self.pool())
+        by_psi = sorted(range(len(records)), key=lambda i: (records[i].psi, i))
+        starts = [evaluated[i].x for i in dict.fromkeys(first[records[i].key] for i in by_psi)]
+        score(self._around(starts[:settings.num_restarts], gen))
+        top = sorted(best.values(), key=lambda vc: -vc[0])[:settings.num_restarts]
+        score(self._around([c.x for _, c in top], gen))
+        if best:
+            chosen = max(best.values(), key=lambda vc: vc[0])[1]
+            return "bo", list(chosen.x)
+        # every candidate decodes to an evaluated policy: a seeded random point that does not
+        for x in torch.rand(FALLBACK_TRIES, self.space.dim, generator=gen, dtype=torch.float64).tolist():
+            if self.decode(x).key not in seen:
+                return "fallback", x
+        return "fallback", x
+
+    def _around(self, starts: Sequence[Sequence[float]], gen: torch.Generator) -> list[_Candidate]:
+        """`LOCAL_SAMPLES` perturbations of each start: a random subset of coordinates (about 3)
+        moved by a Gaussian step of a random size from `LOCAL_SIGMAS`, clipped to [0,1]."""
+        if not starts:
+            return []
+        dim = self.space.dim
+        base = torch.tensor(starts, dtype=torch.float64).repeat_interleave(LOCAL_SAMPLES, 0)
+        mask = torch.rand(base.shape, generator=gen, dtype=torch.float64) < min(1.0, 3.0 / dim)
+        forced = torch.randint(dim, (base.shape[0],), generator=gen)
+        mask[torch.arange(base.shape[0]), forced] = True
+        sigmas = torch.tensor(LOCAL_SIGMAS, dtype=torch.float64)
+        sigma = sigmas[torch.randint(len(LOCAL_SIGMAS), (base.shape[0], 1), generator=gen)]
+        step = torch.randn(base.shape, generator=gen, dtype=torch.float64) * sigma
+        points = (base + mask * step).clamp(0.0, 1.0)
+        return [self.decode(p) for p in points.tolist()]
+
+
+def _acquisition(X: torch.Tensor, Y: torch.Tensor, settings: SearchSettings, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(Log)EI of a GP fitted to (X, Y), as a function of a (b, 1, d) batch of inputs."""
     with warnings.catch_warnings():   # linear_operator decorates with torch.jit.script at import (deprecated)
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
         import botorch  # noqa: F401
@@ -285,28 +477,22 @@ def _bo_candidate(records: list[Record], dim: int, settings: SearchSettings, ste
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
-    from botorch.optim import optimize_acqf
     from gpytorch.constraints import GreaterThan
     from gpytorch.kernels import MaternKernel, ScaleKernel
     from gpytorch.mlls import ExactMarginalLogLikelihood
     from gpytorch.priors import LogNormalPrior
 
-    torch.manual_seed(settings.seed * 100_003 + step)
-    X = torch.tensor([r.x for r in records], dtype=torch.float64)
-    Y = -torch.tensor([[r.psi] for r in records], dtype=torch.float64)   # BoTorch maximises
+    dim = X.shape[-1]
     # Matern ν=1.5 as CoFormer eq. 9, with the dimension-scaled lengthscale prior BoTorch uses
     # for its defaults (Hvarfner et al. 2024), fitted by marginal likelihood.
     prior = LogNormalPrior(loc=math.sqrt(2) + 0.5 * math.log(dim), scale=math.sqrt(3))
     kernel = ScaleKernel(MaternKernel(nu=1.5, ard_num_dims=dim, lengthscale_prior=prior,
                                       lengthscale_constraint=GreaterThan(2.5e-2, initial_value=prior.mode)))
     gp = SingleTaskGP(X, Y, covar_module=kernel, outcome_transform=Standardize(m=1))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("ignore")
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-        acq_class = LogExpectedImprovement if settings.acquisition == "logei" else ExpectedImprovement
-        acq = acq_class(gp, best_f=Y.max())
-        bounds = torch.stack([torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)])
-        candidate, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=settings.num_restarts,
-                                     raw_samples=settings.raw_samples,
-                                     options={"seed": settings.seed * 100_003 + step})
-    return candidate.squeeze(0).clamp(0, 1).tolist()
+        torch.manual_seed(seed)   # a failed fit restarts from hyperparameters drawn from the priors
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp), max_attempts=3,
+                         optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
+    acq_class = LogExpectedImprovement if settings.acquisition == "logei" else ExpectedImprovement
+    return acq_class(gp, best_f=Y.max())
