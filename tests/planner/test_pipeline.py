@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -46,6 +45,8 @@ def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, 
     acc = doc["accuracy"]
     assert set(acc["submodels"]) == {"hub", "fast", "slow"}
     assert {"decompose_only", "decompose_aggregate"} <= set(acc["ablation"])
+    assert acc["ensemble"]["n"] == acc["n"] and len(acc["ensemble"]["ci95"]) == 2
+    assert acc["ensemble"]["vs_teacher"]["n"] == acc["n"] and "p_value" in acc["ensemble"]["vs_teacher"]
     plan = load_plan(out)
     import torch
 

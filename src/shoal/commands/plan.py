@@ -100,17 +100,17 @@ def plan_hooks(ui: LiveSearch) -> PlanHooks:
 @guard
 def plan(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help="timm model name or checkpoint (default: the shipped digits ViT)")] = None,
+    model: Annotated[str | None, typer.Option(help="timm model name or checkpoint (default: the shipped teacher of the task)")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="local weights for --model")] = None,
     pretrained: Annotated[bool, typer.Option(help="fetch timm's pretrained weights")] = True,
-    data: Annotated[str | None, typer.Option(help="ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
+    data: Annotated[str | None, typer.Option(help="digits | fashion-mnist | an ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
     devices: Annotated[str | None, typer.Option(help="device-set YAML (default: three emulated devices)")] = None,
     delta: Annotated[float | None, typer.Option(help="δ per ms in Ψ = L + δ·T (default: 1/teacher latency on the central node)")] = None,
     strategy: Annotated[str, typer.Option(help="bo | random | uniform")] = "bo",
     init: Annotated[int, typer.Option("--init", help="r: random policies first")] = 10,
     iterations: Annotated[int, typer.Option(help="I: BO iterations")] = 30,
     acquisition: Annotated[str, typer.Option(help="logei | ei")] = "logei",
-    proxy: Annotated[str, typer.Option(help="accuracy proxy: ridge | probe | sliced")] = "ridge",
+    proxy: Annotated[str, typer.Option(help="accuracy proxy: distill | logistic | ridge | probe | sliced")] = "distill",
     seed: Annotated[int, typer.Option(help="seed of the search and calibration")] = 0,
     out: Annotated[Path, typer.Option(help="plan directory")] = Path(".shoal/plan"),
     use_all_devices: Annotated[bool, typer.Option(
@@ -128,6 +128,9 @@ def plan(
     joint_epochs: Annotated[int, typer.Option(help="joint fine-tune epochs after the aggregator")] = 0,
     device_dropout: Annotated[float, typer.Option(help="train the aggregator to answer without devices")] = 0.0,
     profile_samples: Annotated[int | None, typer.Option(help="samples when a device still needs profiling")] = None,
+    max_per_split: Annotated[int | None, typer.Option(help="use at most this many images per split")] = None,
+    cal_images: Annotated[int, typer.Option(help="training images for importance and the proxy's fits")] = 512,
+    val_images: Annotated[int | None, typer.Option(help="validation images the proxy scores (default 1000)")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Search the decomposition (BO), calibrate the sub-models and write a deployable plan directory."""
@@ -142,7 +145,8 @@ def plan(
                                         aggregator_epochs=aggregator_epochs, joint_epochs=joint_epochs,
                                         device_dropout=device_dropout, seed=seed),
         search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples,
-        allow_leave_out=not use_all_devices, importance=importance)  # type: ignore[arg-type]
+        allow_leave_out=not use_all_devices, importance=importance,  # type: ignore[arg-type]
+        max_per_split=max_per_split, cal_images=cal_images, val_images=val_images)
     with LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))
@@ -199,19 +203,45 @@ def show_document(doc: dict[str, Any], where: Path) -> None:
     console.print(table)
     accuracy = doc.get("accuracy")
     if accuracy:
-        acc = Table(title=f"top-1 on the test split (n={accuracy['n']})", title_justify="left")
+        n = accuracy.get("n")
+        acc = Table(title=f"top-1 on the test split (n={n})", title_justify="left")
         acc.add_column("model")
         acc.add_column("top-1", justify="right")
+        acc.add_column("95% CI", justify="right")
         acc.add_column("loss", justify="right")
-        acc.add_row("teacher", f"{accuracy['teacher']['top1']:.2%}", f"{accuracy['teacher']['loss']:.4f}")
-        for row, key in (("decompose only", "decompose_only"), ("decompose + aggregate", "decompose_aggregate")):
+
+        def row(label: str, s: dict[str, Any], bold: bool = False) -> None:
+            top1 = f"{s['top1']:.2%}"
+            acc.add_row(label, f"[bold]{top1}[/]" if bold else top1, interval_text(s, n), f"{s['loss']:.4f}")
+
+        row("teacher", accuracy["teacher"])
+        for label, key in (("decompose only", "decompose_only"), ("decompose + aggregate", "decompose_aggregate")):
             if key in accuracy.get("ablation", {}):
-                e = accuracy["ablation"][key]["ensemble"]
-                acc.add_row(row, f"{e['top1']:.2%}", f"{e['loss']:.4f}")
+                row(label, accuracy["ablation"][key]["ensemble"])
         for name, s in accuracy["submodels"].items():
-            acc.add_row(f"  sub-model {name} (calibrated)", f"{s['top1']:.2%}", f"{s['loss']:.4f}")
-        e = accuracy["ensemble"]
-        acc.add_row("[bold]shoal ensemble (calibrated)[/]", f"[bold]{e['top1']:.2%}[/]", f"{e['loss']:.4f}")
+            row(f"  sub-model {name} (calibrated)", s)
+        row("[bold]shoal ensemble (calibrated)[/]", accuracy["ensemble"], bold=True)
         for name, s in accuracy.get("missing", {}).items():
-            acc.add_row(f"  without {name}", f"{s['top1']:.2%}", f"{s['loss']:.4f}")
+            row(f"  without {name}", s)
+        acc.caption = paired_text(accuracy["ensemble"].get("vs_teacher"))
         console.print(acc)
+
+
+def interval_text(score: dict[str, Any], n: int | None) -> str:
+    """'[low, high]' of a score: its ci95, or the Wilson interval of top1·n for plans written before ci95."""
+    ci = score.get("ci95")
+    if ci is None and isinstance(n, int) and n > 0 and isinstance(score.get("top1"), (int, float)):
+        from shoal.utils.stats import wilson_interval
+
+        ci = wilson_interval(round(score["top1"] * n), n)
+    return f"[{ci[0]:.2%}, {ci[1]:.2%}]" if ci is not None else ""
+
+
+def paired_text(test: dict[str, Any] | None) -> str | None:
+    """One line for the ensemble-vs-teacher McNemar test of plan.json (None for older plans)."""
+    if not test:
+        return None
+    verdict = "significant" if test["significant"] else "not significant"
+    return (f"ensemble - teacher: {test['difference'] * 100:+.2f} pt; exact McNemar p = {test['p_value']:.3g} "
+            f"({verdict} at {test['alpha']:g}; {test['b01']} images only the ensemble gets right, "
+            f"{test['b10']} only the teacher)")

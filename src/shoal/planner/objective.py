@@ -9,15 +9,8 @@ link latencies + (input bytes + feature bytes) / rate + the device's measured
 runtime-call overhead, and t3 adds the central node's own (ADR 006).
 
 Accuracy proxy (eq. 7) on the validation split, of sub-models decomposed but
-not calibrated. Three forms:
-  "sliced"  the printed form: each sub-model read through the teacher's head
-            sliced to its channels; mean of the per-sub-model losses.
-  "probe"   each sub-model read through a ridge probe fitted (closed form) to
-            the teacher's logits on a calibration set; mean of the losses.
-  "ridge"   the decomposition as a whole: one ridge map from the concatenated
-            pooled features of all sub-models to the teacher's logits (the
-            aggregator in closed form); its loss.
-`benchmarks/search.py` measures which ranks policies like calibrated accuracy.
+not calibrated (or only briefly): see `shoal.planner.proxy` for the forms and
+ADR 008 for how they rank policies against calibrated accuracy.
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +29,7 @@ from shoal.models.accounting import spec_cost
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel, pooled_features
-
-ProxyKind = Literal["sliced", "probe", "ridge"]
+from shoal.planner.proxy import Augment, ProxyKind, ProxySettings, prior_loss, readout_loss, short_distill
 
 
 class LatencyPredictor(Protocol):
@@ -93,7 +85,7 @@ class Evaluation:
         loss: The accuracy proxy L_val (nats).
         latency: Predicted latency breakdown.
         delta: δ used (per ms).
-        device_losses: Per-device proxy losses (empty for the "ridge" proxy).
+        device_losses: Per-device proxy losses (empty for proxies that read all devices at once).
         flops: Per-device FLOPs.
         memory_bytes: Per-device memory (weights + activations).
         seconds: Wall time of the evaluation.
@@ -131,35 +123,55 @@ class Evaluator:
         config: Its family.
         devices: Device set (central first), in policy order.
         predictors: One latency predictor per device, same order.
-        cal_images: (M, C, H, W) calibration images (ridge/probe fits).
+        cal_images: (M, C, H, W) calibration images (read-out fits, short distillation).
         val_images: (V, C, H, W) validation images.
         val_labels: (V,) validation labels.
         delta: δ, the weight of one millisecond against one nat of loss.
-        proxy: Which accuracy proxy (see module doc).
-        ridge: Ridge strength relative to the mean feature variance.
+        proxy: Which accuracy proxy and its settings (`shoal.planner.proxy`); a kind alone
+            takes the default settings.
         batch_size: Forward batch size.
         rpc_ms: Per device, the measured overhead of one runtime call (None: unknown, counted as 0);
             a worker's is added to its t2, the central node's to t3 (it receives and answers).
+        cal_labels: (M,) labels of the calibration images (the "distill" proxy's loss; without
+            them the teacher's decisions stand in).
+        augment: Train-time augmentation for the "distill" proxy.
     """
 
     def __init__(self, teacher: torch.nn.Module, config: ViTConfig, devices: DeviceSet,
                  predictors: Sequence[LatencyPredictor], cal_images: torch.Tensor, val_images: torch.Tensor,
-                 val_labels: torch.Tensor, delta: float, proxy: ProxyKind = "ridge", ridge: float = 1e-2,
-                 batch_size: int = 256, rpc_ms: Sequence[float | None] | None = None) -> None:
+                 val_labels: torch.Tensor, delta: float, proxy: ProxySettings | ProxyKind = "distill",
+                 batch_size: int = 256, rpc_ms: Sequence[float | None] | None = None,
+                 cal_labels: torch.Tensor | None = None, augment: Augment | None = None) -> None:
         if len(predictors) != len(devices):
             raise ValueError(f"{len(devices)} devices but {len(predictors)} predictors")
         self.teacher, self.config, self.devices = teacher, config, devices
         self.predictors = list(predictors)
         self.cal_images, self.val_images, self.val_labels = cal_images, val_images, val_labels
-        self.delta, self.proxy, self.ridge, self.batch_size = float(delta), proxy, ridge, batch_size
+        self.delta, self.batch_size = float(delta), batch_size
+        self.settings = proxy if isinstance(proxy, ProxySettings) else ProxySettings(kind=proxy)
+        self.augment = augment
         self.rpc_ms = [float(r or 0.0) for r in (rpc_ms or [None] * len(devices))]
         with torch.inference_mode():
             self.cal_targets = self._batched(teacher, cal_images)     # (M, classes) teacher logits
             self.teacher_val_logits = self._batched(teacher, val_images)
+        self.cal_teacher_labels = self.cal_targets.argmax(1)
+        self.cal_labels = cal_labels if cal_labels is not None else self.cal_teacher_labels
         self.teacher_val_loss = F.cross_entropy(self.teacher_val_logits, val_labels).item()
+        self.prior_loss = prior_loss(self.cal_labels, val_labels, config.num_classes)
         full = SubModelSpec.full(config)
         central_ms = self.predictors[0].predict_ms([full])[0]
         self.central_flops_per_ms = spec_cost(config, full).flops / max(central_ms, 1e-6)
+
+    @property
+    def proxy(self) -> ProxyKind:
+        """The proxy kind (settable: benchmarks score one policy with several)."""
+        return self.settings.kind
+
+    @proxy.setter
+    def proxy(self, kind: ProxyKind) -> None:
+        from dataclasses import replace
+
+        self.settings = replace(self.settings, kind=kind)
 
     # -- latency (eq. 3-6) ----------------------------------------------------------
     def latency(self, policy: Policy) -> LatencyBreakdown:
@@ -183,38 +195,26 @@ class Evaluator:
 
     # -- accuracy proxy (eq. 7) -----------------------------------------------------
     def loss(self, policy: Policy) -> tuple[float, tuple[float, ...]]:
-        """(L_val, per-device losses) of the uncalibrated decomposition."""
+        """(L_val, per-device losses) of the decomposition, before calibration (floored at the prior)."""
+        kind, floor = self.settings.kind, self.prior_loss
         models = [build_submodel(self.config, s, self.teacher) for s in policy.specs]
+        if kind == "distill":
+            for m in models:
+                m.requires_grad_(True)
+            short_distill(models, self.cal_images, self.cal_labels, self.cal_teacher_labels, self.settings,
+                          self.augment, seed=0)
         with torch.inference_mode():
-            if self.proxy == "sliced":
-                losses = tuple(F.cross_entropy(self._batched(m, self.val_images), self.val_labels).item()
+            if kind == "sliced":
+                losses = tuple(min(floor, F.cross_entropy(self._batched(m, self.val_images), self.val_labels).item())
                                for m in models)
                 return sum(losses) / len(losses), losses
             cal = [self._batched(m, self.cal_images, features=True) for m in models]
             val = [self._batched(m, self.val_images, features=True) for m in models]
-        if self.proxy == "probe":
-            losses = tuple(self._ridge_loss([c], [v]) for c, v in zip(cal, val))
+        if kind == "probe":
+            losses = tuple(readout_loss(kind, [c], [v], self.cal_targets, self.val_labels, floor, self.settings)
+                           for c, v in zip(cal, val))
             return sum(losses) / len(losses), losses
-        return self._ridge_loss(cal, val), ()
-
-    def _ridge_loss(self, cal: list[torch.Tensor], val: list[torch.Tensor]) -> float:
-        x_cal, x_val = torch.cat(cal, dim=1).double(), torch.cat(val, dim=1).double()
-        y = self.cal_targets.double()
-        y_mean = y.mean(0)
-        # Constant or non-finite feature columns carry no information and would make the
-        # normal equations singular (a tiny sub-model can emit the same vector for every input).
-        mean, std = x_cal.mean(0), x_cal.std(0)
-        keep = torch.isfinite(std) & (std > 1e-6) & torch.isfinite(x_val).all(0)
-        if not keep.any():
-            logits = y_mean.expand(len(x_val), -1).float()
-            return F.cross_entropy(logits, self.val_labels).item()
-        x_cal = (x_cal[:, keep] - mean[keep]) / std[keep]
-        x_val = (x_val[:, keep] - mean[keep]) / std[keep]
-        gram = x_cal.T @ x_cal
-        lam = self.ridge * gram.diagonal().mean().clamp_min(1.0)
-        weight = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), x_cal.T @ (y - y_mean))
-        logits = (x_val @ weight + y_mean).float()
-        return F.cross_entropy(logits, self.val_labels).item()
+        return readout_loss(kind, cal, val, self.cal_targets, self.val_labels, floor, self.settings), ()
 
     def _batched(self, model: torch.nn.Module, images: torch.Tensor, features: bool = False) -> torch.Tensor:
         outs = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shoal.data.datasets import TaskData, load_task_data
+from shoal.data.datasets import TaskData, default_teacher_for, load_task_data
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError, DataError
 from shoal.models.aggregator import Aggregator
@@ -28,10 +28,11 @@ from shoal.models.teacher import Teacher, load_teacher
 from shoal.planner.aggregation import joint_finetune, train_aggregator
 from shoal.planner.artifacts import PLAN_FILE, read_plan_json, write_plan
 from shoal.planner.calibration import Booster, CalibrationSettings
-from shoal.planner.evaluation import evaluate_decomposition
+from shoal.planner.evaluation import evaluate_decomposition, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
 from shoal.planner.journal import Journal, Record
-from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor, ProxyKind
+from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor
+from shoal.planner.proxy import PROXY_KINDS, ProxyKind, ProxySettings
 from shoal.planner.search import SearchResult, SearchSettings, run_search
 from shoal.planner.space import SearchSpace
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json
@@ -44,14 +45,15 @@ class PlanRequest:
     """Everything `shoal plan` needs to know.
 
     Attributes:
-        model: timm name or checkpoint of the teacher (None: the shipped digits ViT).
+        model: timm name or checkpoint of the teacher (None: the shipped teacher of a built-in
+            task, the digits ViT otherwise).
         checkpoint: Local weights for `model`.
         pretrained: Fetch timm's pretrained weights when no checkpoint is given.
-        data: Dataset (None: built-in digits; else an ImageFolder tree).
+        data: Dataset (None: built-in digits; "fashion-mnist"; else an ImageFolder tree).
         devices: Device-set YAML (None: the default set of three emulated devices).
         out: Plan directory.
         delta: δ in Ψ = L + δ·T, per ms (None: 1 / predicted teacher latency on the central node).
-        proxy: Accuracy proxy ("ridge", "probe" or "sliced").
+        proxy: Accuracy proxy (`shoal.planner.proxy.PROXY_KINDS`).
         search: Search strategy and budget.
         calibration: Booster and aggregator settings.
         importance: Importance rule for ranking units.
@@ -63,7 +65,8 @@ class PlanRequest:
         from_policy: plan.json whose policy to calibrate (skips the search).
         resume: Continue an interrupted plan in `out`.
         profile_samples: Samples per device when a device of the set still needs profiling.
-        cal_images: Training images used for importance and the proxy's ridge fits.
+        cal_images: Training images used for importance and the proxy's read-out fits.
+        val_images: Validation images the proxy scores (None: the whole split).
         max_per_split: Cap on images per split (a fixed subset; quick runs and big folders).
     """
 
@@ -74,7 +77,7 @@ class PlanRequest:
     devices: str | None = None
     out: str = ".shoal/plan"
     delta: float | None = None
-    proxy: ProxyKind = "ridge"
+    proxy: ProxyKind = "distill"
     search: SearchSettings = field(default_factory=SearchSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     importance: ImportanceRule = "mixed"
@@ -86,13 +89,14 @@ class PlanRequest:
     resume: bool = False
     profile_samples: int | None = None
     cal_images: int = 512
+    val_images: int | None = 1000
     max_per_split: int | None = None
 
     def __post_init__(self) -> None:
         if self.delta is not None and not self.delta >= 0:
             raise ConfigError(f"--delta must be >= 0 (per ms), got {self.delta}")
-        if self.proxy not in ("ridge", "probe", "sliced"):
-            raise ConfigError(f"--proxy must be ridge, probe or sliced, got {self.proxy!r}")
+        if self.proxy not in PROXY_KINDS:
+            raise ConfigError(f"--proxy must be one of {', '.join(PROXY_KINDS)}, got {self.proxy!r}")
         if self.search_only and self.from_policy:
             raise ConfigError("--search-only and --from-policy exclude each other")
         if self.importance not in ("mixed", "taylor", "fisher", "magnitude", "random"):
@@ -102,6 +106,8 @@ class PlanRequest:
                               f"{self.layer_rule!r}, {self.deal_rule!r}")
         if self.cal_images < 16:
             raise ConfigError(f"cal_images must be at least 16, got {self.cal_images}")
+        if self.val_images is not None and self.val_images < 16:
+            raise ConfigError(f"val_images must be at least 16, got {self.val_images}")
 
 
 @dataclass
@@ -133,7 +139,10 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
     from shoal.devices.spec import load_device_set
     from shoal.predictors import load_device_costs
 
-    devices = load_device_set(request.devices) if request.devices else default_device_set()
+    # the default set keeps the shipped digits teacher's profiles where they always were; any
+    # other teacher's profiles go beside them, in a folder of their family
+    family = None if teacher.is_default else teacher.config.fingerprint()
+    devices = load_device_set(request.devices) if request.devices else default_device_set(family=family)
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress,
                               log=hooks.phase)
     costs = [load_device_costs(d, teacher.config) for d in devices.devices]
@@ -146,7 +155,10 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     """Load teacher, data and devices; score unit importance; set up the space and Ψ."""
     out = Path(request.out)
     hooks.phase("loading teacher and data")
-    teacher = load_teacher(request.model, checkpoint=request.checkpoint, pretrained=request.pretrained)
+    model = request.model
+    if model is None and request.checkpoint is None:
+        model = default_teacher_for(request.data)   # a built-in task brings its shipped teacher
+    teacher = load_teacher(model, checkpoint=request.checkpoint, pretrained=request.pretrained)
     data = load_task_data(teacher, request.data, max_per_split=request.max_per_split)
     if devices is None or predictors is None:
         hooks.phase("loading device profiles")
@@ -160,9 +172,11 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     space = SearchSpace(teacher.config, devices, scores, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
                         allow_leave_out=request.allow_leave_out)
     space.check_feasible()
-    cal = data.train.images[:request.cal_images]
-    evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal, data.val.images,
-                          data.val.labels, delta=0.0, proxy=request.proxy, rpc_ms=rpc_ms)
+    cal = data.train.subset(request.cal_images)
+    val = data.val.subset(request.val_images)
+    evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal.images, val.images,
+                          val.labels, delta=0.0, proxy=ProxySettings(kind=request.proxy), rpc_ms=rpc_ms,
+                          cal_labels=cal.labels, augment=data.augment)
     delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
     evaluator.delta = delta
     return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
@@ -191,7 +205,7 @@ def search_header(problem: Problem, request: PlanRequest) -> dict[str, Any]:
     s = request.search
     return {"family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
             "data": problem.data.name, "devices": problem.devices.to_dict(), "delta": problem.evaluator.delta,
-            "proxy": request.proxy, "strategy": s.strategy, "seed": s.seed, "init": s.init, "anchors": s.anchors,
+            "proxy": request.proxy, "val_images": request.val_images, "strategy": s.strategy, "seed": s.seed, "init": s.init, "anchors": s.anchors,
             "acquisition": s.acquisition, "importance": request.importance, "layer_rule": request.layer_rule,
             "deal_rule": request.deal_rule, "allow_leave_out": request.allow_leave_out, "dim": problem.space.dim}
 
@@ -253,10 +267,19 @@ def policy_from_plan(path: str | Path) -> Policy:
 
 @dataclass(frozen=True)
 class Calibrated:
+    """Calibrated sub-models and aggregator, the calibration summary and the test accuracy.
+
+    Attributes:
+        correct: Per-image test correctness (bool, test split order) behind `accuracy`, for paired
+            tests between variants: the rows of `score_decomposition` ("teacher", "ensemble",
+            "submodels/<device>", "missing/<device>") and "ablation/<row>/ensemble". Not in plan.json.
+    """
+
     submodels: list[torch.nn.Module]
     aggregator: Aggregator
     summary: dict[str, Any]
     accuracy: dict[str, Any]
+    correct: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: PlanHooks) -> Calibrated:
@@ -267,10 +290,10 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     hooks.phase("ablation: decompose only / decompose + aggregate")
     scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
                                                config.global_pool, config.num_prefix_tokens)
-    ablation = {"decompose_only": evaluate_decomposition(teacher.model, names, sliced, scatter, data.test)}
+    ablation = {"decompose_only": score_decomposition(teacher.model, names, sliced, scatter, data.test)}
     agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0, feature_copies=1),
                                 hooks.progress)
-    ablation["decompose_aggregate"] = evaluate_decomposition(teacher.model, names, sliced, agg_only, data.test)
+    ablation["decompose_aggregate"] = score_decomposition(teacher.model, names, sliced, agg_only, data.test)
 
     hooks.phase(f"calibrating sub-models ({s.weighting} weighting)")
     submodels = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
@@ -282,11 +305,15 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     joint_finetune(teacher.model, submodels, aggregator, data, s, hooks.progress)
     summary["seconds"] = time.perf_counter() - started
     hooks.phase("evaluating on the test split")
-    accuracy = evaluate_decomposition(teacher.model, names, submodels, aggregator, data.test,
-                                      with_missing=s.device_dropout > 0)
-    accuracy["ablation"] = {k: {"ensemble": v["ensemble"], "submodels": v["submodels"]} for k, v in ablation.items()}
+    scored = score_decomposition(teacher.model, names, submodels, aggregator, data.test,
+                                 with_missing=s.device_dropout > 0)
+    accuracy = scored.scores
+    accuracy["ablation"] = {k: {"ensemble": v.scores["ensemble"], "submodels": v.scores["submodels"]}
+                            for k, v in ablation.items()}
     accuracy["val"] = evaluate_decomposition(teacher.model, names, submodels, aggregator, data.val)["ensemble"]
-    return Calibrated(submodels, aggregator, summary, accuracy)
+    correct = dict(scored.correct)
+    correct.update({f"ablation/{k}/ensemble": v.correct["ensemble"] for k, v in ablation.items()})
+    return Calibrated(submodels, aggregator, summary, accuracy, correct)
 
 
 def write_search_outputs(problem: Problem, result: SearchResult | None, policy: Policy, evaluation: Evaluation,
