@@ -198,23 +198,34 @@ class Evaluator:
         """(L_val, per-device losses) of the decomposition, before calibration (floored at the prior)."""
         kind, floor = self.settings.kind, self.prior_loss
         models = [build_submodel(self.config, s, self.teacher) for s in policy.specs]
+        if kind == "sliced":
+            with torch.inference_mode():
+                losses = tuple(min(floor, F.cross_entropy(self._batched(m, self.val_images), self.val_labels).item())
+                               for m in models)
+            return sum(losses) / len(losses), losses
+        if kind == "probe":
+            cal, val = self._features(models)
+            losses = tuple(readout_loss(kind, [c], [v], self.cal_targets, self.val_labels, floor, self.settings)
+                           for c, v in zip(cal, val))
+            return sum(losses) / len(losses), losses
+        readout = "logistic" if kind == "distill" else kind
+        loss = readout_loss(readout, *self._features(models), self.cal_targets, self.val_labels, floor, self.settings)
         if kind == "distill":
+            # the better of the sliced and the briefly distilled read-out: a few steps at a
+            # fixed rate can make an already good (large) sub-model worse, calibration would not
             for m in models:
                 m.requires_grad_(True)
             short_distill(models, self.cal_images, self.cal_labels, self.cal_teacher_labels, self.settings,
                           self.augment, seed=0)
+            loss = min(loss, readout_loss(readout, *self._features(models), self.cal_targets, self.val_labels,
+                                          floor, self.settings))
+        return loss, ()
+
+    def _features(self, models: Sequence[torch.nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Pooled features of every sub-model on the calibration and the validation images."""
         with torch.inference_mode():
-            if kind == "sliced":
-                losses = tuple(min(floor, F.cross_entropy(self._batched(m, self.val_images), self.val_labels).item())
-                               for m in models)
-                return sum(losses) / len(losses), losses
-            cal = [self._batched(m, self.cal_images, features=True) for m in models]
-            val = [self._batched(m, self.val_images, features=True) for m in models]
-        if kind == "probe":
-            losses = tuple(readout_loss(kind, [c], [v], self.cal_targets, self.val_labels, floor, self.settings)
-                           for c, v in zip(cal, val))
-            return sum(losses) / len(losses), losses
-        return readout_loss(kind, cal, val, self.cal_targets, self.val_labels, floor, self.settings), ()
+            return ([self._batched(m, self.cal_images, features=True) for m in models],
+                    [self._batched(m, self.val_images, features=True) for m in models])
 
     def _batched(self, model: torch.nn.Module, images: torch.Tensor, features: bool = False) -> torch.Tensor:
         outs = []

@@ -12,9 +12,10 @@ validation loss of a read-out of the sub-models. Forms, cheapest first:
     "logistic"  one multinomial logistic read-out of the concatenated features, fitted to the
                 teacher's soft labels (what the aggregator is trained on), its scale set on the
                 validation split; never worse than the class prior.
-    "distill"   "logistic" after a short distillation of every sub-model (a few hundred
-                images per sub-model, the booster's loss): the read-out sees what a sub-model
-                becomes after a little training, not only what slicing left intact.
+    "distill"   the better of "logistic" and "logistic" after a short distillation of every
+                sub-model (a few hundred images per sub-model, the booster's loss): the read-out
+                sees what a sub-model becomes after a little training, not only what slicing
+                left intact (and a few steps cannot make a large sub-model look worse).
 
 Every loss is floored at the class prior's cross-entropy: a read-out that is worse
 than predicting the prior is replaced by the prior, so no decomposition scores
