@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from shoal.data.digits import load_digits_split
 from shoal.errors import DataError
@@ -108,6 +109,9 @@ class _PsiByDevices:
         missing = len(self.real.devices.names) - len(policy.devices)
         return dataclasses.replace(ev, psi=1.0 + self.per_missing * missing)
 
+    def latencies(self, policies):
+        return self.real.latencies(policies)
+
 
 def _used(record):
     return sum(shape is not None for shape in record.shapes)
@@ -152,6 +156,9 @@ class _LatencyPsi:
         loss = 2.0 * math.exp(-units / 8)
         return Evaluation(loss + 0.05 * latency.total_ms, loss, latency, 0.05, (), (0,) * len(policy.specs),
                           (0,) * len(policy.specs), 0.0)
+
+    def latencies(self, policies):
+        return self.real.latencies(policies)
 
 
 def test_bo_proposes_only_policies_not_yet_evaluated(problem):
@@ -205,3 +212,25 @@ def test_policy_features_see_the_policy_not_the_point(problem):
     c = list(a)
     c[PER_DEVICE * 2] = 1.0   # the last worker keeps every block
     assert policy_features(space, space.decode_shapes(c)) != fa
+
+
+def test_batched_latency_of_decoded_shapes_matches_the_policy_latency(problem):
+    space, evaluator = problem
+    points = torch.rand(12, space.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).tolist()
+    points[0][PER_DEVICE] = 0.0                       # a worker left out
+    batch = evaluator.latencies([space.decode_shapes(x) for x in points])
+    for x, breakdown in zip(points, batch):
+        single = evaluator.latency(space.decode(x))
+        assert breakdown.total_ms == pytest.approx(single.total_ms)
+        assert breakdown.compute_ms == pytest.approx(single.compute_ms)
+    assert len(batch[0].compute_ms) == len(space.devices) - 1
+
+
+def test_known_latency_changes_what_bo_proposes_but_not_what_it_may_propose(problem):
+    space, evaluator = problem
+    settings = SearchSettings("bo", init=4, iterations=4, seed=1, raw_samples=64, num_restarts=2, prune=False)
+    known = run_search(space, _LatencyPsi(evaluator), settings)
+    whole = run_search(space, _LatencyPsi(evaluator), dataclasses.replace(settings, known_latency=False))
+    assert [r.x for r in known.records[:4]] == [r.x for r in whole.records[:4]]   # same initial design
+    assert [r.x for r in known.records[4:]] != [r.x for r in whole.records[4:]]
+    assert known.wasted == 0 and len({r.key for r in known.records}) == 8

@@ -83,8 +83,13 @@ def shape_cost(config: ViTConfig, width: int, head_counts: Sequence[int], mlp_wi
         flops=flops,
         weight_bytes=params * BYTES_PER_VALUE,
         activation_bytes=activations * BYTES_PER_VALUE,
-        feature_bytes=d * BYTES_PER_VALUE,
+        feature_bytes=feature_bytes(d),
     )
+
+
+def feature_bytes(width: int) -> int:
+    """Size of the pooled feature vector a sub-model of residual width d_n sends (float32)."""
+    return width * BYTES_PER_VALUE
 
 
 def count_params(model: nn.Module) -> int:

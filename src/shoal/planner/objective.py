@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from shoal.devices.spec import DeviceSet
-from shoal.models.accounting import spec_cost
+from shoal.models.accounting import BYTES_PER_VALUE, feature_bytes, spec_cost
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel, pooled_features
 from shoal.planner.proxy import Augment, ProxyKind, ProxySettings, prior_loss, readout_loss, short_distill
+from shoal.predictors.features import Shape
 
 
 class LatencyPredictor(Protocol):
@@ -39,7 +40,7 @@ class LatencyPredictor(Protocol):
     kind: str
     is_estimate: bool
 
-    def predict_ms(self, specs: Sequence[SubModelSpec]) -> list[float]: ...
+    def predict_ms(self, specs: Sequence[Shape]) -> list[float]: ...
 
 
 @dataclass(frozen=True)
@@ -177,16 +178,38 @@ class Evaluator:
     def latency(self, policy: Policy) -> LatencyBreakdown:
         """Predicted latency of `policy` (which may use a subset of the devices), in policy order."""
         index = [self.devices.names.index(name) for name in policy.devices]
-        compute = tuple(float(self.predictors[i].predict_ms([s])[0]) for i, s in zip(index, policy.specs))
-        input_bytes = 4 * math.prod(self.config.input_shape)
-        transfer = []
+        shapes: list[SubModelSpec | None] = [None] * len(self.devices)
         for i, spec in zip(index, policy.specs):
-            device = self.devices.devices[i]
-            transfer.append(0.0 if device.central else device.transfer_ms(input_bytes) + self.rpc_ms[i]
-                            + device.transfer_ms(spec_cost(self.config, spec).feature_bytes))
-        d_agg = sum(s.width for s in policy.specs)
-        agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes
-        return LatencyBreakdown(compute, tuple(transfer), agg_flops / self.central_flops_per_ms, self.rpc_ms[0])
+            shapes[i] = spec
+        breakdown = self.latencies([shapes])[0]      # in set order
+        rank = {i: r for r, i in enumerate(sorted(index))}
+        return LatencyBreakdown(tuple(breakdown.compute_ms[rank[i]] for i in index),
+                                tuple(breakdown.transfer_ms[rank[i]] for i in index),
+                                breakdown.aggregate_ms, breakdown.request_ms)
+
+    def latencies(self, policies: Sequence[Sequence[Shape | None]]) -> list[LatencyBreakdown]:
+        """Predicted latency of many policies given by unit counts alone (per device of the set, in
+        its order, a shape or None where the device is left out): one predictor call per device for
+        the whole batch, no sub-model built. Each breakdown lists the devices used, in set order."""
+        if any(len(p) != len(self.devices) for p in policies):
+            raise ValueError(f"each policy needs one entry per device ({len(self.devices)})")
+        predicted = [iter(predictor.predict_ms([p[i] for p in policies if p[i] is not None]))
+                     for i, predictor in enumerate(self.predictors)]
+        input_bytes = BYTES_PER_VALUE * math.prod(self.config.input_shape)
+        out = []
+        for p in policies:
+            compute, transfer, d_agg = [], [], 0
+            for i, (device, shape) in enumerate(zip(self.devices.devices, p)):
+                if shape is None:
+                    continue
+                compute.append(float(next(predicted[i])))
+                transfer.append(0.0 if device.central else device.transfer_ms(input_bytes) + self.rpc_ms[i]
+                                + device.transfer_ms(feature_bytes(shape.width)))
+                d_agg += shape.width
+            agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes
+            out.append(LatencyBreakdown(tuple(compute), tuple(transfer), agg_flops / self.central_flops_per_ms,
+                                        self.rpc_ms[0]))
+        return out
 
     def teacher_latency(self) -> list[float]:
         """Predicted latency of the whole teacher on each device (ms)."""

@@ -22,6 +22,13 @@ search) and local perturbations of the best evaluations, then of the best candid
 Only when every candidate decodes to an evaluated policy is a random point taken
 instead (phase "fallback").
 
+Ψ = L + δ·T has one part the search need not learn: T, the predicted latency, is a cheap
+closed function of the decoded policy (the device profiles). So the GP models the accuracy
+part alone (Ψ − δ·T of each evaluation), every candidate's δ·T is computed exactly in one
+batched latency-model call, and the acquisition ranks candidates by (Log)EI of
+-(GP + δ·T) against the best Ψ seen: the GP's mean moves by the known part, its spread
+does not (`known_latency`; False models Ψ whole, as CoFormer does).
+
 Every evaluation is appended to the journal before the next one starts; the
 same seed gives the same sequence, interrupted or not.
 """
@@ -46,6 +53,7 @@ from shoal.planner.space import PER_DEVICE, SearchSpace
 Strategy = Literal["bo", "random", "uniform"]
 Acquisition = Literal["logei", "ei"]
 Surrogate = Literal["policy", "encoding"]
+LatencyModel = Callable[[Sequence[Sequence[object | None]]], list[float]]   # decoded shapes -> T (ms) each
 FIT_MAXITER = 100      # L-BFGS-B iterations of a GP fit (the marginal likelihood barely moves after)
 FALLBACK_TRIES = 1000  # random points tried for an unevaluated policy when every candidate was evaluated
 
@@ -66,6 +74,9 @@ class SearchSettings:
             per search).
         surrogate: What the GP sees: "policy" (the decoded policy's description, so points
             decoding to one policy are one point) or "encoding" (x itself).
+        known_latency: The GP models only the accuracy part of Ψ (Ψ − δ·T of each evaluation);
+            each candidate's δ·T, known from the latency model without building anything, is
+            added to its posterior before the acquisition ranks it. False: the GP models Ψ whole.
         anchors: Start the initial design (bo and random) with the central-node-alone and the
             uniform policies (`anchor_points`); they count towards `init`.
         prune: After the budget (bo and random, when workers may be left out), try leaving out
@@ -83,6 +94,7 @@ class SearchSettings:
     num_restarts: int = 8
     raw_samples: int = 1024
     surrogate: Surrogate = "policy"
+    known_latency: bool = True
     anchors: bool = True
     prune: bool = True
 
@@ -205,7 +217,7 @@ def run_search(
             on_record(new)
         return new
 
-    proposals = _proposer(space, settings)
+    proposals = _proposer(space, settings, lambda batch: [b.total_ms for b in evaluator.latencies(batch)])
     pruned = any(r.phase == "prune" for r in records)   # the budget was spent before pruning began
     # `seen` only steers BO away from re-evaluating a policy; journal records are never skipped
     while len(records) < settings.budget and not pruned:
@@ -279,7 +291,7 @@ def _random_points(dim: int, seed: int, n: int) -> list[list[float]]:
     return torch.rand(n, dim, generator=gen, dtype=torch.float64).tolist()
 
 
-def _proposer(space: SearchSpace, settings: SearchSettings
+def _proposer(space: SearchSpace, settings: SearchSettings, latency: LatencyModel
               ) -> Callable[[list[Record]], tuple[str, list[float]]]:
     if settings.strategy == "uniform":
         grid = _uniform_grid(space, settings.budget)
@@ -288,7 +300,7 @@ def _proposer(space: SearchSpace, settings: SearchSettings
     randoms = [*anchors, *_random_points(space.dim, settings.seed, settings.budget)]
     if settings.strategy == "random":
         return lambda records: ("anchor" if len(records) < len(anchors) else "random", randoms[len(records)])
-    bo = _PolicyBO(space, settings)
+    bo = _PolicyBO(space, settings, latency)
 
     def propose(records: list[Record]) -> tuple[str, list[float]]:
         if len(records) < len(anchors):
@@ -345,6 +357,7 @@ class _Candidate:
     x: tuple[float, ...]
     key: str
     features: tuple[float, ...]
+    latency_ms: float
 
 
 def policy_features(space: SearchSpace, shapes: Sequence[object | None]) -> list[float]:
@@ -379,28 +392,36 @@ class _PolicyBO:
     would.
     """
 
-    def __init__(self, space: SearchSpace, settings: SearchSettings) -> None:
-        self.space, self.settings = space, settings
+    def __init__(self, space: SearchSpace, settings: SearchSettings, latency: LatencyModel) -> None:
+        self.space, self.settings, self.latency = space, settings, latency
         self._pool: list[_Candidate] | None = None
         self._decoded: dict[tuple[float, ...], _Candidate] = {}   # records' points, decoded once
 
-    def decode(self, x: Sequence[float], cache: bool = False) -> _Candidate:
-        point = tuple(float(v) for v in x)
-        hit = self._decoded.get(point)
-        if hit is not None:
-            return hit
-        shapes = self.space.decode_shapes(point)
-        candidate = _Candidate(point, _key(tuple(_shape_dict(s) for s in shapes)),
-                               tuple(policy_features(self.space, shapes)))
-        if cache:
-            self._decoded[point] = candidate
-        return candidate
+    def decode(self, points: Sequence[Sequence[float]], cache: bool = False) -> list[_Candidate]:
+        """Decode a batch of points: their policies' keys, descriptions and predicted latency
+        (one latency-model call for the batch)."""
+        out: list[_Candidate | None] = []
+        todo: list[tuple[int, tuple[float, ...], list[object | None]]] = []
+        for x in points:
+            point = tuple(float(v) for v in x)
+            hit = self._decoded.get(point)
+            out.append(hit)
+            if hit is None:
+                todo.append((len(out) - 1, point, list(self.space.decode_shapes(point))))
+        if todo:
+            totals = self.latency([shapes for _, _, shapes in todo])
+            for (i, point, shapes), total in zip(todo, totals):
+                candidate = _Candidate(point, _key(tuple(_shape_dict(s) for s in shapes)),
+                                       tuple(policy_features(self.space, shapes)), total)
+                out[i] = candidate
+                if cache:
+                    self._decoded[point] = candidate
+        return out  # type: ignore[return-value]
 
     def pool(self) -> list[_Candidate]:
         if self._pool is None:
             sobol = torch.quasirandom.SobolEngine(self.space.dim, scramble=True, seed=self.settings.seed)
-            points = sobol.draw(self.settings.raw_samples, dtype=torch.float64).tolist()
-            self._pool = [self.decode(p) for p in points]
+            self._pool = self.decode(sobol.draw(self.settings.raw_samples, dtype=torch.float64).tolist())
         return self._pool
 
     def inputs(self, candidates: Sequence[_Candidate]) -> torch.Tensor:
@@ -411,16 +432,19 @@ class _PolicyBO:
     def propose(self, records: list[Record]) -> tuple[str, list[float]]:
         settings, step = self.settings, len(records)
         gen = torch.Generator().manual_seed(settings.seed * 100_003 + step)
-        evaluated = [self.decode(r.x, cache=True) for r in records]
+        evaluated = self.decode([r.x for r in records], cache=True)
         seen = {r.key for r in records}
         # one training point per policy: its first evaluation (Ψ is deterministic)
         first: dict[str, int] = {}
         for i, r in enumerate(records):
             first.setdefault(r.key, i)
         train = sorted(first.values())
+        delta = records[0].evaluation.delta if settings.known_latency else 0.0
+        # BoTorch maximises: the GP models -(Ψ - δ·T), each candidate's -δ·T is added to its posterior
         X = self.inputs([evaluated[i] for i in train])
-        Y = -torch.tensor([[records[i].psi] for i in train], dtype=torch.float64)   # BoTorch maximises
-        acq = _acquisition(X, Y, settings, settings.seed * 100_003 + step)
+        Y = -torch.tensor([[records[i].psi - delta * records[i].evaluation.latency.total_ms] for i in train],
+                          dtype=torch.float64)
+        acq = _acquisition(X, Y, -min(r.psi for r in records), settings, settings.seed * 100_003 + step)
 
         best: dict[str, tuple[float, _Candidate]] = {}
 
@@ -429,7 +453,8 @@ class _PolicyBO:
             if not fresh:
                 return
             with torch.no_grad():
-                values = torch.cat([acq(chunk.unsqueeze(1)) for chunk in self.inputs(fresh).split(2048)]).tolist()
+                offset = -delta * torch.tensor([c.latency_ms for c in fresh], dtype=torch.float64)
+                values = acq(self.inputs(fresh), offset).tolist()
             for c, v in zip(fresh, values):
                 if c.key not in best or v > best[c.key][0]:
                     best[c.key] = (v, c)
@@ -447,7 +472,7 @@ class _PolicyBO:
             return "bo", list(chosen.x)
         # every candidate decodes to an evaluated policy: a seeded random point that does not
         for x in torch.rand(FALLBACK_TRIES, self.space.dim, generator=gen, dtype=torch.float64).tolist():
-            if self.decode(x).key not in seen:
+            if self.decode([x])[0].key not in seen:
                 return "fallback", x
         return "fallback", x
 
@@ -465,15 +490,18 @@ class _PolicyBO:
         sigma = sigmas[torch.randint(len(LOCAL_SIGMAS), (base.shape[0], 1), generator=gen)]
         step = torch.randn(base.shape, generator=gen, dtype=torch.float64) * sigma
         points = (base + mask * step).clamp(0.0, 1.0)
-        return [self.decode(p) for p in points.tolist()]
+        return self.decode(points.tolist())
 
 
-def _acquisition(X: torch.Tensor, Y: torch.Tensor, settings: SearchSettings, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(Log)EI of a GP fitted to (X, Y), as a function of a (b, 1, d) batch of inputs."""
+def _acquisition(X: torch.Tensor, Y: torch.Tensor, best_f: float, settings: SearchSettings, seed: int
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(Log)EI over a GP fitted to (X, Y), as a function of (n, d) inputs and a known (n,) offset added
+    to the objective the GP models (the candidates' -δ·T; zeros when the GP models Ψ whole); the
+    incumbent `best_f` is the best observed objective (-Ψ)."""
     with warnings.catch_warnings():   # linear_operator decorates with torch.jit.script at import (deprecated)
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
         import botorch  # noqa: F401
-    from botorch.acquisition import ExpectedImprovement, LogExpectedImprovement
+    from botorch.acquisition.analytic import _ei_helper, _log_ei_helper
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
@@ -494,5 +522,20 @@ def _acquisition(X: torch.Tensor, Y: torch.Tensor, settings: SearchSettings, see
         torch.manual_seed(seed)   # a failed fit restarts from hyperparameters drawn from the priors
         fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp), max_attempts=3,
                          optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
-    acq_class = LogExpectedImprovement if settings.acquisition == "logei" else ExpectedImprovement
-    return acq_class(gp, best_f=Y.max())
+    gp.eval()
+    sigma_min = 1e-12
+
+    def acquisition(inputs: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        # the analytic (Log)EI of BoTorch's LogExpectedImprovement / ExpectedImprovement, on the
+        # objective GP + offset: its mean moves by the offset, its spread does not
+        values = []
+        for chunk, shift in zip(inputs.split(2048), offset.split(2048)):
+            posterior = gp.posterior(chunk)
+            mean = posterior.mean.squeeze(-1) + shift
+            sigma = posterior.variance.squeeze(-1).clamp_min(sigma_min).sqrt()
+            u = (mean - best_f) / sigma
+            values.append(_log_ei_helper(u) + sigma.log() if settings.acquisition == "logei"
+                          else sigma * _ei_helper(u))
+        return torch.cat(values)
+
+    return acquisition
