@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from shoal.errors import ConfigError
+from shoal.utils.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,10 @@ def measure_latency(
     model = model.to(dev).eval()
     x = torch.randn(_batch_shape(input_shape), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    previous_threads, gc_was_enabled = torch.get_num_threads(), gc.isenabled()
-    torch.set_num_threads(threads)
+    gc_was_enabled = gc.isenabled()
     times: list[float] = []
     try:
-        with torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             for _ in range(warmup):
                 model(x)
             sync()
@@ -146,7 +146,6 @@ def measure_latency(
     finally:
         if gc_was_enabled:
             gc.enable()
-        torch.set_num_threads(previous_threads)
     return LatencyStats.from_times(times, warmup=warmup, threads=threads, device=dev.type, cpu_ms=round(cpu_ms, 4))
 
 

@@ -23,6 +23,7 @@ from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
 from shoal.models.surgery import pooled_features
 from shoal.planner.calibration import CalibrationSettings, distillation_losses
+from shoal.utils.threads import torch_threads
 
 Progress = Callable[[str, int, int], None]
 
@@ -90,24 +91,25 @@ def train_aggregator(
     steps = max(1, settings.aggregator_epochs * math.ceil(n / bs))
     best = (_accuracy(agg, val_feats, data.val.labels), {k: v.clone() for k, v in agg.state_dict().items()})
     step = 0
-    for epoch in range(settings.aggregator_epochs):
-        agg.train()
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, bs):
-            idx = order[i:i + bs]
-            present = _dropout_mask(len(idx), len(widths), settings.device_dropout, gen)
-            for group in optimizer.param_groups:
-                group["lr"] = settings.aggregator_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = distillation_losses(agg(feats[idx], present), labels[idx], teacher_labels[idx]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        acc = _accuracy(agg, val_feats, data.val.labels)
-        if acc >= best[0]:
-            best = (acc, {k: v.clone() for k, v in agg.state_dict().items()})
-        if progress:
-            progress("training aggregator", epoch + 1, settings.aggregator_epochs)
+    with torch_threads(1):   # many tiny steps: more threads only spin (ADR 009)
+        for epoch in range(settings.aggregator_epochs):
+            agg.train()
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n, bs):
+                idx = order[i:i + bs]
+                present = _dropout_mask(len(idx), len(widths), settings.device_dropout, gen)
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.aggregator_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                loss = distillation_losses(agg(feats[idx], present), labels[idx], teacher_labels[idx]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+            acc = _accuracy(agg, val_feats, data.val.labels)
+            if acc >= best[0]:
+                best = (acc, {k: v.clone() for k, v in agg.state_dict().items()})
+            if progress:
+                progress("training aggregator", epoch + 1, settings.aggregator_epochs)
     agg.load_state_dict(best[1])
     return agg.eval()
 

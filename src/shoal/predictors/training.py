@@ -28,6 +28,7 @@ from shoal.models.config import ViTConfig
 from shoal.predictors.base import LatencyPredictor
 from shoal.predictors.metrics import ErrorMetrics, error_metrics, noise_floor
 from shoal.predictors.models import EnsemblePredictor, LinearPredictor, MLPPredictor
+from shoal.utils.threads import torch_threads
 
 CANDIDATES = ("flops-linear", "mlp", "terms-linear", "mlp-terms-residual", "ensemble")
 MIN_SHAPES = 10
@@ -172,9 +173,7 @@ def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSe
     train, val, test = (pick(tr), y[tr]), (pick(va), y[va]), (pick(te), y[te])
     results: dict[str, FitResult] = {}
     fitted: dict[str, LatencyPredictor] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic, and no oversubscription on a busy machine
-    try:
+    with torch_threads(1):  # deterministic, and no oversubscription on a busy machine
         for kind in _with_dependencies(settings.candidates):
             start = time.perf_counter()
             fitted[kind] = _fit_one(kind, config, train, val, fitted, settings)
@@ -183,8 +182,6 @@ def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSe
                 results[kind] = FitResult(p, error_metrics(p.predict_array(val[0]), val[1]),
                                           error_metrics(p.predict_array(test[0]), test[1]),
                                           time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
     ranked = sorted(results, key=lambda k: results[k].val.mape)
     chosen = ranked[0]
     reason = f"lowest validation MAPE ({results[chosen].val.mape:.1%} on {len(va)} shapes"
