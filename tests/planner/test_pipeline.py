@@ -31,6 +31,9 @@ def test_search_only_writes_policy_figures_and_journal(tiny_digits_teacher, thre
     assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 6
     pred = doc["predicted"]
     assert pred["total_ms"] == pytest.approx(doc["objective"]["latency_ms"])
+    names = [p["phase"] for p in doc["phases"]]
+    assert names[0] == "loading teacher and data" and names[-1].startswith("searching (bo, 5 evaluations)")
+    assert all(p["seconds"] >= 0 for p in doc["phases"]) and doc["resumed"] is False
     with pytest.raises(DataError, match="searched policy only"):
         load_plan(tmp_path)
 
@@ -47,6 +50,9 @@ def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, 
     assert {"decompose_only", "decompose_aggregate"} <= set(acc["ablation"])
     assert acc["ensemble"]["n"] == acc["n"] and len(acc["ensemble"]["ci95"]) == 2
     assert acc["ensemble"]["vs_teacher"]["n"] == acc["n"] and "p_value" in acc["ensemble"]["vs_teacher"]
+    phases = [p["phase"] for p in doc["phases"]]
+    assert {"training the aggregator", "evaluating on the test split"} <= set(phases)
+    assert phases.index("training the aggregator") > phases.index("calibrating sub-models (boost weighting)")
     plan = load_plan(out)
     import torch
 

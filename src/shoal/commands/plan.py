@@ -225,6 +225,16 @@ def show_document(doc: dict[str, Any], where: Path) -> None:
             row(f"  without {name}", s)
         acc.caption = paired_text(accuracy["ensemble"].get("vs_teacher"))
         console.print(acc)
+    phases = doc.get("phases")
+    if phases:
+        total = sum(p["seconds"] for p in phases)
+        console.print(f"time per phase{' (this run, resumed)' if doc.get('resumed') else ''}: "
+                      + " · ".join(f"{p['phase']} {_duration(p['seconds'])}" for p in phases)
+                      + f"; total {_duration(total)}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def interval_text(score: dict[str, Any], n: int | None) -> str:

@@ -110,6 +110,32 @@ class PlanRequest:
             raise ConfigError(f"val_images must be at least 16, got {self.val_images}")
 
 
+class PhaseClock:
+    """Wraps a phase callback and times each phase (until the next begins, or `finish`)."""
+
+    def __init__(self, inner: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.phases: list[tuple[str, float]] = []
+        self._started: float | None = None
+
+    def __call__(self, name: str) -> None:
+        self._close()
+        self.phases.append((name, 0.0))
+        self._started = time.perf_counter()
+        self.inner(name)
+
+    def _close(self) -> None:
+        if self._started is not None and self.phases:
+            name, _ = self.phases[-1]
+            self.phases[-1] = (name, time.perf_counter() - self._started)
+            self._started = None
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Each phase so far and its seconds (the last one closed now)."""
+        self._close()
+        return [{"phase": name, "seconds": round(seconds, 3)} for name, seconds in self.phases]
+
+
 @dataclass
 class PlanHooks:
     """Callbacks the command uses to draw progress (all optional)."""
@@ -333,7 +359,8 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
              predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None,
              ) -> dict[str, Any]:
     """Run `shoal plan`; returns the plan.json document that was written."""
-    hooks = hooks or PlanHooks()
+    clock = PhaseClock((hooks or PlanHooks()).phase)
+    hooks = replace(hooks or PlanHooks(), phase=clock)
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     problem = build_problem(request, hooks, predictors, devices)
@@ -367,12 +394,13 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
     if request.search_only:
         from shoal.planner.artifacts import searched_only_document
 
+        meta.update(phases=clock.finish(), resumed=request.resume)
         document = searched_only_document(problem.teacher.config, policy, used, meta)
         atomic_write_json(out / PLAN_FILE, document)
         return document
     calibrated = calibrate(problem, policy, request, hooks)
     meta.update(stage="calibrated", calibration={"settings": request.calibration.to_dict(), **calibrated.summary},
-                accuracy=calibrated.accuracy)
+                accuracy=calibrated.accuracy, phases=clock.finish(), resumed=request.resume)
     hooks.phase("writing the plan")
     models = dict(zip(policy.devices, calibrated.submodels))
     write_plan(out, problem.teacher.config, policy, used, models, calibrated.aggregator, meta,
