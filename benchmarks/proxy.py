@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,13 @@ from shoal.planner.evaluation import ensemble_logits
 from shoal.planner.pipeline import PlanHooks, PlanRequest, build_problem
 from shoal.planner.proxy import PROXY_KINDS
 from shoal.planner.search import anchor_points
+from shoal.utils.stats import wilson_interval
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
-
-
-def _wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def _pick(space: Any, pool: list[tuple[list[float], float]], n: int) -> list[tuple[list[float], float]]:
@@ -116,7 +109,7 @@ def main() -> None:
         logits = ensemble_logits(models, agg, cal_data.test.images)
         correct = int((logits.argmax(1) == cal_data.test.labels).sum())
         n = len(cal_data.test)
-        row.update(test_correct=correct, test_n=n, test_top1=correct / n, test_ci95=list(_wilson(correct, n)),
+        row.update(test_correct=correct, test_n=n, test_top1=correct / n, test_ci95=list(wilson_interval(correct, n)),
                    calibration_seconds=time.perf_counter() - started)
         rows.append(row)
         console.log(f"policy {k} ({row['latency_ms']:.2f} ms, {len(policy.devices)} devices): "
