@@ -252,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--aggregator-epochs", type=int, default=None, help="aggregator epochs (default: 60)")
     parser.add_argument("--seeds", type=int, default=3, help="calibration seeds 0..N-1 per variant")
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"variant groups among {','.join(GROUPS)}")
+    parser.add_argument("--variants", default=None,
+                        help="only these variants of the groups (comma-separated names, e.g. uniform); "
+                             "the reference always runs")
     parser.add_argument("--dropout", type=float, default=0.3, help="device dropout rate of the dropout variant")
     parser.add_argument("--joint-epochs", type=int, default=2, help="joint fine-tune epochs of the joint variant")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
@@ -278,11 +281,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     console.log(f"the plan's shapes re-dealt with its own rules ({importance}, {deal}) give "
                 f"{'the plan policy' if redealt else 'a different policy than the plan (scores differ)'}")
     table = variants(groups, importance, deal, args.dropout, args.joint_epochs)
+    if args.variants:
+        keep = {REFERENCE, *(name.strip() for name in args.variants.split(",") if name.strip())}
+        unknown = keep - {v.name for v in table}
+        if unknown:
+            raise SystemExit(f"--variants: {', '.join(sorted(unknown))} not among {', '.join(v.name for v in table)}")
+        table = [v for v in table if v.name in keep]
     console.log(f"{len(table)} variants x {args.seeds} seeds on {problem.data.name} "
                 f"(test n={len(problem.data.test)}), policy of {args.plan}")
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for v in table:
-        rows[v.name] = [runs.run(v, seed) for seed in range(args.seeds)]
+    rows: dict[str, list[dict[str, Any]]] = {v.name: [] for v in table}
+    for seed in range(args.seeds):   # seed by seed: an interrupted run still leaves complete pairs
+        for v in table:
+            rows[v.name].append(runs.run(v, seed))
     # the uncalibrated ablation rows come with every reference run
     for name, key in (("decompose-only", "ablation/decompose_only/ensemble"),
                       ("decompose+aggregate", "ablation/decompose_aggregate/ensemble")):
