@@ -28,5 +28,10 @@ class InfeasibleError(ShoalError):
     """No decomposition can meet the devices' budgets."""
 
 
+class PlatformError(ShoalError):
+    """This machine cannot do what was asked (e.g. CPU-quota emulation), or a child process
+    shoal started to measure a device failed."""
+
+
 class RuntimeServiceError(ShoalError):
     """A worker or the central node failed, timed out or refused a request."""

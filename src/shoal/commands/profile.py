@@ -16,7 +16,7 @@ from shoal.devices.jobs import run_jobs
 from shoal.devices.probe import DeviceKind, probe_device
 from shoal.devices.profiling import TimingSettings, explicit_job
 from shoal.devices.sampling import SamplerSettings
-from shoal.errors import ConfigError, DataError, ShoalError
+from shoal.errors import ConfigError, DataError, PlatformError
 from shoal.models import SubModelSpec, ViTConfig, load_teacher, spec_cost
 from shoal.models.partition import SubModelShape
 from shoal.predictors.profile import DATASET_FILE, DeviceProfile, ProfileRequest, load_profile, profile_devices
@@ -48,7 +48,7 @@ def cpu_limit_option(cpu_quota: float | None, cpus: str | None) -> CpuLimit:
             raise ConfigError(f"--cpus must be core numbers separated by commas, got {cpus!r}") from None
     limit = CpuLimit(cpu_quota, cores)
     if limit.quota is not None and (reason := quota_unavailable_reason()):
-        raise ShoalError(f"cannot emulate --cpu-quota {cpu_quota:g}: {reason}")
+        raise PlatformError(f"cannot emulate --cpu-quota {cpu_quota:g}: {reason}")
     return limit
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from shoal.errors import ConfigError
+
 Split = Literal["train", "val", "test"]
 
 IMG_SIZE = 32
@@ -71,7 +73,7 @@ def load_digits_split(split: Split) -> TensorDataset:
     from sklearn.datasets import load_digits
 
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
     bunch = load_digits()
     index = _split_indices()[split]
     raw = torch.from_numpy(bunch.images).index_select(0, index)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shoal.devices.emulation import apply_cpu_limit, quota_unavailable_reason, remove_cgroup
 from shoal.devices.profiling import MeasureFn, MeasurementJob, measure_shape, time_items
-from shoal.errors import ConfigError, ShoalError
+from shoal.errors import ConfigError, PlatformError
 from shoal.utils.io import atomic_write_json
 
 POLL_S = 0.2
@@ -53,7 +53,7 @@ class JobRun:
         if self._measure is not None:
             raise ConfigError("a custom measure function cannot run in a child process")
         if self.job.cpu_limit.quota is not None and (reason := quota_unavailable_reason()):
-            raise ShoalError(f"cannot emulate device {self.job.name!r}: {reason}")
+            raise PlatformError(f"cannot emulate device {self.job.name!r}: {reason}")
         atomic_write_json(self._job_file, self.job.to_dict())
         with open(self._log_file, "wb") as log:  # a file, not a pipe: a chatty child cannot block on it
             self._child = subprocess.Popen([sys.executable, "-m", "shoal.devices.profiling", str(self._job_file)],
@@ -88,9 +88,9 @@ class JobRun:
                 lines = [ln for ln in err.splitlines() if ln.strip()]
                 code = self._child.returncode
                 why = lines[-1] if lines else ("killed (out of memory?)" if code == -9 else "no message")
-                raise ShoalError(f"the measuring process of device {self.job.name!r} died (exit {code}): {why}; "
-                                 "what it measured is kept: run again to resume (the shape it was timing is then "
-                                 "recorded as a failure)")
+                raise PlatformError(f"the measuring process of device {self.job.name!r} died (exit {code}): {why}; "
+                                    "what it measured is kept: run again to resume (the shape it was timing is "
+                                    "then recorded as a failure)")
         finally:
             self.stop()
 

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from shoal.errors import ConfigError
+
 
 class Aggregator(nn.Module):
     """Concat of pooled sub-model features -> Linear(d_agg, d) -> task head.
@@ -54,7 +56,7 @@ class Aggregator(nn.Module):
         """
         x = torch.cat(list(features), dim=-1) if not isinstance(features, torch.Tensor) else features
         if x.shape[-1] != self.in_dim:
-            raise ValueError(f"aggregator expects {self.in_dim} concatenated features, got {x.shape[-1]}")
+            raise ConfigError(f"aggregator expects {self.in_dim} concatenated features, got {x.shape[-1]}")
         if present is not None:
             mask = torch.repeat_interleave(present.to(x.dtype), torch.tensor(self.widths), dim=-1)
             x = x * mask

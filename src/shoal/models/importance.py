@@ -12,7 +12,7 @@ them by the validation loss of sub-models pruned by each rule, per unit type:
 Taylor ranks heads best, but for residual channels it is no better than random
 (zeroing a channel is not removing it from every LayerNorm's statistics) and
 for MLP neurons at high pruning it loses to magnitude. The default, "mixed",
-takes each unit type from the rule that ranks it best (ADR 004).
+takes each unit type from the rule that ranks it best (`benchmarks/results/importance.json`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 
 ImportanceRule = Literal["mixed", "taylor", "fisher", "magnitude", "random"]
@@ -92,7 +93,7 @@ def compute_importance(
         L, h, D, d = config.depth, config.num_heads, config.mlp_hidden, config.embed_dim
         return ImportanceScores(torch.rand(L, h, generator=gen), torch.rand(L, D, generator=gen),
                                 torch.rand(d, generator=gen), torch.rand(L, generator=gen), "random")
-    raise ValueError(f"importance rule must be taylor, magnitude or random, got {rule!r}")
+    raise ConfigError(f"importance rule must be taylor, magnitude or random, got {rule!r}")
 
 
 def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, labels: torch.Tensor,

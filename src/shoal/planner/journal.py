@@ -27,7 +27,7 @@ class Record:
 
     Attributes:
         index: 0-based evaluation number.
-        phase: "init", "bo", "random", "uniform" or "fallback".
+        phase: "anchor", "init", "bo", "random", "uniform", "fallback" or "prune".
         x: The encoding in [0,1]^k.
         shapes: Unit counts per device (layers, width, heads, mlp), the policy's identity.
         evaluation: Ψ and its parts.

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from shoal.devices.spec import DeviceSet
+from shoal.errors import ConfigError
 from shoal.models.accounting import BYTES_PER_VALUE, feature_bytes, spec_cost
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
@@ -144,7 +145,7 @@ class Evaluator:
                  batch_size: int = 256, rpc_ms: Sequence[float | None] | None = None,
                  cal_labels: torch.Tensor | None = None, augment: Augment | None = None) -> None:
         if len(predictors) != len(devices):
-            raise ValueError(f"{len(devices)} devices but {len(predictors)} predictors")
+            raise ConfigError(f"{len(devices)} devices but {len(predictors)} predictors")
         self.teacher, self.config, self.devices = teacher, config, devices
         self.predictors = list(predictors)
         self.cal_images, self.val_images, self.val_labels = cal_images, val_images, val_labels
@@ -192,7 +193,7 @@ class Evaluator:
         its order, a shape or None where the device is left out): one predictor call per device for
         the whole batch, no sub-model built. Each breakdown lists the devices used, in set order."""
         if any(len(p) != len(self.devices) for p in policies):
-            raise ValueError(f"each policy needs one entry per device ({len(self.devices)})")
+            raise ConfigError(f"each policy needs one entry per device ({len(self.devices)})")
         predicted = [iter(predictor.predict_ms([p[i] for p in policies if p[i] is not None]))
                      for i, predictor in enumerate(self.predictors)]
         input_bytes = BYTES_PER_VALUE * math.prod(self.config.input_shape)

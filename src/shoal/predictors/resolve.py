@@ -22,7 +22,7 @@ from shoal.devices.jobs import ProgressFn
 from shoal.devices.profiling import MeasureFn, TimingSettings
 from shoal.devices.sampling import SamplerSettings
 from shoal.devices.spec import DeviceSet, DeviceSpec
-from shoal.errors import ConfigError, DataError, ShoalError
+from shoal.errors import ConfigError, DataError
 from shoal.models.config import ViTConfig
 from shoal.models.teacher import Teacher
 from shoal.predictors.base import LatencyPredictor
@@ -107,9 +107,10 @@ def load_device_costs(device: DeviceSpec, config: ViTConfig) -> tuple[LatencyPre
     gives an estimate (`is_estimate=True`) and the overhead is unknown (None).
 
     Raises:
-        ConfigError: the profile is for another family, thread count or CPU limit.
-        DataError: the profile directory exists but is unfinished or corrupt.
-        ShoalError: neither a profile nor a catalog board (says what to run).
+        ConfigError: the profile is for another family, thread count or CPU limit; or the device
+            names neither a profile nor a catalog board (says what to run).
+        DataError: the profile directory exists but is unfinished or corrupt, or the device's
+            profile path holds nothing and it has no catalog board (says what to run).
     """
     if device.profile is not None and Path(device.profile).exists():
         profile = load_profile(device.profile)
@@ -118,9 +119,9 @@ def load_device_costs(device: DeviceSpec, config: ViTConfig) -> tuple[LatencyPre
     if device.catalog is not None:
         return CatalogPredictor(config, board(device.catalog)), None
     if device.profile is not None:
-        raise ShoalError(f"device {device.name!r} has no profile at {device.profile} and no catalog board; "
+        raise DataError(f"device {device.name!r} has no profile at {device.profile} and no catalog board; "
                          f"measure it: {profile_command(device, device.profile)}")
-    raise ShoalError(f"device {device.name!r} has neither a profile nor a catalog board; measure it "
+    raise ConfigError(f"device {device.name!r} has neither a profile nor a catalog board; measure it "
                      f"({profile_command(device, PROFILES_DIR / device.name)}) and set `profile:`, or set "
                      "`catalog:` to a board for a rough estimate")
 

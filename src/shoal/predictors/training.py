@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from shoal.devices.dataset import LatencyDataset, Measurement
 from shoal.errors import ConfigError
@@ -34,7 +33,7 @@ CANDIDATES = ("flops-linear", "mlp", "terms-linear", "mlp-terms-residual", "ense
 MIN_SHAPES = 10
 Target = Literal["median", "mean", "p10", "min"]
 TARGETS: tuple[str, ...] = ("auto", "median", "mean", "p10", "min")
-DEFAULT_TARGET = "auto"  # mean under a CPU quota, p10 otherwise (docs/decisions/004-latency-predictor.md)
+DEFAULT_TARGET = "auto"  # mean under a CPU quota, p10 otherwise (docs/decisions/005-latency-predictor.md)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 
 from shoal.devices.emulation import remove_cgroup
 from shoal.devices.spec import DeviceSpec
-from shoal.errors import RuntimeServiceError
+from shoal.errors import ConfigError, RuntimeServiceError
 from shoal.runtime.device import apply_device_limit
 
 
@@ -52,7 +52,7 @@ class Stats:
     @classmethod
     def of(cls, samples_ms: Sequence[float]) -> Stats:
         if not samples_ms:
-            raise ValueError("no samples to summarise")
+            raise ConfigError("no samples to summarise")
         s = sorted(samples_ms)
         return cls(len(s), percentile(s, 50), percentile(s, 95), percentile(s, 10), percentile(s, 90),
                    statistics.fmean(s))

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
+from shoal.errors import ConfigError
+
 
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
@@ -17,7 +19,7 @@ def torch_threads(threads: int) -> Iterator[None]:
     than it saves, and on a busy 2-core machine the spinning threads made each step 7x slower.
     """
     if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
