@@ -45,6 +45,7 @@ def _cgroup_of(pid: int) -> str:
     return ""
 
 
+@pytest.mark.slow
 def test_local_cluster_runs_each_device_limited_and_a_killed_worker_is_named(plan, plan_dir):
     env = {"edge-b": {FAULT_ENV: "delay_ms=1500"}}
     with LocalCluster(plan_dir, deadline_ms=6000, worker_env=env) as cluster:
@@ -113,6 +114,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_cli_serve_local_then_bench_then_sigterm_leaves_no_process(plan_dir):
     shoal = [sys.executable, "-m", "shoal.cli"]
     env = {**os.environ, "COLUMNS": "200"}
