@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from shoal.commands._common import console, guard
+from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 
 app = typer.Typer(help="Serve a plan: one worker per device, the central node, or all of them locally.",
                   no_args_is_help=True, add_completion=False)
@@ -57,7 +58,7 @@ def central(
     workers: Annotated[str, typer.Option(help="name=host:port,... of every worker device ('-': read from stdin)")],
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 50051,
-    deadline_ms: DeadlineOpt = 2000.0,
+    deadline_ms: DeadlineOpt = DEFAULT_DEADLINE_MS,
     degrade: DegradeOpt = False,
     connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the workers at startup")] = 60.0,
     threads: ThreadsOpt = None,
@@ -78,7 +79,7 @@ def local(
     plan: PlanOpt,
     base_port: Annotated[int, typer.Option(help="central node's port; workers use the next ones (0: free ports)")
                          ] = 50051,
-    deadline_ms: DeadlineOpt = 2000.0,
+    deadline_ms: DeadlineOpt = DEFAULT_DEADLINE_MS,
     degrade: DegradeOpt = False,
     emulate: EmulateOpt = True,
 ) -> None:

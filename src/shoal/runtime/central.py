@@ -26,13 +26,13 @@ from shoal.planner.artifacts import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
+from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process
 from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
 from shoal.runtime.worker import Identity
 
-DEFAULT_DEADLINE_MS = 2000.0
 DEFAULT_TOP_K = 5
 _REPLY_MARGIN_S = 0.02  # kept back from the client's deadline to send a named error in time
 

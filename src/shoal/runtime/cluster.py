@@ -29,6 +29,7 @@ import grpc
 from shoal.devices.emulation import remove_cgroup
 from shoal.errors import ConfigError, RuntimeServiceError
 from shoal.planner.artifacts import load_plan
+from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.device import apply_device_limit
 from shoal.runtime.links import wait_until_serving
 from shoal.runtime.server import LISTENING_PREFIX
@@ -84,7 +85,7 @@ class LocalCluster:
         *,
         base_port: int = 0,
         emulate: bool = True,
-        deadline_ms: float = 2000.0,
+        deadline_ms: float = DEFAULT_DEADLINE_MS,
         degrade: bool = False,
         placements: Mapping[str, Placement] | None = None,
         worker_env: Mapping[str, Mapping[str, str]] | None = None,
