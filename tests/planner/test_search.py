@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -88,6 +89,20 @@ def test_corrupt_journal_line_is_named(problem, tmp_path):
     path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n")
     with pytest.raises(DataError, match="line 2 is corrupt"):
         run_search(space, evaluator, SearchSettings("random", init=2, iterations=0), Journal(path, {}), resume=True)
+
+
+def test_journal_resumes_after_a_line_cut_short_and_appends_on_a_clean_line(problem, tmp_path):
+    space, evaluator = problem
+    path = tmp_path / "j.jsonl"
+    settings = SearchSettings("random", init=2, iterations=0, prune=False)
+    first = run_search(space, evaluator, settings, Journal(path, {}))
+    with open(path, "a") as fh:
+        fh.write('{"kind": "eval", "index": 2, "pha')      # a crash mid-write
+    more = dataclasses.replace(settings, init=3)
+    resumed = run_search(space, evaluator, more, Journal(path, {}), resume=True)
+    assert [r.key for r in resumed.records[:2]] == [r.key for r in first.records]
+    assert len(resumed.records) == 3
+    assert [json.loads(line)["index"] for line in path.read_text().splitlines()[1:]] == [0, 1, 2]
 
 
 def test_settings_validation():

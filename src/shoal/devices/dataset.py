@@ -4,7 +4,7 @@
     {"record": "measurement", "index": 0, "pass": 1, "id": "3f2a...", "shape": {...}, "latency": {...}, ...}
     {"record": "failure", "index": 7, "pass": 1, "id": "...", "shape": {...}, "error": "OutOfMemoryError: ..."}
 
-Pass 1 times every sampled shape; pass 2 re-times a random subset at the end
+Written and read with `shoal.utils.jsonl`. Pass 1 times every sampled shape; pass 2 re-times a random subset at the end
 (the noise floor). Each record is written with one `write` and fsynced, so a
 crash loses at most the line being written: a truncated *last* line is
 tolerated (dropped, and cut off before the next append); a bad line anywhere
@@ -14,18 +14,16 @@ else is an error naming the file and the line.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.sampling import shape_from_dict, shape_to_dict
 from shoal.devices.timing import LatencyStats
 from shoal.errors import ConfigError, DataError
 from shoal.models.partition import SubModelShape
+from shoal.utils.jsonl import read_lines
 
 FORMAT_VERSION = 1
 # header fields that must agree for measurements to be pooled (resume, merge)
@@ -155,14 +153,11 @@ def read_dataset(path: str | Path) -> LatencyDataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"latency dataset {path} does not exist")
-    lines = path.read_bytes().split(b"\n")
-    complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline (empty if none)
-    if tail.strip() and _parses(tail):  # a whole last record whose newline is missing
-        complete, tail = lines, b""
+    complete, truncated = read_lines(path)
     header: dict[str, Any] | None = None
     measurements: list[Measurement] = []
     failures: list[Failure] = []
-    for number, line in enumerate(complete, start=1):
+    for number, line in complete:
         if not line.strip():
             continue
         record = _parse(path, number, line)
@@ -184,7 +179,6 @@ def read_dataset(path: str | Path) -> LatencyDataset:
                 raise DataError(f"{path}:{number}: unknown record type {kind!r}")
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise DataError(f"{path}:{number}: not a valid {kind} record ({type(exc).__name__}: {exc})") from None
-    truncated = bool(tail.strip())
     if header is None:
         raise DataError(f"{path} holds no header record; it is not a shoal latency dataset")
     return LatencyDataset(header, tuple(measurements), tuple(failures), truncated)
@@ -198,46 +192,3 @@ def _parse(path: Path, number: int, line: bytes) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise DataError(f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}")
     return record
-
-
-def _parses(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def repair_tail(path: str | Path) -> int:
-    """Make `path` end on a newline before appending: cut off a partial last line (a crash
-    mid-write), or end a whole last record that lost its newline. Returns the bytes removed."""
-    path = Path(path)
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        keep = data.rfind(b"\n") + 1
-        if keep == len(data):
-            return 0
-        if _parses(data[keep:]):
-            fh.write(b"\n")
-            return 0
-        fh.truncate(keep)
-    return len(data) - keep
-
-
-@contextmanager
-def appender(path: str | Path) -> Iterator[DatasetWriter]:
-    """Append records to `path`, one fsynced `write` per line."""
-    with open(path, "a", encoding="utf-8") as fh:
-        yield DatasetWriter(fh)
-
-
-class DatasetWriter:
-    """Appends records to an open dataset file."""
-
-    def __init__(self, fh: IO[str]) -> None:
-        self._fh = fh
-
-    def write(self, record: Measurement | Failure | dict[str, Any]) -> None:
-        data = record if isinstance(record, dict) else record.to_dict()
-        self._fh.write(json.dumps(data, separators=(",", ":")) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())

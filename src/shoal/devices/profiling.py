@@ -27,9 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.devices.dataset import (
-    Failure, Measurement, appender, header_mismatch, make_header, read_dataset, repair_tail,
-)
+from shoal.devices.dataset import Failure, Measurement, header_mismatch, make_header, read_dataset
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.probe import DeviceKind
 from shoal.devices.sampling import (
@@ -40,6 +38,7 @@ from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.surgery import build_submodel
+from shoal.utils.jsonl import appender, repair_tail
 
 REMEASURE_FRACTION = 0.15
 

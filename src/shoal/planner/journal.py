@@ -3,20 +3,20 @@
 The first line describes the problem (teacher family, devices, δ, proxy,
 strategy, seed, budget). `--resume` re-reads the journal, checks that it was
 made for the same problem, and continues: no evaluation is lost or repeated.
-A last line cut short by a crash is ignored (and overwritten), any other
-corrupt line is an error naming the line.
+A last line cut short by a crash is ignored (and cut off), any other
+corrupt line is an error naming the line (`shoal.utils.jsonl`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import DataError
 from shoal.planner.objective import Evaluation
+from shoal.utils.jsonl import appender, read_lines, repair_tail
 
 JOURNAL_VERSION = 1
 
@@ -69,41 +69,31 @@ class Journal:
         """Open the journal; returns the records to resume from (empty for a fresh start)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists():
-            records = self._read()
-            return records
-        with open(self.path, "w") as fh:
-            fh.write(json.dumps(self.header) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            return self._read()
+        with appender(self.path, fresh=True) as out:
+            out.write(self.header)
         return []
 
     def append(self, record: Record) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record.to_dict()) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        with appender(self.path) as out:
+            out.write(record)
 
     def _read(self) -> list[Record]:
-        raw = self.path.read_text()
-        lines = raw.split("\n")
-        complete = raw.endswith("\n")
-        body, tail = (lines[:-1], "") if complete else (lines[:-1], lines[-1])
-        if not body:
+        lines, _ = read_lines(self.path)
+        if not lines:
             raise DataError(f"journal {self.path} is empty or truncated before its header; start afresh without --resume")
         try:
-            header = json.loads(body[0])
-        except json.JSONDecodeError:
+            header = json.loads(lines[0][1])
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise DataError(f"journal {self.path}: line 1 (header) is corrupt") from None
         self._check_header(header)
         records = []
-        for number, line in enumerate(body[1:], start=2):
+        for number, line in lines[1:]:
             try:
                 records.append(Record.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise DataError(f"journal {self.path}: line {number} is corrupt ({type(exc).__name__})") from None
-        if tail:  # a line cut short by a crash: drop it so the next append starts clean
-            with open(self.path, "w") as fh:
-                fh.write("\n".join(body) + "\n")
+        repair_tail(self.path)   # a line cut short by a crash is cut off, so the next append starts clean
         for expected, record in enumerate(records):
             if record.index != expected:
                 raise DataError(f"journal {self.path}: evaluation {expected} is missing (found {record.index})")
