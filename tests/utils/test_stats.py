@@ -171,3 +171,18 @@ def test_mean_accuracy():
     assert m.ci95[0] < m.top1 < m.ci95[1] and m.ci95[1] - m.ci95[0] < 0.05
     assert m.to_dict()["per_seed"][0]["n"] == 1000
     assert mean_accuracy(runs) == m          # deterministic (seeded bootstrap)
+
+
+def test_quantile_interpolates_like_numpy():
+    import numpy as np
+
+    from shoal.utils.stats import quantile
+
+    values = sorted([3.0, 1.0, 4.0, 1.5, 9.0, 2.6])
+    for q in (0.0, 0.1, 0.5, 0.9, 0.95, 1.0):
+        assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)))
+    assert quantile([7.0], 0.9) == 7.0
+    with pytest.raises(ConfigError):
+        quantile([], 0.5)
+    with pytest.raises(ConfigError):
+        quantile(values, 95)

@@ -9,7 +9,6 @@ with a fixed number of intra-op threads and the garbage collector paused).
 from __future__ import annotations
 
 import gc
-import math
 import time
 import weakref
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from shoal.errors import ConfigError
+from shoal.utils.stats import quantile
 from shoal.utils.threads import torch_threads
 
 
@@ -79,16 +79,9 @@ class LatencyStats:
             raise ConfigError("no timed calls to summarise")
         ordered = sorted(float(t) for t in times_ms)
         return cls(
-            median_ms=_quantile(ordered, 0.5), p10_ms=_quantile(ordered, 0.1), p90_ms=_quantile(ordered, 0.9),
+            median_ms=quantile(ordered, 0.5), p10_ms=quantile(ordered, 0.1), p90_ms=quantile(ordered, 0.9),
             mean_ms=sum(ordered) / len(ordered), min_ms=ordered[0], n=len(ordered), warmup=warmup,
             threads=threads, device=device, cpu_ms=cpu_ms)
-
-
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of sorted values (numpy's default rule)."""
-    pos = q * (len(ordered) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _batch_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

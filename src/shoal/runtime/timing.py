@@ -27,6 +27,7 @@ from shoal.devices.emulation import remove_cgroup
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError
 from shoal.runtime.device import apply_device_limit
+from shoal.utils.stats import quantile
 
 
 @dataclass(frozen=True)
@@ -54,21 +55,11 @@ class Stats:
         if not samples_ms:
             raise ConfigError("no samples to summarise")
         s = sorted(samples_ms)
-        return cls(len(s), percentile(s, 50), percentile(s, 95), percentile(s, 10), percentile(s, 90),
+        return cls(len(s), quantile(s, 0.50), quantile(s, 0.95), quantile(s, 0.10), quantile(s, 0.90),
                    statistics.fmean(s))
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile `q` (0-100) of already sorted values."""
-    if len(sorted_values) == 1:
-        return float(sorted_values[0])
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
 
 
 def measure_ms(fn: Callable[[], object], *, repeats: int, warmup: int) -> Stats:

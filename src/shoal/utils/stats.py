@@ -62,6 +62,18 @@ def _count(value: Any, name: str) -> int:
     return int(value)
 
 
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """Linearly interpolated quantile q in [0, 1] of values sorted ascending (numpy's default
+    rule); the one quantile of shoal (latency statistics, served-latency percentiles)."""
+    if not ordered:
+        raise ConfigError("no values to take a quantile of")
+    if not 0.0 <= q <= 1.0:
+        raise ConfigError(f"a quantile must lie in [0, 1], got {q!r}")
+    pos = q * (len(ordered) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+
+
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a proportion k/n (95% for the default z).
 
