@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.planner.calibration import CalibrationSettings
-from shoal.planner.evaluation import evaluate_decomposition
+from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure
 from shoal.planner.pipeline import PlanHooks, PlanRequest, build_problem
 from shoal.planner.search import SearchSettings, decode_key, run_search
@@ -318,6 +318,7 @@ def _proxy_check(problem: Any, args: argparse.Namespace, console: Console) -> di
     cal = CalibrationSettings(epochs=args.calibration_epochs, aggregator_epochs=30)
     rows = []
     evaluator = problem.evaluator
+    teacher_val = logits_of(problem.teacher.model, problem.data.val.images)
     for k, record in enumerate(chosen):
         policy = problem.space.decode(record.x)
         losses = {}
@@ -330,7 +331,7 @@ def _proxy_check(problem: Any, args: argparse.Namespace, console: Console) -> di
         workdir = args.out.parent / "search-work" / f"proxy-{k}"
         Booster(teacher, models, list(policy.devices), problem.data, cal, workdir).run(resume=False)
         agg = train_aggregator(teacher, config, models, problem.data, cal)
-        acc = evaluate_decomposition(teacher, list(policy.devices), models, agg, problem.data.val)["ensemble"]
+        acc = score_decomposition(teacher_val, list(policy.devices), models, agg, problem.data.val).scores["ensemble"]
         rows.append({"shapes": record.shapes, "latency_ms": record.evaluation.latency.total_ms, **losses,
                      "calibrated_val_top1": acc["top1"], "calibrated_val_loss": acc["loss"]})
         console.log(f"policy {k}: proxies {losses} -> calibrated val top-1 {acc['top1']:.4f}")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from shoal.data.digits import TensorDataset
+from shoal.errors import ConfigError
 from shoal.models import Aggregator, SubModelSpec, build_submodel, load_teacher
-from shoal.planner.evaluation import evaluate_decomposition, score_decomposition
+from shoal.planner.evaluation import ensemble_logits, logits_of, score_decomposition
 from shoal.utils.stats import Accuracy, mcnemar
 
 
@@ -30,7 +31,8 @@ def decomposition(tiny_digits_teacher):
 
 def test_every_score_has_n_and_wilson_interval(decomposition):
     teacher, subs, agg, split = decomposition
-    scored = score_decomposition(teacher.model, ["hub", "edge"], subs, agg, split, with_missing=True)
+    scored = score_decomposition(logits_of(teacher.model, split.images), ["hub", "edge"], subs, agg, split,
+                                 with_missing=True)
     s = scored.scores
     rows = [s["teacher"], s["ensemble"], *s["submodels"].values(), *s["missing"].values()]
     assert len(rows) == 5
@@ -49,7 +51,19 @@ def test_every_score_has_n_and_wilson_interval(decomposition):
     assert (vs["b01"], vs["b10"], vs["p_value"]) == (expected.b01, expected.b10, expected.p_value)
     assert vs["a"] == "teacher" and vs["b"] == "ensemble" and isinstance(vs["significant"], bool)
     json.dumps(s)   # JSON-able: no tensors in the scores
-    assert evaluate_decomposition(teacher.model, ["hub", "edge"], subs, agg, split, with_missing=True) == s
+    # the shared features give what running each model on the images gives
+    with torch.no_grad():
+        teacher_correct = teacher.model(split.images).argmax(1) == split.labels
+        edge_correct = subs[1](split.images).argmax(1) == split.labels
+    assert torch.equal(scored.correct["teacher"], teacher_correct)
+    assert torch.equal(scored.correct["submodels/edge"], edge_correct)
+    ens = ensemble_logits(subs, agg, split.images)
+    assert torch.equal(scored.correct["ensemble"], ens.argmax(1) == split.labels)
+    assert s["ensemble"]["loss"] == pytest.approx(torch.nn.functional.cross_entropy(ens, split.labels).item())
+    missing = ensemble_logits(subs, agg, split.images, torch.tensor([1.0, 0.0]))
+    assert torch.equal(scored.correct["missing/edge"], missing.argmax(1) == split.labels)
+    with pytest.raises(ConfigError, match="teacher logits for 39 images"):
+        score_decomposition(logits_of(teacher.model, split.images[:39]), ["hub", "edge"], subs, agg, split)
 
 
 def test_calibrate_keeps_per_image_vectors_out_of_the_accuracy_document(tiny_digits_teacher, tmp_path):

@@ -8,7 +8,7 @@ from the teacher, so a spec that keeps everything reproduces the teacher.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -147,3 +147,15 @@ def pooled_features(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
         (B, d_n) pooled features (timm `forward_head(..., pre_logits=True)`).
     """
     return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """`fn` over `images` in batches of `batch`, concatenated, without autograd (the outputs may
+    still be used as inputs of a training step: no_grad, not inference_mode)."""
+    with torch.no_grad():
+        return torch.cat([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def submodel_features(models: Sequence[nn.Module], images: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
+    """Per sub-model its (N, d_n) pooled features of `images` (what each device would send)."""
+    return [batched(lambda x, m=m: pooled_features(m, x), images, batch) for m in models]  # type: ignore[misc]

@@ -21,29 +21,18 @@ import torch.nn as nn
 from shoal.data.datasets import TaskData
 from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
-from shoal.models.surgery import pooled_features
+from shoal.models.surgery import pooled_features, submodel_features
 from shoal.planner.calibration import CalibrationSettings, distillation_losses
 from shoal.utils.threads import torch_threads
 
 Progress = Callable[[str, int, int], None]
 
 
-def _features(models: list[nn.Module], images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """(N_img, d_agg) concatenated pooled features of all sub-models (no_grad: they are trained on)."""
-    with torch.no_grad():
-        return torch.cat([torch.cat([pooled_features(m, images[i:i + batch]) for m in models], dim=1)
-                          for i in range(0, len(images), batch)])
-
-
 def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher pooled pre-logit features (N, d) and hard decisions (N,)."""
-    feats, labels = [], []
+    feats = submodel_features([teacher], images, batch)[0]
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            f = teacher.forward_head(teacher.forward_features(images[i:i + batch]), pre_logits=True)
-            feats.append(f)
-            labels.append(teacher.head(f).argmax(1))
-    return torch.cat(feats), torch.cat(labels)
+        return feats, teacher.head(feats).argmax(1)
 
 
 def ridge_init(aggregator: Aggregator, features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> None:
@@ -74,9 +63,9 @@ def train_aggregator(
         images.append(data.augment(data.train.images, gen))  # type: ignore[misc]
     all_images = torch.cat(images)
     labels = data.train.labels.repeat(len(images))
-    feats = _features(submodels, all_images)
+    feats = torch.cat(submodel_features(submodels, all_images), dim=1)
     teacher_feats, teacher_labels = _teacher_outputs(teacher, all_images)
-    val_feats = _features(submodels, data.val.images)
+    val_feats = torch.cat(submodel_features(submodels, data.val.images), dim=1)
 
     widths = [m.embed_dim for m in submodels]
     agg = Aggregator(widths, config.embed_dim, config.num_classes, pool=config.global_pool,

@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shoal.data.digits import TensorDataset
+from shoal.errors import ConfigError
 from shoal.models.aggregator import Aggregator
-from shoal.models.surgery import pooled_features
+from shoal.models.surgery import batched, submodel_features
 from shoal.utils.stats import Accuracy, mcnemar
 
 STATS_NOTE = {"ci95": "95% Wilson score interval of top1",
@@ -33,9 +34,9 @@ STATS_NOTE = {"ci95": "95% Wilson score interval of top1",
                             "b01: only the ensemble right, b10: only the teacher right)"}
 
 
-def _logits(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+def logits_of(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N_img, classes) logits of one model (e.g. the teacher's, computed once per split)."""
+    return batched(model, images, batch)
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
@@ -48,12 +49,8 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, Any],
 def ensemble_logits(submodels: Sequence[nn.Module], aggregator: Aggregator, images: torch.Tensor,
                     present: torch.Tensor | None = None, batch: int = 256) -> torch.Tensor:
     """(N_img, classes) logits of the aggregate-edge ensemble."""
-    with torch.inference_mode():
-        out = []
-        for i in range(0, len(images), batch):
-            x = images[i:i + batch]
-            out.append(aggregator([pooled_features(m, x) for m in submodels], present))
-        return torch.cat(out)
+    with torch.no_grad():
+        return aggregator(submodel_features(submodels, images, batch), present)
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ class Scored:
 
 
 def score_decomposition(
-    teacher: nn.Module,
+    teacher_logits: torch.Tensor,
     names: Sequence[str],
     submodels: Sequence[nn.Module],
     aggregator: Aggregator,
@@ -82,16 +79,24 @@ def score_decomposition(
     """Scores of the teacher, every sub-model (own head) and the ensemble on `split`, with the
     per-image correctness behind them.
 
+    Each sub-model runs once over the split: its own head and the aggregator (with every device,
+    and with each non-central one missing) read the same pooled features.
+
     Args:
+        teacher_logits: (N, classes) the teacher's logits on `split` (`logits_of`), computed once
+            by the caller for every decomposition it scores on that split.
         with_missing: Also score the ensemble with each non-central device missing.
     """
+    if len(teacher_logits) != len(split):
+        raise ConfigError(f"teacher logits for {len(teacher_logits)} images, the split has {len(split)}")
     correct: dict[str, torch.Tensor] = {}
-    teacher_logits = _logits(teacher, split.images)
     teacher_scores, correct["teacher"] = _scores(teacher_logits, split.labels)
+    features = submodel_features(submodels, split.images)
     sub_scores = {}
-    for name, m in zip(names, submodels):
-        sub_scores[name], correct[f"submodels/{name}"] = _scores(_logits(m, split.images), split.labels)
-    ens_logits = ensemble_logits(submodels, aggregator, split.images)
+    with torch.no_grad():
+        for name, m, f in zip(names, submodels, features):
+            sub_scores[name], correct[f"submodels/{name}"] = _scores(m.head(f), split.labels)
+        ens_logits = aggregator(features)
     ens_scores, correct["ensemble"] = _scores(ens_logits, split.labels)
     ens_scores["agreement_with_teacher"] = (ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
     ens_scores["vs_teacher"] = {"a": "teacher", "b": "ensemble",
@@ -103,19 +108,7 @@ def score_decomposition(
         for n, name in enumerate(names[1:], start=1):
             present = torch.ones(len(submodels))
             present[n] = 0.0
-            logits = ensemble_logits(submodels, aggregator, split.images, present)
+            with torch.no_grad():
+                logits = aggregator(features, present)
             result["missing"][name], correct[f"missing/{name}"] = _scores(logits, split.labels)
     return Scored(result, correct)
-
-
-def evaluate_decomposition(
-    teacher: nn.Module,
-    names: Sequence[str],
-    submodels: Sequence[nn.Module],
-    aggregator: Aggregator,
-    split: TensorDataset,
-    *,
-    with_missing: bool = False,
-) -> dict[str, Any]:
-    """The JSON-able scores of `score_decomposition` (top1, loss, n, correct, ci95 per row)."""
-    return score_decomposition(teacher, names, submodels, aggregator, split, with_missing=with_missing).scores

@@ -29,7 +29,7 @@ from shoal.errors import ConfigError
 from shoal.models.accounting import BYTES_PER_VALUE, feature_bytes, spec_cost
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
-from shoal.models.surgery import build_submodel, pooled_features
+from shoal.models.surgery import batched, build_submodel, submodel_features
 from shoal.planner.proxy import Augment, ProxyKind, ProxySettings, prior_loss, readout_loss, short_distill
 from shoal.predictors.features import Shape
 
@@ -153,9 +153,8 @@ class Evaluator:
         self.settings = proxy if isinstance(proxy, ProxySettings) else ProxySettings(kind=proxy)
         self.augment = augment
         self.rpc_ms = [float(r or 0.0) for r in (rpc_ms or [None] * len(devices))]
-        with torch.inference_mode():
-            self.cal_targets = self._batched(teacher, cal_images)     # (M, classes) teacher logits
-            self.teacher_val_logits = self._batched(teacher, val_images)
+        self.cal_targets = batched(teacher, cal_images, batch_size)      # (M, classes) teacher logits
+        self.teacher_val_logits = batched(teacher, val_images, batch_size)
         self.cal_teacher_labels = self.cal_targets.argmax(1)
         self.cal_labels = cal_labels if cal_labels is not None else self.cal_teacher_labels
         self.teacher_val_loss = F.cross_entropy(self.teacher_val_logits, val_labels).item()
@@ -223,9 +222,8 @@ class Evaluator:
         kind, floor = self.settings.kind, self.prior_loss
         models = [build_submodel(self.config, s, self.teacher) for s in policy.specs]
         if kind == "sliced":
-            with torch.inference_mode():
-                losses = tuple(min(floor, F.cross_entropy(self._batched(m, self.val_images), self.val_labels).item())
-                               for m in models)
+            losses = tuple(min(floor, F.cross_entropy(batched(m, self.val_images, self.batch_size),
+                                                      self.val_labels).item()) for m in models)
             return sum(losses) / len(losses), losses
         if kind == "probe":
             cal, val = self._features(models)
@@ -247,16 +245,8 @@ class Evaluator:
 
     def _features(self, models: Sequence[torch.nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Pooled features of every sub-model on the calibration and the validation images."""
-        with torch.inference_mode():
-            return ([self._batched(m, self.cal_images, features=True) for m in models],
-                    [self._batched(m, self.val_images, features=True) for m in models])
-
-    def _batched(self, model: torch.nn.Module, images: torch.Tensor, features: bool = False) -> torch.Tensor:
-        outs = []
-        for i in range(0, len(images), self.batch_size):
-            x = images[i:i + self.batch_size]
-            outs.append(pooled_features(model, x) if features else model(x))
-        return torch.cat(outs)
+        return (submodel_features(models, self.cal_images, self.batch_size),
+                submodel_features(models, self.val_images, self.batch_size))
 
     # -- Ψ --------------------------------------------------------------------------
     def evaluate(self, policy: Policy) -> Evaluation:

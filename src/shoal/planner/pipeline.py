@@ -28,7 +28,7 @@ from shoal.models.teacher import Teacher, load_teacher
 from shoal.planner.aggregation import joint_finetune, train_aggregator
 from shoal.planner.artifacts import PLAN_FILE, read_plan_json, write_plan
 from shoal.planner.calibration import Booster, CalibrationSettings
-from shoal.planner.evaluation import evaluate_decomposition, score_decomposition
+from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor
@@ -314,12 +314,13 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     names = list(policy.devices)
     sliced = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
     hooks.phase("ablation: decompose only / decompose + aggregate")
+    teacher_test = logits_of(teacher.model, data.test.images)   # once: every row is scored on the same images
     scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
                                                config.global_pool, config.num_prefix_tokens)
-    ablation = {"decompose_only": score_decomposition(teacher.model, names, sliced, scatter, data.test)}
+    ablation = {"decompose_only": score_decomposition(teacher_test, names, sliced, scatter, data.test)}
     agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0, feature_copies=1),
                                 hooks.progress)
-    ablation["decompose_aggregate"] = score_decomposition(teacher.model, names, sliced, agg_only, data.test)
+    ablation["decompose_aggregate"] = score_decomposition(teacher_test, names, sliced, agg_only, data.test)
 
     hooks.phase(f"calibrating sub-models ({s.weighting} weighting)")
     submodels = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
@@ -331,12 +332,13 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     joint_finetune(teacher.model, submodels, aggregator, data, s, hooks.progress)
     summary["seconds"] = time.perf_counter() - started
     hooks.phase("evaluating on the test split")
-    scored = score_decomposition(teacher.model, names, submodels, aggregator, data.test,
+    scored = score_decomposition(teacher_test, names, submodels, aggregator, data.test,
                                  with_missing=s.device_dropout > 0)
     accuracy = scored.scores
     accuracy["ablation"] = {k: {"ensemble": v.scores["ensemble"], "submodels": v.scores["submodels"]}
                             for k, v in ablation.items()}
-    accuracy["val"] = evaluate_decomposition(teacher.model, names, submodels, aggregator, data.val)["ensemble"]
+    accuracy["val"] = score_decomposition(logits_of(teacher.model, data.val.images), names, submodels, aggregator,
+                                          data.val).scores["ensemble"]
     correct = dict(scored.correct)
     correct.update({f"ablation/{k}/ensemble": v.correct["ensemble"] for k, v in ablation.items()})
     return Calibrated(submodels, aggregator, summary, accuracy, correct)
