@@ -149,12 +149,12 @@ class Runs:
         started = time.perf_counter()
         request = replace(self.base, out=str(folder), calibration=settings, resume=resume)
         cal = calibrate(self.problem, policy, request, PlanHooks())
-        self.console.log(f"{v.name} seed {seed}: ensemble top-1 {cal.accuracy['ensemble']['top1']:.2%} "
+        self.console.log(f"{v.name} seed {seed}: ensemble top-1 {cal.accuracy.ensemble.top1:.2%} "
                          f"({time.perf_counter() - started:.0f} s)")
-        result = {"accuracy": cal.accuracy, "policy_differs": policy != self.policy,
+        result = {"accuracy": cal.accuracy.to_dict(), "policy_differs": policy != self.policy,
                   "correct": {k: t.bool() for k, t in cal.correct.items()}}
         atomic_save_safetensors(vectors, {k: t.to(torch.uint8).contiguous() for k, t in result["correct"].items()})
-        atomic_write_json(done, {"key": key, "variant": v.name, "seed": seed, "accuracy": cal.accuracy,
+        atomic_write_json(done, {"key": key, "variant": v.name, "seed": seed, "accuracy": result["accuracy"],
                                  "policy_differs": result["policy_differs"]})
         return result
 

@@ -30,10 +30,11 @@ import torch
 from rich.table import Table
 
 from shoal.commands._common import console
-from shoal.planner.artifacts import Plan, load_plan
+from shoal.plan.directory import Plan, load_plan
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
-from shoal.runtime.netns import NetnsLink, link_breakdown, netns_unavailable_reason, wire_bytes
+from shoal.plan.latency import link_breakdown
+from shoal.runtime.netns import NetnsLink, netns_unavailable_reason, wire_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _plans import default_plan  # noqa: E402

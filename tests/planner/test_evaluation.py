@@ -33,7 +33,7 @@ def test_every_score_has_n_and_wilson_interval(decomposition):
     teacher, subs, agg, split = decomposition
     scored = score_decomposition(logits_of(teacher.model, split.images), ["hub", "edge"], subs, agg, split,
                                  with_missing=True)
-    s = scored.scores
+    s = scored.accuracy.to_dict()
     rows = [s["teacher"], s["ensemble"], *s["submodels"].values(), *s["missing"].values()]
     assert len(rows) == 5
     for row in rows:
@@ -85,7 +85,7 @@ def test_calibrate_keeps_per_image_vectors_out_of_the_accuracy_document(tiny_dig
     settings = CalibrationSettings(epochs=1, aggregator_epochs=1, feature_copies=1, batch_size=64, device_dropout=0.2)
     request = PlanRequest(model=tiny_digits_teacher, out=str(tmp_path), calibration=settings)
     cal = calibrate(problem, policy, request, PlanHooks())  # type: ignore[arg-type]
-    acc = cal.accuracy
+    acc = cal.accuracy.to_dict()
     n = len(problem.data.test)
     assert acc["n"] == n and acc["ensemble"]["n"] == n and len(acc["ensemble"]["ci95"]) == 2
     for row in ("decompose_only", "decompose_aggregate"):

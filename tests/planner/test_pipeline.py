@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import DataError
-from shoal.planner.artifacts import load_plan
+from shoal.plan.directory import load_plan, read_plan_json
+from shoal.plan.document import PlanDocument
 from shoal.planner.calibration import CalibrationSettings
 from shoal.planner.pipeline import PlanRequest, run_plan
 from shoal.planner.search import SearchSettings
@@ -19,8 +20,11 @@ def _request(teacher, out, **kw):
 
 
 def test_search_only_writes_policy_figures_and_journal(tiny_digits_teacher, three_devices, three_predictors, tmp_path):
-    doc = run_plan(_request(tiny_digits_teacher, tmp_path, search_only=True),
-                   predictors=three_predictors, devices=three_devices)
+    written = run_plan(_request(tiny_digits_teacher, tmp_path, search_only=True),
+                       predictors=three_predictors, devices=three_devices)
+    doc = written.to_dict()
+    assert read_plan_json(tmp_path) == written   # what it returns is what it wrote
+    assert PlanDocument.from_dict(doc) == written
     assert doc["stage"] == "searched"
     used = list(doc["policy"]["devices"])
     assert used[0] == "hub" and set(used) <= {"hub", "fast", "slow"}
@@ -42,8 +46,10 @@ def test_search_only_writes_policy_figures_and_journal(tiny_digits_teacher, thre
 def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, three_devices, three_predictors,
                                                           tmp_path):
     out = tmp_path / "plan"
-    doc = run_plan(_request(tiny_digits_teacher, out, delta=0.01, allow_leave_out=False),
-                   predictors=three_predictors, devices=three_devices)
+    written = run_plan(_request(tiny_digits_teacher, out, delta=0.01, allow_leave_out=False),
+                       predictors=three_predictors, devices=three_devices)
+    doc = written.to_dict()
+    assert read_plan_json(out) == written and PlanDocument.from_dict(doc).to_dict() == doc
     assert doc["stage"] == "calibrated"
     acc = doc["accuracy"]
     assert set(acc["submodels"]) == {"hub", "fast", "slow"}
@@ -63,6 +69,6 @@ def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, 
     # calibrate the same policy again from its plan.json, without searching
     again = run_plan(_request(tiny_digits_teacher, tmp_path / "again", from_policy=str(out / "plan.json"),
                               allow_leave_out=False),
-                     predictors=three_predictors, devices=three_devices)
+                     predictors=three_predictors, devices=three_devices).to_dict()
     assert again["policy"] == doc["policy"]
     assert again["search"] == {"from_policy": str(out / "plan.json")}

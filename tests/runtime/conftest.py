@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shoal.models import pooled_features
-from shoal.planner.artifacts import Plan, load_plan
+from shoal.plan.directory import Plan, load_plan
 from shoal.runtime.central import CentralServicer, start_central
 from shoal.runtime.demo_plan import device_set, save_teacher_checkpoint, write_even_plan
 from shoal.runtime.server import RunningServer

@@ -104,7 +104,7 @@ def test_degrade_answers_from_the_devices_that_replied(plan, in_process):
 
 
 def test_startup_refuses_a_worker_serving_another_plan(plan, other_plan_dir, in_process):
-    from shoal.planner.artifacts import load_plan
+    from shoal.plan.directory import load_plan
 
     cluster = in_process(central=False, target_plan=load_plan(other_plan_dir))
     with pytest.raises(RemoteError) as excinfo:

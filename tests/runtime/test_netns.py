@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from shoal.errors import RuntimeServiceError
+from shoal.plan.latency import link_breakdown
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.delayproxy import DelayProxy
 from shoal.runtime.netns import (
-    NetnsLink, link_breakdown, netns_unavailable_reason, sweep_stale_namespaces, wire_bytes,
+    NetnsLink, netns_unavailable_reason, sweep_stale_namespaces, wire_bytes,
 )
 
 REASON = netns_unavailable_reason()

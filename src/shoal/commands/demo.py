@@ -36,11 +36,12 @@ def main(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Profile, plan, serve and benchmark the default teacher on three emulated devices."""
-    from shoal.planner.artifacts import PLAN_FILE, read_plan_json
+    from shoal.plan.directory import read_plan_json
+    from shoal.plan.document import PLAN_FILE
     from shoal.runtime.bench import run_bench
 
     plan_dir = out / "plan"
-    if replan or not (plan_dir / PLAN_FILE).is_file() or read_plan_json(plan_dir).get("stage") != "calibrated":
+    if replan or not (plan_dir / PLAN_FILE).is_file() or read_plan_json(plan_dir).stage != "calibrated":
         console.rule("[bold]1-2. profile the devices and plan")
         request = PlanRequest(
             out=str(plan_dir), profile_samples=profile_samples, max_per_split=max_per_split,
@@ -57,7 +58,7 @@ def main(
     console.rule("[bold]3. serve it on a local cluster and benchmark it beside the teacher")
     result = run_bench(plan_dir, requests=requests, warmup=20, log=lambda m: console.print(m, highlight=False))
     if as_json:
-        print_json({"plan": read_plan_json(plan_dir), "bench": result.to_dict()})
+        print_json({"plan": read_plan_json(plan_dir).to_dict(), "bench": result.to_dict()})
         return
     print_tables(result)
     console.print(f"\nplan: {plan_dir}   figures: {plan_dir / 'figures'}   "

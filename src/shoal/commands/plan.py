@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Group
@@ -16,6 +16,9 @@ from shoal.planner.calibration import CalibrationSettings
 from shoal.planner.journal import Record
 from shoal.planner.pipeline import PlanHooks, PlanRequest, run_plan
 from shoal.planner.search import SearchSettings
+
+if TYPE_CHECKING:
+    from shoal.plan.document import PairedTest, PlanDocument, Score
 
 app = typer.Typer(help="Search, decompose and calibrate a plan; or show one.", no_args_is_help=False)
 
@@ -154,7 +157,7 @@ def plan(
             console.print(f"[yellow]interrupted: continue with `shoal plan --resume --out {out}`[/]")
             raise typer.Exit(130) from None
     if as_json:
-        print_json(document)
+        print_json(document.to_dict())
     else:
         show_document(document, out)
 
@@ -166,70 +169,67 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Print a plan: policy, predicted latency, accuracy."""
-    from shoal.planner.artifacts import load_plan, read_plan_json
+    from shoal.plan.directory import load_plan, read_plan_json
 
     document = read_plan_json(plan_dir)
-    if document.get("stage") != "searched":
+    if document.stage != "searched":
         load_plan(plan_dir)  # verify hashes and shapes; names what does not match
     if as_json:
-        print_json(document)
+        print_json(document.to_dict())
     else:
         show_document(document, plan_dir)
 
 
-def show_document(doc: dict[str, Any], where: Path) -> None:
+def show_document(doc: PlanDocument, where: Path) -> None:
     """Rich tables of a plan.json document."""
-    predicted = doc.get("predicted", {})
-    table = Table(title=f"plan {where} ({doc.get('stage', '?')}, teacher {doc.get('teacher', {}).get('source', '?')})",
-                  title_justify="left")
+    predicted = doc.predicted
+    table = Table(title=f"plan {where} ({doc.stage}, teacher {doc.teacher_source})", title_justify="left")
     for col in ("device", "sub-model", "MFLOPs", "memory MiB", "t1 ms", "t2 ms", "teacher ms", "predictor"):
         table.add_column(col, justify="left" if col in ("device", "sub-model", "predictor") else "right")
-    for name, d in predicted.get("devices", {}).items():
-        table.add_row(name, d["shape"], f"{d['flops'] / 1e6:.1f}", f"{d['memory_bytes'] / 2**20:.2f}",
-                      f"{d['compute_ms']:.2f}", f"{d['transfer_ms']:.3f}",
-                      f"{predicted.get('teacher_ms', {}).get(name, float('nan')):.2f}",
-                      d["predictor"] + (" (estimate)" if d.get("estimate") else ""))
-    obj = doc.get("objective", {})
-    if predicted:
-        ratio = predicted.get("slowest_device_ratio", {})
-        table.caption = (f"T = {predicted['total_ms']:.2f} ms (straggler {predicted['straggler']}, aggregation "
-                         f"{predicted['aggregate_ms']:.3f} ms, request {predicted.get('request_ms', 0):.2f} ms); "
-                         f"{predicted['speedup_vs_teacher_on_central']:.2f}× the "
-                         f"teacher on the central node; on {ratio.get('device')} the sub-model takes "
-                         f"{ratio.get('ratio', 0):.0%} of the teacher's time.  Ψ {obj.get('psi', 0):.4f} "
-                         f"(L {obj.get('loss', 0):.4f}, δ {obj.get('delta_per_ms', 0):.4f}/ms)")
-    for name in predicted.get("left_out", []):
-        table.add_row(name, "[dim]left out: its compute does not pay for its call[/]", "", "", "", "", "", "")
+    if predicted is not None:
+        for name, d in predicted.devices.items():
+            table.add_row(name, d.shape, f"{d.flops / 1e6:.1f}", f"{d.memory_bytes / 2**20:.2f}",
+                          f"{d.compute_ms:.2f}", f"{d.transfer_ms:.3f}",
+                          f"{predicted.teacher_ms.get(name, float('nan')):.2f}",
+                          d.predictor + (" (estimate)" if d.estimate else ""))
+        ratio, obj = predicted.slowest_device_ratio, doc.objective
+        table.caption = (f"T = {predicted.total_ms:.2f} ms (straggler {predicted.straggler}, aggregation "
+                         f"{predicted.aggregate_ms:.3f} ms, request {predicted.request_ms:.2f} ms); "
+                         f"{predicted.speedup_vs_teacher_on_central:.2f}× the "
+                         f"teacher on the central node; on {ratio.device} the sub-model takes "
+                         f"{ratio.ratio:.0%} of the teacher's time."
+                         + (f"  Ψ {obj.psi:.4f} (L {obj.loss:.4f}, δ {obj.delta_per_ms:.4f}/ms)" if obj else ""))
+        for name in predicted.left_out:
+            table.add_row(name, "[dim]left out: its compute does not pay for its call[/]", "", "", "", "", "", "")
     console.print(table)
-    accuracy = doc.get("accuracy")
-    if accuracy:
-        n = accuracy.get("n")
-        acc = Table(title=f"top-1 on the test split (n={n})", title_justify="left")
+    accuracy = doc.accuracy
+    if accuracy is not None:
+        acc = Table(title=f"top-1 on the test split (n={accuracy.n})", title_justify="left")
         acc.add_column("model")
         acc.add_column("top-1", justify="right")
         acc.add_column("95% CI", justify="right")
         acc.add_column("loss", justify="right")
 
-        def row(label: str, s: dict[str, Any], bold: bool = False) -> None:
-            top1 = f"{s['top1']:.2%}"
-            acc.add_row(label, f"[bold]{top1}[/]" if bold else top1, interval_text(s, n), f"{s['loss']:.4f}")
+        def row(label: str, s: Score, bold: bool = False) -> None:
+            top1 = f"{s.top1:.2%}"
+            low, high = s.ci95
+            acc.add_row(label, f"[bold]{top1}[/]" if bold else top1, f"[{low:.2%}, {high:.2%}]", f"{s.loss:.4f}")
 
-        row("teacher", accuracy["teacher"])
+        row("teacher", accuracy.teacher)
         for label, key in (("decompose only", "decompose_only"), ("decompose + aggregate", "decompose_aggregate")):
-            if key in accuracy.get("ablation", {}):
-                row(label, accuracy["ablation"][key]["ensemble"])
-        for name, s in accuracy["submodels"].items():
+            if key in accuracy.ablation:
+                row(label, accuracy.ablation[key].ensemble)
+        for name, s in accuracy.submodels.items():
             row(f"  sub-model {name} (calibrated)", s)
-        row("[bold]shoal ensemble (calibrated)[/]", accuracy["ensemble"], bold=True)
-        for name, s in accuracy.get("missing", {}).items():
+        row("[bold]shoal ensemble (calibrated)[/]", accuracy.ensemble, bold=True)
+        for name, s in accuracy.missing.items():
             row(f"  without {name}", s)
-        acc.caption = paired_text(accuracy["ensemble"].get("vs_teacher"))
+        acc.caption = paired_text(accuracy.ensemble.vs_teacher)
         console.print(acc)
-    phases = doc.get("phases")
-    if phases:
-        total = sum(p["seconds"] for p in phases)
-        console.print(f"time per phase{' (this run, resumed)' if doc.get('resumed') else ''}: "
-                      + " · ".join(f"{p['phase']} {_duration(p['seconds'])}" for p in phases)
+    if doc.phases:
+        total = sum(p.seconds for p in doc.phases)
+        console.print(f"time per phase{' (this run, resumed)' if doc.resumed else ''}: "
+                      + " · ".join(f"{p.phase} {_duration(p.seconds)}" for p in doc.phases)
                       + f"; total {_duration(total)}", highlight=False)
 
 
@@ -237,21 +237,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def interval_text(score: dict[str, Any], n: int | None) -> str:
-    """'[low, high]' of a score: its ci95, or the Wilson interval of top1·n for plans written before ci95."""
-    ci = score.get("ci95")
-    if ci is None and isinstance(n, int) and n > 0 and isinstance(score.get("top1"), (int, float)):
-        from shoal.utils.stats import wilson_interval
-
-        ci = wilson_interval(round(score["top1"] * n), n)
-    return f"[{ci[0]:.2%}, {ci[1]:.2%}]" if ci is not None else ""
-
-
-def paired_text(test: dict[str, Any] | None) -> str | None:
+def paired_text(test: PairedTest | None) -> str | None:
     """One line for the ensemble-vs-teacher McNemar test of plan.json (None for older plans)."""
-    if not test:
+    if test is None:
         return None
-    verdict = "significant" if test["significant"] else "not significant"
-    return (f"ensemble - teacher: {test['difference'] * 100:+.2f} pt; exact McNemar p = {test['p_value']:.3g} "
-            f"({verdict} at {test['alpha']:g}; {test['b01']} images only the ensemble gets right, "
-            f"{test['b10']} only the teacher)")
+    verdict = "significant" if test.significant else "not significant"
+    return (f"ensemble - teacher: {test.difference * 100:+.2f} pt; exact McNemar p = {test.test.p_value:.3g} "
+            f"({verdict} at {test.alpha:g}; {test.test.b01} images only the ensemble gets right, "
+            f"{test.test.b10} only the teacher)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +133,11 @@ class DeviceSet:
 
     Attributes:
         devices: Device specs in plan order (the central node first).
-        source: Where the set was read from (for messages).
+        source: Where the set was read from (for messages; not part of equality).
     """
 
     devices: tuple[DeviceSpec, ...]
-    source: str = "<memory>"
+    source: str = field(default="<memory>", compare=False)
 
     def __post_init__(self) -> None:
         devices = tuple(self.devices)

@@ -16,8 +16,7 @@ written to plan.json.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -27,7 +26,8 @@ from shoal.data.digits import TensorDataset
 from shoal.errors import ConfigError
 from shoal.models.aggregator import Aggregator
 from shoal.models.surgery import batched, submodel_features
-from shoal.utils.stats import Accuracy, mcnemar
+from shoal.plan.document import PairedTest, PlanAccuracy, Score
+from shoal.utils.stats import mcnemar
 
 STATS_NOTE = {"ci95": "95% Wilson score interval of top1",
               "vs_teacher": "exact McNemar test on the same images (a = teacher, b = ensemble; "
@@ -39,11 +39,11 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch
     return batched(model, images, batch)
 
 
-def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
-    """({top1, loss, n, correct, ci95}, per-image correctness)."""
+def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[Score, torch.Tensor]:
+    """(its score, per-image correctness)."""
     correct = logits.argmax(1) == labels
-    acc = Accuracy.of(correct).to_dict()
-    return {"top1": acc.pop("top1"), "loss": F.cross_entropy(logits, labels).item(), **acc}, correct
+    k, n = int(correct.sum()), correct.numel()
+    return Score(k / n, F.cross_entropy(logits, labels).item(), n, k), correct
 
 
 def ensemble_logits(submodels: Sequence[nn.Module], aggregator: Aggregator, images: torch.Tensor,
@@ -58,12 +58,12 @@ class Scored:
     """What `score_decomposition` measured.
 
     Attributes:
-        scores: The JSON-able scores (what plan.json records).
+        accuracy: The scores (what plan.json records).
         correct: Per-image correctness (bool, split order) by row: "teacher", "ensemble",
             "submodels/<device>", "missing/<device>".
     """
 
-    scores: dict[str, Any]
+    accuracy: PlanAccuracy
     correct: dict[str, torch.Tensor]
 
 
@@ -92,23 +92,22 @@ def score_decomposition(
     correct: dict[str, torch.Tensor] = {}
     teacher_scores, correct["teacher"] = _scores(teacher_logits, split.labels)
     features = submodel_features(submodels, split.images)
-    sub_scores = {}
+    sub_scores: dict[str, Score] = {}
     with torch.no_grad():
         for name, m, f in zip(names, submodels, features):
             sub_scores[name], correct[f"submodels/{name}"] = _scores(m.head(f), split.labels)
         ens_logits = aggregator(features)
     ens_scores, correct["ensemble"] = _scores(ens_logits, split.labels)
-    ens_scores["agreement_with_teacher"] = (ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
-    ens_scores["vs_teacher"] = {"a": "teacher", "b": "ensemble",
-                                **mcnemar(correct["teacher"], correct["ensemble"]).to_dict()}
-    result: dict[str, Any] = {"n": len(split), "teacher": teacher_scores, "submodels": sub_scores,
-                              "ensemble": ens_scores, "stats": dict(STATS_NOTE)}
+    ens_scores = replace(ens_scores,
+                         agreement_with_teacher=(ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item(),
+                         vs_teacher=PairedTest("teacher", "ensemble", mcnemar(correct["teacher"], correct["ensemble"])))
+    missing: dict[str, Score] = {}
     if with_missing and len(submodels) > 1:
-        result["missing"] = {}
         for n, name in enumerate(names[1:], start=1):
             present = torch.ones(len(submodels))
             present[n] = 0.0
             with torch.no_grad():
                 logits = aggregator(features, present)
-            result["missing"][name], correct[f"missing/{name}"] = _scores(logits, split.labels)
-    return Scored(result, correct)
+            missing[name], correct[f"missing/{name}"] = _scores(logits, split.labels)
+    return Scored(PlanAccuracy(len(split), teacher_scores, sub_scores, ens_scores, missing, stats=dict(STATS_NOTE)),
+                  correct)

@@ -6,7 +6,7 @@ import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from shoal.planner.objective import LatencyBreakdown
+from shoal.plan.latency import LatencyBreakdown
 from shoal.utils.io import atomic_write_bytes
 
 

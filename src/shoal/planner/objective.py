@@ -1,12 +1,7 @@
 """The evaluator: Ψ(C) = L_val(C) + δ·T(C) (CoFormer eq. 8) for one policy.
 
-Latency (eq. 3-6): T = max_n (t1_n + t2_n) + t3, with t1 from device n's
-predictor, t2 the link time (zero on the central node) and t3 = aggregation
-FLOPs / the central node's throughput. CoFormer's t2 is the feature upload
-alone (eq. 5: every device already holds the input); shoal's runtime sends
-each worker the input over the same link first, so t2 here is two one-way
-link latencies + (input bytes + feature bytes) / rate + the device's measured
-runtime-call overhead, and t3 adds the central node's own (ADR 006).
+Latency (eq. 3-6): the model T of `shoal.plan.latency`, with t1 from device n's
+predictor and t3's aggregation = its FLOPs / the central node's throughput.
 
 Accuracy proxy (eq. 7) on the validation split, of sub-models decomposed but
 not calibrated (or only briefly): see `shoal.planner.proxy` for the forms and
@@ -30,6 +25,7 @@ from shoal.models.accounting import BYTES_PER_VALUE, feature_bytes, spec_cost
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import batched, build_submodel, submodel_features
+from shoal.plan.latency import LatencyBreakdown, transfer_ms
 from shoal.planner.proxy import Augment, ProxyKind, ProxySettings, prior_loss, readout_loss, short_distill
 from shoal.predictors.features import Shape
 
@@ -42,40 +38,6 @@ class LatencyPredictor(Protocol):
     is_estimate: bool
 
     def predict_ms(self, specs: Sequence[Shape]) -> list[float]: ...
-
-
-@dataclass(frozen=True)
-class LatencyBreakdown:
-    """Predicted latency of a policy, per device and phase (ms).
-
-    Attributes:
-        compute_ms: t1 per device.
-        transfer_ms: t2 per device (0 on the central node): link time plus the device's measured
-            runtime-call overhead.
-        aggregate_ms: t3 on the central node: the aggregation.
-        request_ms: The central node's own runtime-call overhead (receiving the request and
-            answering it), part of t3.
-    """
-
-    compute_ms: tuple[float, ...]
-    transfer_ms: tuple[float, ...]
-    aggregate_ms: float
-    request_ms: float = 0.0
-
-    @property
-    def total_ms(self) -> float:
-        """T = max_n(t1 + t2) + t3, t3 = aggregation + the central node's request overhead."""
-        return max(c + t for c, t in zip(self.compute_ms, self.transfer_ms)) + self.aggregate_ms + self.request_ms
-
-    @property
-    def straggler(self) -> int:
-        """Index of the device that finishes last."""
-        ends = [c + t for c, t in zip(self.compute_ms, self.transfer_ms)]
-        return ends.index(max(ends))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"compute_ms": list(self.compute_ms), "transfer_ms": list(self.transfer_ms),
-                "aggregate_ms": self.aggregate_ms, "request_ms": self.request_ms, "total_ms": self.total_ms}
 
 
 @dataclass(frozen=True)
@@ -109,10 +71,7 @@ class Evaluation:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Evaluation:
-        lat = data["latency"]
-        return cls(data["psi"], data["loss"],
-                   LatencyBreakdown(tuple(lat["compute_ms"]), tuple(lat["transfer_ms"]), lat["aggregate_ms"],
-                                    lat.get("request_ms", 0.0)),
+        return cls(data["psi"], data["loss"], LatencyBreakdown.from_dict(data["latency"]),
                    data["delta"], tuple(data["device_losses"]), tuple(data["flops"]),
                    tuple(data["memory_bytes"]), data["seconds"])
 
@@ -203,8 +162,7 @@ class Evaluator:
                 if shape is None:
                     continue
                 compute.append(float(next(predicted[i])))
-                transfer.append(0.0 if device.central else device.transfer_ms(input_bytes) + self.rpc_ms[i]
-                                + device.transfer_ms(feature_bytes(shape.width)))
+                transfer.append(transfer_ms(device, input_bytes, feature_bytes(shape.width), self.rpc_ms[i]))
                 d_agg += shape.width
             agg_flops = 2 * d_agg * self.config.embed_dim + 2 * self.config.embed_dim * self.config.num_classes
             out.append(LatencyBreakdown(tuple(compute), tuple(transfer), agg_flops / self.central_flops_per_ms,

@@ -25,8 +25,25 @@ from shoal.models.partition import DealRule, LayerRule
 from shoal.models.spec import Policy
 from shoal.models.surgery import build_submodel
 from shoal.models.teacher import Teacher, load_teacher
+from shoal.plan.directory import read_plan_json, versions, write_document, write_plan
+from shoal.plan.document import (
+    PLAN_FILE,
+    AblationScores,
+    AggregatorInfo,
+    CalibrationSummary,
+    DataSummary,
+    DeviceCalibration,
+    DevicePrediction,
+    Objective,
+    PhaseTime,
+    PlanAccuracy,
+    PlanDocument,
+    Predicted,
+    SearchSummary,
+    SlowestDevice,
+    TeacherInfo,
+)
 from shoal.planner.aggregation import joint_finetune, train_aggregator
-from shoal.planner.artifacts import PLAN_FILE, read_plan_json, write_plan
 from shoal.planner.calibration import Booster, CalibrationSettings
 from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
@@ -35,7 +52,8 @@ from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor
 from shoal.planner.proxy import PROXY_KINDS, ProxyKind, ProxySettings
 from shoal.planner.search import SearchResult, SearchSettings, run_search
 from shoal.planner.space import SearchSpace
-from shoal.utils.io import atomic_save_safetensors, atomic_write_json
+from shoal.utils.fields import Fields
+from shoal.utils.io import atomic_save_safetensors
 
 Progress = Callable[[str, int, int], None]
 
@@ -130,10 +148,10 @@ class PhaseClock:
             self.phases[-1] = (name, time.perf_counter() - self._started)
             self._started = None
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> tuple[PhaseTime, ...]:
         """Each phase so far and its seconds (the last one closed now)."""
         self._close()
-        return [{"phase": name, "seconds": round(seconds, 3)} for name, seconds in self.phases]
+        return tuple(PhaseTime(name, round(seconds, 3)) for name, seconds in self.phases)
 
 
 @dataclass
@@ -242,53 +260,41 @@ def search(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> SearchRe
                       on_record=lambda r: hooks.record(r, problem.evaluator, problem.space))
 
 
-def search_summary(result: SearchResult) -> dict[str, Any]:
+def search_summary(result: SearchResult) -> SearchSummary:
     best = result.chosen
-    return {"strategy": result.settings.strategy, "evaluations": len(result.records),
-            "init": result.settings.init, "iterations": result.settings.iterations,
-            "seed": result.settings.seed, "acquisition": result.settings.acquisition,
-            "best_index": best.index, "best_psi": best.psi, "best_so_far": result.best_so_far(),
-            "psi": [r.psi for r in result.records], "phases": [r.phase for r in result.records],
-            "seconds": sum(r.evaluation.seconds for r in result.records)}
+    return SearchSummary(
+        strategy=result.settings.strategy, evaluations=len(result.records), init=result.settings.init,
+        iterations=result.settings.iterations, seed=result.settings.seed, acquisition=result.settings.acquisition,
+        best_index=best.index, best_psi=best.psi, best_so_far=tuple(result.best_so_far()),
+        psi=tuple(r.psi for r in result.records), phases=tuple(r.phase for r in result.records),
+        seconds=sum(r.evaluation.seconds for r in result.records))
 
 
-def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) -> dict[str, Any]:
+def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) -> Predicted:
     names = policy.devices
     index = [problem.devices.names.index(n) for n in names]
     teacher_all = problem.evaluator.teacher_latency()
     teacher_ms = [teacher_all[i] for i in index]
     predictors = [problem.predictors[i] for i in index]
     lat = evaluation.latency
-    return {
-        "total_ms": lat.total_ms, "aggregate_ms": lat.aggregate_ms, "request_ms": lat.request_ms,
-        "straggler": names[lat.straggler],
-        "teacher_ms": dict(zip(names, teacher_ms)),
-        "devices": {n: {"compute_ms": c, "transfer_ms": t, "flops": f, "memory_bytes": m,
-                        "shape": s.describe(), "predictor": p.kind, "estimate": p.is_estimate}
-                    for n, c, t, f, m, s, p in zip(names, lat.compute_ms, lat.transfer_ms, evaluation.flops,
-                                                   evaluation.memory_bytes, policy.specs, predictors)},
-        "left_out": [n for n in problem.devices.names if n not in names],
-        "speedup_vs_teacher_on_central": teacher_ms[0] / lat.total_ms,
-        "slowest_device_ratio": _slowest_ratio(names, lat.compute_ms, teacher_ms),
-    }
-
-
-def _slowest_ratio(names: Sequence[str], compute: Sequence[float], teacher_ms: Sequence[float]) -> dict[str, Any]:
-    """Sub-model vs teacher latency on the slowest device of the policy (highest teacher latency)."""
-    i = max(range(len(names)), key=lambda k: teacher_ms[k])
-    return {"device": names[i], "submodel_ms": compute[i], "teacher_ms": teacher_ms[i],
-            "ratio": compute[i] / teacher_ms[i]}
+    slowest = max(range(len(names)), key=lambda k: teacher_ms[k])   # highest teacher latency
+    return Predicted(
+        total_ms=lat.total_ms, aggregate_ms=lat.aggregate_ms, request_ms=lat.request_ms,
+        straggler=names[lat.straggler], teacher_ms=dict(zip(names, teacher_ms)),
+        devices={n: DevicePrediction(c, t, f, m, s.describe(), p.kind, p.is_estimate)
+                 for n, c, t, f, m, s, p in zip(names, lat.compute_ms, lat.transfer_ms, evaluation.flops,
+                                                evaluation.memory_bytes, policy.specs, predictors)},
+        left_out=tuple(n for n in problem.devices.names if n not in names),
+        speedup_vs_teacher_on_central=teacher_ms[0] / lat.total_ms,
+        slowest_device_ratio=SlowestDevice(names[slowest], lat.compute_ms[slowest], teacher_ms[slowest]))
 
 
 def policy_from_plan(path: str | Path) -> Policy:
     """The policy recorded in a plan.json (or a plan directory)."""
     path = Path(path)
-    doc = read_plan_json(path if path.is_dir() else path.parent) if path.name == PLAN_FILE or path.is_dir() else None
-    if doc is None:
+    if path.name != PLAN_FILE and not path.is_dir():
         raise DataError(f"--from-policy expects a plan.json or a plan directory, got {path}")
-    if "policy" not in doc:
-        raise DataError(f"{path} has no policy")
-    return Policy.from_dict(doc["policy"])
+    return read_plan_json(path if path.is_dir() else path.parent).policy
 
 
 @dataclass(frozen=True)
@@ -303,8 +309,8 @@ class Calibrated:
 
     submodels: list[torch.nn.Module]
     aggregator: Aggregator
-    summary: dict[str, Any]
-    accuracy: dict[str, Any]
+    summary: CalibrationSummary
+    accuracy: PlanAccuracy
     correct: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -330,22 +336,23 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     hooks.phase("training the aggregator")
     aggregator = train_aggregator(teacher.model, config, submodels, data, s, hooks.progress)
     joint_finetune(teacher.model, submodels, aggregator, data, s, hooks.progress)
-    summary["seconds"] = time.perf_counter() - started
+    calibration = CalibrationSummary(
+        settings=s.to_dict(), weighting=summary["weighting"],
+        devices={name: DeviceCalibration(**row) for name, row in summary["devices"].items()},
+        seconds=time.perf_counter() - started)
     hooks.phase("evaluating on the test split")
     scored = score_decomposition(teacher_test, names, submodels, aggregator, data.test,
                                  with_missing=s.device_dropout > 0)
-    accuracy = scored.scores
-    accuracy["ablation"] = {k: {"ensemble": v.scores["ensemble"], "submodels": v.scores["submodels"]}
-                            for k, v in ablation.items()}
-    accuracy["val"] = score_decomposition(logits_of(teacher.model, data.val.images), names, submodels, aggregator,
-                                          data.val).scores["ensemble"]
+    val = score_decomposition(logits_of(teacher.model, data.val.images), names, submodels, aggregator, data.val)
+    accuracy = replace(scored.accuracy, val=val.accuracy.ensemble, ablation={
+        k: AblationScores(v.accuracy.ensemble, v.accuracy.submodels) for k, v in ablation.items()})
     correct = dict(scored.correct)
     correct.update({f"ablation/{k}/ensemble": v.correct["ensemble"] for k, v in ablation.items()})
-    return Calibrated(submodels, aggregator, summary, accuracy, correct)
+    return Calibrated(submodels, aggregator, calibration, accuracy, correct)
 
 
 def write_search_outputs(problem: Problem, result: SearchResult | None, policy: Policy, evaluation: Evaluation,
-                         out: Path) -> dict[str, Any]:
+                         out: Path) -> Predicted:
     figures = out / "figures"
     if result is not None:
         convergence_figure(figures / "convergence.png", {result.settings.strategy: result.best_so_far()},
@@ -353,13 +360,17 @@ def write_search_outputs(problem: Problem, result: SearchResult | None, policy: 
                            init=result.settings.init if result.settings.strategy == "bo" else None)
     summary = predicted_summary(problem, policy, evaluation)
     latency_figure(figures / "latency.png", list(policy.devices), evaluation.latency,
-                   teacher_ms=list(summary["teacher_ms"].values()))
+                   teacher_ms=list(summary.teacher_ms.values()))
     return summary
+
+
+def _data_summary(data: TaskData) -> DataSummary:
+    return DataSummary(data.name, len(data.train), len(data.val), len(data.test), len(data.train.classes))
 
 
 def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
              predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None,
-             ) -> dict[str, Any]:
+             ) -> PlanDocument:
     """Run `shoal plan`; returns the plan.json document that was written."""
     clock = PhaseClock((hooks or PlanHooks()).phase)
     hooks = replace(hooks or PlanHooks(), phase=clock)
@@ -382,29 +393,28 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         policy = problem.space.decode(result.chosen.x)
         evaluation = result.chosen.evaluation
     predicted = write_search_outputs(problem, result, policy, evaluation, out)
-    meta: dict[str, Any] = {
-        "teacher": {"source": problem.teacher.source, "metrics": problem.teacher.meta.get("metrics", {})},
-        "data": problem.data.summary(),
-        "objective": {"delta_per_ms": problem.evaluator.delta, "proxy": request.proxy, "psi": evaluation.psi,
-                      "loss": evaluation.loss, "latency_ms": evaluation.latency.total_ms,
-                      "delta_rule": "given" if request.delta is not None else "1 / teacher latency on central"},
-        "predicted": predicted,
-        "search": search_summary(result) if result is not None else {"from_policy": str(request.from_policy)},
-        "importance": request.importance, "layer_rule": request.layer_rule, "deal_rule": request.deal_rule,
-    }
     used = DeviceSet(tuple(problem.devices[n] for n in policy.devices), source=problem.devices.source)
+    teacher = TeacherInfo.read(Fields({"source": problem.teacher.source,
+                                       "metrics": problem.teacher.meta.get("metrics", {})}, "teacher"))
+    document = PlanDocument(
+        stage="searched", versions=versions(), config=problem.teacher.config, devices=used, policy=policy,
+        teacher=teacher, data=_data_summary(problem.data),
+        objective=Objective(problem.evaluator.delta, request.proxy, evaluation.psi, evaluation.loss,
+                            evaluation.latency.total_ms,
+                            "given" if request.delta is not None else "1 / teacher latency on central"),
+        predicted=predicted,
+        search=search_summary(result) if result is not None else SearchSummary(from_policy=str(request.from_policy)),
+        importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
+        resumed=request.resume)
     if request.search_only:
-        from shoal.planner.artifacts import searched_only_document
-
-        meta.update(phases=clock.finish(), resumed=request.resume)
-        document = searched_only_document(problem.teacher.config, policy, used, meta)
-        atomic_write_json(out / PLAN_FILE, document)
+        document = replace(document, phases=clock.finish())
+        write_document(out, document)
         return document
     calibrated = calibrate(problem, policy, request, hooks)
-    meta.update(stage="calibrated", calibration={"settings": request.calibration.to_dict(), **calibrated.summary},
-                accuracy=calibrated.accuracy, phases=clock.finish(), resumed=request.resume)
+    document = replace(document, stage="calibrated", calibration=calibrated.summary, accuracy=calibrated.accuracy,
+                       phases=clock.finish(), aggregator=AggregatorInfo(tuple(calibrated.aggregator.widths),
+                                                                        calibrated.aggregator.fuse.out_features))
     hooks.phase("writing the plan")
     models = dict(zip(policy.devices, calibrated.submodels))
-    write_plan(out, problem.teacher.config, policy, used, models, calibrated.aggregator, meta,
-               device_dropout=request.calibration.device_dropout > 0)
-    return read_plan_json(out)
+    return write_plan(out, document, models, calibrated.aggregator,
+                      device_dropout=request.calibration.device_dropout > 0)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
-from shoal.planner.artifacts import load_plan
+from shoal.plan.directory import load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
@@ -226,14 +226,14 @@ def run_bench(
     speedup = None
     if teacher_result is not None:
         speedup = teacher_result["latency"]["p50_ms"] / summary.latency.p50_ms
-    predicted = plan.meta.get("predicted") if isinstance(plan.meta.get("predicted"), dict) else {}
+    predicted = plan.document.predicted
     return BenchResult(
         plan=str(plan_dir), fingerprint=fingerprint, target=target, requests=requests, concurrency=concurrency,
         **vars(summary), throughput_rps=len(results) / wall,
         overhead_ratio=summary.latency.p50_ms / summary.critical_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
-        speedup=speedup, predicted_ms=_number(predicted.get("total_ms")),
-        predicted_speedup=_number(predicted.get("speedup_vs_teacher_on_central")), notes=tuple(notes),
+        speedup=speedup, predicted_ms=predicted.total_ms if predicted else None,
+        predicted_speedup=predicted.speedup_vs_teacher_on_central if predicted else None, notes=tuple(notes),
         accuracy_ci95=_ci95(top1, len(test) if test is not None else 0))
 
 
@@ -244,10 +244,6 @@ def _ci95(top1: float | None, n: int) -> tuple[float, float] | None:
     from shoal.utils.stats import wilson_interval
 
     return wilson_interval(round(top1 * n), n)
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _teacher_row(plan: Any, data: str | None, repeats: int, emulate: bool, notes: list[str],

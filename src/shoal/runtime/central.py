@@ -22,7 +22,7 @@ import torch
 
 from shoal.errors import ConfigError
 from shoal.models.aggregator import Aggregator
-from shoal.planner.artifacts import Plan, load_plan
+from shoal.plan.directory import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
@@ -202,7 +202,7 @@ def start_central(
     runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name)
     servicer = CentralServicer(identity, runner, plan.build_aggregator(), links,
                                deadline_ms=deadline_ms, degrade=degrade)
-    if degrade and not plan.meta.get("aggregator", {}).get("device_dropout") and log is not None:
+    if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout) and log is not None:
         log("[yellow]warning:[/] --degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
     running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(servicer, s), CENTRAL_SERVICE,

@@ -28,7 +28,7 @@ import grpc
 
 from shoal.devices.emulation import remove_cgroup
 from shoal.errors import ConfigError, RuntimeServiceError
-from shoal.planner.artifacts import load_plan
+from shoal.plan.directory import load_plan
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.device import apply_device_limit
 from shoal.runtime.links import wait_until_serving

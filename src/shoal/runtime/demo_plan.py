@@ -15,7 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.models import SubModelShape, compute_importance, config_from_timm, decompose
-from shoal.planner.artifacts import write_uncalibrated_plan
+from shoal.plan.directory import write_uncalibrated_plan
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 
 MIB = 1 << 20
@@ -31,7 +31,6 @@ def write_even_plan(
     teacher: VisionTransformer,
     devices: DeviceSet,
     teacher_source: str | None = None,
-    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Decompose `teacher` evenly over `devices` (all blocks kept by all) and write the plan.
 
@@ -40,7 +39,6 @@ def write_even_plan(
         teacher: A timm ViT.
         devices: The device set (its order decides the policy order; the central node first).
         teacher_source: What `shoal.models.load_teacher` accepts to reload the teacher, if anything.
-        meta: Extra plan.json fields.
 
     Returns:
         The plan directory.
@@ -55,8 +53,7 @@ def write_even_plan(
     shapes = [SubModelShape(layers, widths[i], (heads[i],) * config.depth, (mlp[i],) * config.depth)
               for i in range(n)]
     policy = decompose(config, devices.names, shapes, scores)
-    extra = {"teacher": {"source": teacher_source or "?"}, "decomposition": "even", **(meta or {})}
-    write_uncalibrated_plan(root, teacher, config, policy, devices, extra)
+    write_uncalibrated_plan(root, teacher, config, policy, devices, teacher_source or "?", "even")
     return Path(root)
 
 

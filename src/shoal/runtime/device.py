@@ -25,7 +25,7 @@ from shoal.devices.emulation import (
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
 from shoal.models.surgery import pooled_features
-from shoal.planner.artifacts import PLAN_FILE
+from shoal.plan.document import PLAN_FILE
 
 DEFAULT_MAX_BATCH = 64
 

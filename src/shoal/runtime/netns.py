@@ -20,9 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError
-from shoal.planner.objective import LatencyBreakdown
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.cluster import Placement
 from shoal.runtime.delayproxy import DelayProxy
@@ -197,16 +195,3 @@ def wire_bytes(input_shape: Sequence[int], feature_width: int, batch: int = 1) -
                              features=pb.Tensor(data=bytes(4 * batch * feature_width), dtype="float32",
                                                 shape=[batch, feature_width]))
     return request.ByteSize() + 5, reply.ByteSize() + 5
-
-
-def link_breakdown(devices: Sequence[DeviceSpec], compute_ms: Sequence[float], aggregate_ms: float,
-                   input_bytes: int, feature_bytes: Sequence[int], *, include_input: bool = True
-                   ) -> LatencyBreakdown:
-    """The planner's latency model T = max_n(t1_n + t2_n) + t3 with t2 from each device's link.
-
-    CoFormer's t2 counts only the features a device sends (`include_input=False`); shoal's
-    central node also sends each worker the input, which the same link carries first.
-    """
-    transfer = tuple(0.0 if d.central else d.transfer_ms(f) + (d.transfer_ms(input_bytes) if include_input else 0.0)
-                     for d, f in zip(devices, feature_bytes))
-    return LatencyBreakdown(tuple(compute_ms), transfer, aggregate_ms)

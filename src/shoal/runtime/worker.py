@@ -20,7 +20,7 @@ import torch
 
 import shoal
 from shoal.errors import ConfigError
-from shoal.planner.artifacts import Plan, load_plan
+from shoal.plan.directory import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, check_images, decode, encode, image_message_bytes

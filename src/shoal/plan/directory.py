@@ -1,7 +1,7 @@
 """The plan directory: everything a deployment needs, nothing pickled.
 
     plan/
-      plan.json                    teacher, policy, devices, predictions, accuracy, search, file hashes
+      plan.json                    the `PlanDocument` (`shoal.plan.document`), with file hashes
       device-<name>/spec.json      the device's SubModelSpec
       device-<name>/weights.safetensors
       aggregator.safetensors       W, b and the task head (central node)
@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 import shoal
-from shoal.devices.spec import DeviceSet, DeviceSpec
+from shoal.devices.spec import DeviceSet
 from shoal.errors import DataError
 from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel
+from shoal.plan.document import PLAN_FILE, AggregatorInfo, PlanDocument, TeacherInfo, Versions
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
-
-FORMAT_VERSION = 1
-PLAN_FILE = "plan.json"
 
 
 @dataclass(frozen=True)
@@ -43,17 +40,27 @@ class Plan:
 
     Attributes:
         root: The directory.
-        config: Teacher family.
-        policy: One spec per device (central node first).
-        devices: The device set the plan was made for.
-        meta: The rest of plan.json (teacher id, predictions, accuracy, search summary, versions).
+        document: Its plan.json.
     """
 
     root: Path
-    config: ViTConfig
-    policy: Policy
-    devices: DeviceSet
-    meta: dict[str, Any] = field(default_factory=dict)
+    document: PlanDocument
+
+    @property
+    def config(self) -> ViTConfig:
+        return self.document.config
+
+    @property
+    def policy(self) -> Policy:
+        return self.document.policy
+
+    @property
+    def devices(self) -> DeviceSet:
+        return self.document.devices
+
+    @property
+    def teacher_source(self) -> str:
+        return self.document.teacher_source
 
     def device_dir(self, name: str) -> Path:
         return self.root / f"device-{name}"
@@ -79,8 +86,10 @@ class Plan:
     def build_aggregator(self) -> Aggregator:
         from safetensors.torch import load_file
 
-        agg_meta = self.meta["aggregator"]
-        agg = Aggregator(agg_meta["widths"], agg_meta["out_dim"], self.config.num_classes,
+        info = self.document.aggregator
+        if info is None:
+            raise DataError(f"plan {self.root} has no aggregator (stage {self.document.stage})")
+        agg = Aggregator(list(info.widths), info.out_dim, self.config.num_classes,
                          pool=self.config.global_pool, num_prefix_tokens=self.config.num_prefix_tokens)
         try:
             agg.load_state_dict(load_file(str(self.root / "aggregator.safetensors")), strict=True)
@@ -89,42 +98,32 @@ class Plan:
                             f"{str(exc).splitlines()[0]}") from None
         return agg.eval()
 
-    @property
-    def teacher_source(self) -> str:
-        return str(self.meta.get("teacher", {}).get("source", "?"))
+
+def versions() -> Versions:
+    """The versions of this shoal, torch and timm, as a plan records them."""
+    import timm
+
+    return Versions(shoal.__version__, torch.__version__.split("+")[0], timm.__version__)
 
 
-def write_plan(
-    root: str | Path,
-    config: ViTConfig,
-    policy: Policy,
-    devices: DeviceSet,
-    submodels: Mapping[str, nn.Module],
-    aggregator: Aggregator,
-    meta: dict[str, Any],
-    *,
-    device_dropout: bool = False,
-) -> Path:
-    """Write a plan directory (atomic per file; plan.json with hashes last).
+def write_plan(root: str | Path, document: PlanDocument, submodels: Mapping[str, nn.Module],
+               aggregator: Aggregator, *, device_dropout: bool = False) -> PlanDocument:
+    """Write a plan directory (atomic per file; plan.json with the hashes last).
 
     Args:
         root: Directory to write (created).
-        config: Teacher family.
-        policy: The policy; device names must match `devices`.
-        devices: The device set.
+        document: plan.json without its files and aggregator shape (filled in here).
         submodels: Calibrated sub-model per device name.
         aggregator: Trained aggregation module.
-        meta: Extra plan.json content: "teacher", "predicted", "accuracy", "search", ...
         device_dropout: The aggregator was trained to answer without some devices (--degrade).
 
     Returns:
-        The path of plan.json.
+        The document written.
     """
     root = Path(root)
-    if tuple(policy.devices) != tuple(devices.names):
-        raise DataError(f"policy devices {list(policy.devices)} do not match the device set {list(devices.names)}")
+    config = document.config
     files: dict[str, str] = {}
-    for name, spec in zip(policy.devices, policy.specs):
+    for name, spec in zip(document.policy.devices, document.policy.specs):
         sub = root / f"device-{name}"
         atomic_write_json(sub / "spec.json", spec.to_dict())
         atomic_save_safetensors(sub / "weights.safetensors", submodels[name].state_dict(),
@@ -135,99 +134,69 @@ def write_plan(
     files["aggregator.safetensors"] = sha256_file(root / "aggregator.safetensors")
     for png in sorted((root / "figures").glob("*.png")):
         files[f"figures/{png.name}"] = sha256_file(png)
-    document = {
-        "format_version": FORMAT_VERSION,
-        "stage": "calibrated",
-        "versions": _versions(),
-        "teacher_config": config.to_dict(),
-        "family": config.fingerprint(),
-        "devices": devices.to_dict()["devices"],
-        "policy": policy.to_dict(),
-        "aggregator": {"widths": list(aggregator.widths), "out_dim": aggregator.fuse.out_features,
-                       "device_dropout": device_dropout},
-        **meta,
-        "files": files,
-    }
-    atomic_write_json(root / PLAN_FILE, document)
-    return root / PLAN_FILE
+    info = AggregatorInfo(tuple(aggregator.widths), aggregator.fuse.out_features, device_dropout)
+    document = replace(document, aggregator=info, files=files)
+    atomic_write_json(root / PLAN_FILE, document.to_dict())
+    return document
 
 
-def _versions() -> dict[str, str]:
-    import timm
+def write_document(root: str | Path, document: PlanDocument) -> Path:
+    """Write plan.json alone (a searched-only plan: the policy and its predictions, no weights)."""
+    path = Path(root) / PLAN_FILE
+    atomic_write_json(path, document.to_dict())
+    return path
 
-    return {"shoal": shoal.__version__, "torch": torch.__version__.split("+")[0], "timm": timm.__version__}
 
-
-def read_plan_json(root: str | Path) -> dict[str, Any]:
+def read_plan_json(root: str | Path) -> PlanDocument:
+    """The plan.json of a plan directory, read and checked field by field (not the files)."""
     path = Path(root) / PLAN_FILE
     if not path.is_file():
         raise DataError(f"{root} is not a plan directory: {PLAN_FILE} is missing (run `shoal plan` first)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is corrupt: {exc}") from None
+    return PlanDocument.from_dict(data, str(path))
 
 
 def load_plan(root: str | Path, *, verify: bool = True) -> Plan:
     """Load and check a plan directory.
 
-    Checks the format version, that every listed file exists with its recorded
-    sha256, and that every spec fits the teacher family. Raises `DataError`
-    naming the first thing that does not match.
+    Checks plan.json field by field, that every listed file exists with its recorded sha256,
+    that every spec fits the teacher family and that a compatible shoal wrote it. Raises
+    `DataError` naming the first thing that does not match.
     """
     root = Path(root)
     doc = read_plan_json(root)
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DataError(f"{root}/{PLAN_FILE} has format_version {version!r}; this shoal reads {FORMAT_VERSION}")
-    if doc.get("stage") == "searched":
+    if doc.stage == "searched":
         raise DataError(f"plan {root} holds a searched policy only (no weights); calibrate it with "
                         f"`shoal plan --from-policy {root / PLAN_FILE}`")
     if verify:
-        for rel, digest in doc.get("files", {}).items():
+        for rel, digest in doc.files.items():
             path = root / rel
             if not path.is_file():
                 raise DataError(f"plan {root} is missing {rel}")
             if sha256_file(path) != digest:
                 raise DataError(f"plan {root}: {rel} does not match the sha256 in {PLAN_FILE} (altered or truncated)")
-    try:
-        config = ViTConfig.from_dict(doc["teacher_config"])
-        devices = DeviceSet(tuple(DeviceSpec.from_dict(d) for d in doc["devices"]), source=str(root / PLAN_FILE))
-        policy = Policy.from_dict(doc["policy"])
-    except KeyError as exc:
-        raise DataError(f"{root}/{PLAN_FILE} lacks the field {exc}") from None
-    policy.check_against(config)
-    major = str(doc.get("versions", {}).get("shoal", "0")).split(".")[0]
-    if major != shoal.__version__.split(".")[0]:
-        raise DataError(f"plan {root} was written by shoal {doc['versions'].get('shoal')}; "
-                        f"this is shoal {shoal.__version__}")
-    meta = {k: v for k, v in doc.items() if k not in ("teacher_config", "devices", "policy")}
-    return Plan(root, config, policy, devices, meta)
+    doc.policy.check_against(doc.config)
+    if doc.versions.shoal.split(".")[0] != shoal.__version__.split(".")[0]:
+        raise DataError(f"plan {root} was written by shoal {doc.versions.shoal}; this is shoal {shoal.__version__}")
+    return Plan(root, doc)
 
 
-def write_uncalibrated_plan(
-    root: str | Path,
-    teacher: nn.Module,
-    config: ViTConfig,
-    policy: Policy,
-    devices: DeviceSet,
-    meta: dict[str, Any] | None = None,
-) -> Path:
+def write_uncalibrated_plan(root: str | Path, teacher: nn.Module, config: ViTConfig, policy: Policy,
+                            devices: DeviceSet, teacher_source: str = "?", decomposition: str | None = None,
+                            ) -> PlanDocument:
     """A plan straight from decomposition: sliced sub-models, scatter-initialised aggregator.
 
-    Useful to deploy a policy before calibration (and as the "decompose only"
-    row of the ablation); `shoal plan` writes calibrated plans.
+    Useful to deploy a policy before calibration (and as the "decompose only" row of the
+    ablation); `shoal plan` writes calibrated plans.
     """
     submodels = {name: build_submodel(config, spec, teacher) for name, spec in zip(policy.devices, policy.specs)}
     aggregator = Aggregator.from_teacher_channels(
         [spec.channels for spec in policy.specs], teacher.head, pool=config.global_pool,
         num_prefix_tokens=config.num_prefix_tokens)
-    return write_plan(root, config, policy, devices, submodels, aggregator, {**(meta or {}), "stage": "decomposed"})
-
-
-def searched_only_document(config: ViTConfig, policy: Policy, devices: DeviceSet, meta: dict[str, Any]
-                           ) -> dict[str, Any]:
-    """plan.json of `shoal plan --search-only`: the policy and its predictions, no weights."""
-    return {"format_version": FORMAT_VERSION, "stage": "searched", "versions": _versions(),
-            "teacher_config": config.to_dict(), "family": config.fingerprint(),
-            "devices": devices.to_dict()["devices"], "policy": policy.to_dict(), **meta}
+    document = PlanDocument(stage="decomposed", versions=versions(), config=config, devices=devices, policy=policy,
+                            aggregator=AggregatorInfo(tuple(aggregator.widths), aggregator.fuse.out_features),
+                            teacher=TeacherInfo(teacher_source), decomposition=decomposition)
+    return write_plan(root, document, submodels, aggregator)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shoal.errors import DataError
-from shoal.planner.artifacts import load_plan
+from shoal.plan.directory import load_plan
 from shoal.runtime.demo_plan import device_set, write_even_plan
 from shoal.utils.io import sha256_file
 from tests.conftest import make_vit

@@ -1,0 +1,158 @@
+"""Field-by-field reading of a JSON object into a typed record.
+
+`Fields(data, "plan.json")` wraps one decoded JSON object; each accessor takes a
+key, checks the value's type and returns it, and `done()` refuses keys nobody
+read. Every error is a `DataError` naming the dotted path of the field
+(`plan.json: predicted.devices.hub.compute_ms must be a number, got 'x'`), so a
+record's `from_dict` reads like its field list:
+
+    f = Fields(data, "predicted")
+    out = Predicted(total_ms=f.number("total_ms"), straggler=f.text("straggler"), ...)
+    f.done()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from shoal.errors import DataError
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class Fields:
+    """One JSON object being read; `where` is its dotted path for messages."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise DataError(f"{where} must be a JSON object, got {type(data).__name__}")
+        self.data: Mapping[str, Any] = data
+        self.where = where
+        self._read: set[str] = set()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}"
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        """The value as decoded; missing keys take `default` or are an error."""
+        self._read.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                raise DataError(f"{self.where} lacks the field {key!r}")
+            return default
+        return self.data[key]
+
+    def _bad(self, key: str, what: str, value: Any) -> DataError:
+        return DataError(f"{self.path(key)} must be {what}, got {value!r}"[:300])
+
+    def done(self) -> None:
+        """Refuse the keys no accessor read (a typo or a field of another version)."""
+        unknown = sorted(set(self.data) - self._read)
+        if unknown:
+            raise DataError(f"{self.where} has unknown field(s) {unknown}")
+
+    # -- scalars --------------------------------------------------------------------------
+    def text(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is not default and not isinstance(value, str):
+            raise self._bad(key, "a string", value)
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is not default and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self._bad(key, "an integer", value)
+        return value
+
+    def number(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._bad(key, "a number", value)
+        return float(value)
+
+    def flag(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is not default and not isinstance(value, bool):
+            raise self._bad(key, "true or false", value)
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
+        value = self.text(key, default)
+        if value is not default and value not in choices:
+            raise self._bad(key, f"one of {list(choices)}", value)
+        return value
+
+    # -- containers -----------------------------------------------------------------------
+    def floats(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                               for v in value):
+            raise self._bad(key, "a list of numbers", value)
+        return tuple(float(v) for v in value)
+
+    def strs(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        if not isinstance(value, list) or any(not isinstance(v, str) for v in value):
+            raise self._bad(key, "a list of strings", value)
+        return tuple(value)
+
+    def obj(self, key: str) -> Fields:
+        """A nested object (required)."""
+        return Fields(self.raw(key), self.path(key))
+
+    def record(self, key: str, read: Callable[[Fields], T], default: Any = _MISSING) -> Any:
+        """A nested object read by `read` (which calls `done`); `default` when absent."""
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        return read(Fields(value, self.path(key)))
+
+    def records(self, key: str, read: Callable[[Fields], T], default: Any = _MISSING) -> Any:
+        """An object of objects {name: record}, each read by `read`, order kept."""
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        inner = Fields(value, self.path(key))
+        return {name: read(Fields(inner.raw(name), inner.path(name))) for name in list(inner.data)}
+
+    def float_map(self, key: str, default: Any = _MISSING) -> Any:
+        """An object {name: number}."""
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        inner = Fields(value, self.path(key))
+        return {name: inner.number(name) for name in list(inner.data)}
+
+    def str_map(self, key: str, default: Any = _MISSING) -> Any:
+        """An object {name: string}."""
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        inner = Fields(value, self.path(key))
+        return {name: inner.text(name) for name in list(inner.data)}
+
+    def scalar_map(self, key: str, default: Any = _MISSING) -> Any:
+        """An object {name: string | number | bool | null} (settings recorded for the reader)."""
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        inner = Fields(value, self.path(key))
+        out = {}
+        for name in list(inner.data):
+            v = inner.raw(name)
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                raise inner._bad(name, "a string, number, boolean or null", v)
+            out[name] = v
+        return out
