@@ -31,9 +31,9 @@ from rich.table import Table
 
 from shoal.commands._common import console
 from shoal.plan.directory import Plan, load_plan
+from shoal.plan.latency import link_breakdown
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
-from shoal.plan.latency import link_breakdown
 from shoal.runtime.netns import NetnsLink, netns_unavailable_reason, wire_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

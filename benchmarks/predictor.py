@@ -29,11 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.commands.profile import cpu_limit_option, teacher_family
-from shoal.devices.profiling import TimingSettings
-from shoal.devices.sampling import SamplerSettings
-from shoal.devices.dataset import read_dataset
-from shoal.predictors import ProfileRequest, TrainSettings, fit_predictors, profile_devices
-from shoal.predictors.profile import DATASET_FILE
+from shoal.predictors import TrainSettings, fit_predictors
+from shoal.profiling.dataset import read_dataset
+from shoal.profiling.profile import DATASET_FILE, ProfileRequest, profile_devices
+from shoal.profiling.runner import TimingSettings
+from shoal.profiling.sampling import SamplerSettings
+from shoal.runtime.overhead import measure_rpc
 from shoal.utils.io import atomic_write_json
 
 TARGETS = ("median", "mean", "p10", "min")
@@ -62,7 +63,8 @@ def main() -> None:
     [prof] = profile_devices(
         [ProfileRequest("bench", args.workdir, limit, TimingSettings(repeats=args.repeats, threads=args.threads))],
         config, sampler=SamplerSettings(args.samples, args.seed), teacher_source=source,
-        train=TrainSettings(epochs=args.epochs, seed=args.seed), resume=not args.no_resume, console=console)
+        train=TrainSettings(epochs=args.epochs, seed=args.seed), resume=not args.no_resume, overhead=measure_rpc,
+        console=console)
     data = prof.data
     dataset = read_dataset(args.workdir / DATASET_FILE)
     targets: dict[str, dict[str, Any]] = {}

@@ -25,12 +25,12 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.commands.profile import teacher_family
-from shoal.devices.dataset import read_dataset
 from shoal.devices.emulation import CpuLimit, quota_unavailable_reason
-from shoal.devices.jobs import run_jobs
-from shoal.devices.profiling import TimingSettings, explicit_job
-from shoal.devices.sampling import SamplerSettings, sample_shapes
 from shoal.devices.spec import default_device_set
+from shoal.profiling.dataset import read_dataset
+from shoal.profiling.jobs import run_jobs
+from shoal.profiling.runner import TimingSettings, explicit_job
+from shoal.profiling.sampling import SamplerSettings, sample_shapes
 from shoal.utils.io import atomic_write_json
 
 console = Console(stderr=True, width=120)

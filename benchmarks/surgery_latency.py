@@ -21,8 +21,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from shoal.devices.timing import measure_latency
 from shoal.models import SubModelShape, build_submodel, compute_importance, decompose, load_teacher, spec_cost
+from shoal.profiling.timing import measure_latency
 
 SIZES = [(6, 1.0), (6, 0.75), (6, 0.5), (6, 0.33), (6, 0.25), (4, 0.5), (2, 0.5), (2, 0.25)]
 

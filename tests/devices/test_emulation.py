@@ -6,14 +6,19 @@ import sys
 
 import pytest
 
-from shoal.devices.dataset import read_dataset
 from shoal.devices.emulation import (
-    CpuLimit, apply_cpu_limit, cgroup_flavour, quota_and_period, quota_unavailable_reason, remove_cgroup,
+    CpuLimit,
+    apply_cpu_limit,
+    cgroup_flavour,
+    quota_and_period,
+    quota_unavailable_reason,
+    remove_cgroup,
 )
-from shoal.devices.jobs import run_jobs
-from shoal.devices.profiling import TimingSettings, prepare_job
-from shoal.devices.sampling import SamplerSettings
 from shoal.errors import ConfigError
+from shoal.profiling.dataset import read_dataset
+from shoal.profiling.jobs import run_jobs
+from shoal.profiling.runner import TimingSettings, prepare_job
+from shoal.profiling.sampling import SamplerSettings
 
 NO_QUOTA = quota_unavailable_reason()
 
@@ -76,7 +81,7 @@ def test_pinned_job_runs_in_a_child_process(tiny_config, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(NO_QUOTA is not None, reason=f"CPU quotas unavailable here: {NO_QUOTA}")
 def test_quota_job_runs_under_its_cgroup_and_cleans_up(tiny_config, tmp_path, monkeypatch):
-    import shoal.devices.jobs as jobs
+    import shoal.profiling.jobs as jobs
 
     created = []
 

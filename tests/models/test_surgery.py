@@ -7,8 +7,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shoal.models import (SubModelSpec, build_submodel, config_from_timm, count_flops, count_params,
-                          pooled_features, spec_cost)
+from shoal.models import (
+    SubModelSpec,
+    build_submodel,
+    config_from_timm,
+    count_flops,
+    count_params,
+    pooled_features,
+    spec_cost,
+)
 from tests.conftest import make_vit
 
 SHAPES = {

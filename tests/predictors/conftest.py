@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.devices.dataset import read_dataset
-from shoal.devices.jobs import run_jobs
-from shoal.devices.profiling import TimingSettings, prepare_job
-from shoal.devices.sampling import SamplerSettings
-from tests.devices.helpers import fake_measure
+from shoal.profiling.dataset import read_dataset
+from shoal.profiling.jobs import run_jobs
+from shoal.profiling.runner import TimingSettings, prepare_job
+from shoal.profiling.sampling import SamplerSettings
+from tests.profiling.helpers import fake_measure
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 import shoal.commands.profile as profile_cmd
 from shoal.cli import app
-from shoal.devices.sampling import SamplerSettings, sample_shapes, shape_to_spec
 from shoal.models import SubModelSpec, config_from_timm
+from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_to_spec
 from tests.conftest import make_vit
 
 

@@ -6,17 +6,24 @@ import time
 import numpy as np
 import pytest
 
-from shoal.devices.sampling import SamplerSettings, sample_shapes, shape_to_spec
 from shoal.errors import ConfigError, DataError
 from shoal.models import SubModelSpec, config_from_timm
 from shoal.predictors import (
-    EnsemblePredictor, LinearPredictor, MLPPredictor, TrainSettings, error_metrics, fit_predictors, load_predictor,
-    noise_floor, save_predictor,
+    EnsemblePredictor,
+    LinearPredictor,
+    MLPPredictor,
+    TrainSettings,
+    error_metrics,
+    fit_predictors,
+    load_predictor,
+    noise_floor,
+    save_predictor,
 )
 from shoal.predictors.features import FEATURE_SETS, feature_matrix
 from shoal.predictors.training import resolve_target
+from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_to_spec
 from tests.conftest import make_vit
-from tests.devices.helpers import fake_latency_ms
+from tests.profiling.helpers import fake_latency_ms
 
 
 def _data(config, n=60, seed=0):

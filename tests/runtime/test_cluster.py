@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from shoal.devices.emulation import quota_unavailable_reason
+from shoal.plan.directory import load_plan
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
+from shoal.runtime.demo_plan import device_set, write_even_plan
 from shoal.runtime.status import RemoteError
 from shoal.runtime.worker import FAULT_ENV
-from shoal.plan.directory import load_plan
-from shoal.runtime.demo_plan import device_set, write_even_plan
 from tests.conftest import make_vit
 from tests.runtime.conftest import reference_logits
 

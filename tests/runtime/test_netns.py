@@ -19,7 +19,10 @@ from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.delayproxy import DelayProxy
 from shoal.runtime.netns import (
-    NetnsLink, netns_unavailable_reason, sweep_stale_namespaces, wire_bytes,
+    NetnsLink,
+    netns_unavailable_reason,
+    sweep_stale_namespaces,
+    wire_bytes,
 )
 
 REASON = netns_unavailable_reason()

@@ -8,8 +8,7 @@ import torch
 from scipy.stats import binomtest
 
 from shoal.errors import ConfigError, DataError
-from shoal.utils.stats import (Accuracy, McNemar, compare_seeds, exact_sign_p, mcnemar, mean_accuracy,
-                               wilson_interval)
+from shoal.utils.stats import Accuracy, McNemar, compare_seeds, exact_sign_p, mcnemar, mean_accuracy, wilson_interval
 
 
 @pytest.mark.parametrize("k,n,expected", [

@@ -10,17 +10,18 @@ import typer
 from rich.table import Table
 
 from shoal.commands._common import console, print_json
-from shoal.devices.dataset import read_dataset
 from shoal.devices.emulation import CpuLimit, quota_unavailable_reason
-from shoal.devices.jobs import run_jobs
-from shoal.devices.probe import DeviceKind, probe_device
-from shoal.devices.profiling import TimingSettings, explicit_job
-from shoal.devices.sampling import SamplerSettings
 from shoal.errors import ConfigError, DataError, PlatformError
 from shoal.models import SubModelSpec, ViTConfig, load_teacher, spec_cost
 from shoal.models.partition import SubModelShape
-from shoal.predictors.profile import DATASET_FILE, DeviceProfile, ProfileRequest, load_profile, profile_devices
 from shoal.predictors.training import DEFAULT_TARGET, TrainSettings
+from shoal.profiling.dataset import read_dataset
+from shoal.profiling.jobs import run_jobs
+from shoal.profiling.machine import DeviceKind, probe_device
+from shoal.profiling.profile import DATASET_FILE, DeviceProfile, ProfileRequest, load_profile, profile_devices
+from shoal.profiling.runner import TimingSettings, explicit_job
+from shoal.profiling.sampling import SamplerSettings
+from shoal.runtime.overhead import measure_rpc
 
 DEFAULT_SAMPLES = 600
 ModelOpt = Annotated[str | None, typer.Option(
@@ -84,7 +85,7 @@ def profile(
     request = ProfileRequest(device_name, out, limit, TimingSettings(repeats=repeats, threads=threads, device=kind))
     try:
         [result] = profile_devices([request], config, sampler=SamplerSettings(samples, seed), teacher_source=source,
-                                   train=train, resume=resume, console=console)
+                                   train=train, resume=resume, overhead=measure_rpc, console=console)
     except KeyboardInterrupt:
         kept = len(read_dataset(out / DATASET_FILE).measurements) if (out / DATASET_FILE).is_file() else 0
         console.print(f"[yellow]interrupted:[/] {kept} measurements kept in {out / DATASET_FILE}; "

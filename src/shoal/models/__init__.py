@@ -10,8 +10,8 @@ from shoal.models.accounting import SpecCost, count_flops, count_params, shape_c
 from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig, config_from_timm
 from shoal.models.importance import ImportanceScores, compute_importance
-from shoal.models.partition import SubModelShape, check_disjoint, choose_layers, deal, decompose
-from shoal.models.spec import Policy, SubModelSpec
+from shoal.models.partition import SubModelShape, choose_layers, deal, decompose
+from shoal.models.spec import Policy, SubModelSpec, check_disjoint
 from shoal.models.surgery import build_submodel, pooled_features, slice_state_dict
 from shoal.models.teacher import DEFAULT_TEACHER, Teacher, load_teacher
 

@@ -152,23 +152,3 @@ def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[S
             raise ConfigError(f"C3: block {block} is given {heads} heads > {config.num_heads}")
         if mlp > config.mlp_hidden:
             raise ConfigError(f"C4: block {block} is given {mlp} neurons > {config.mlp_hidden}")
-
-
-def check_disjoint(policy: Policy) -> None:
-    """Raise `ConfigError` if two sub-models share a channel, or a head or neuron of one block."""
-    seen_channels: dict[int, str] = {}
-    seen_units: dict[tuple[str, int, int], str] = {}
-    for name, spec in zip(policy.devices, policy.specs):
-        for c in spec.channels:
-            if c in seen_channels:
-                raise ConfigError(f"C2: channel {c} is given to both {seen_channels[c]!r} and {name!r}")
-            seen_channels[c] = name
-        for block, heads, neurons in zip(spec.layers, spec.heads, spec.neurons):
-            for kind, units in (("head", heads), ("neuron", neurons)):
-                for u in units:
-                    key = (kind, block, u)
-                    if key in seen_units:
-                        raise ConfigError(
-                            f"{'C3' if kind == 'head' else 'C4'}: {kind} {u} of block {block} is given to both "
-                            f"{seen_units[key]!r} and {name!r}")
-                    seen_units[key] = name

@@ -210,8 +210,6 @@ class Policy:
 
     def check_against(self, config: ViTConfig) -> None:
         """Check every spec against the teacher and the partition constraints C1-C4."""
-        from shoal.models.partition import check_disjoint
-
         for name, spec in zip(self.devices, self.specs):
             try:
                 spec.check_against(config)
@@ -245,3 +243,23 @@ class Policy:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"Policy is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def check_disjoint(policy: Policy) -> None:
+    """Raise `ConfigError` if two sub-models share a channel, or a head or neuron of one block."""
+    seen_channels: dict[int, str] = {}
+    seen_units: dict[tuple[str, int, int], str] = {}
+    for name, spec in zip(policy.devices, policy.specs):
+        for c in spec.channels:
+            if c in seen_channels:
+                raise ConfigError(f"C2: channel {c} is given to both {seen_channels[c]!r} and {name!r}")
+            seen_channels[c] = name
+        for block, heads, neurons in zip(spec.layers, spec.heads, spec.neurons):
+            for kind, units in (("head", heads), ("neuron", neurons)):
+                for u in units:
+                    key = (kind, block, u)
+                    if key in seen_units:
+                        raise ConfigError(
+                            f"{'C3' if kind == 'head' else 'C4'}: {kind} {u} of block {block} is given to both "
+                            f"{seen_units[key]!r} and {name!r}")
+                    seen_units[key] = name

@@ -179,16 +179,16 @@ class Problem:
 def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
                  ) -> tuple[DeviceSet, list[LatencyPredictor], list[float | None]]:
     """The device set, one latency predictor and one runtime-call overhead per device (profiling those lacking one)."""
-    from shoal.devices.profiles import default_device_set, ensure_profiles
-    from shoal.devices.spec import load_device_set
-    from shoal.predictors import load_device_costs
+    from shoal.devices.spec import default_device_set, load_device_set
+    from shoal.profiling.resolve import DEVICE_SET_SAMPLES, ensure_profiles, load_device_costs
+    from shoal.runtime.overhead import measure_rpc
 
     # the default set keeps the shipped digits teacher's profiles where they always were; any
     # other teacher's profiles go beside them, in a folder of their family
     family = None if teacher.is_default else teacher.config.fingerprint()
     devices = load_device_set(request.devices) if request.devices else default_device_set(family=family)
-    devices = ensure_profiles(devices, teacher, samples=request.profile_samples, progress=hooks.progress,
-                              log=hooks.phase)
+    devices = ensure_profiles(devices, teacher, samples=request.profile_samples or DEVICE_SET_SAMPLES,
+                              progress=hooks.progress, log=hooks.phase, overhead=measure_rpc)
     costs = [load_device_costs(d, teacher.config) for d in devices.devices]
     return devices, [predictor for predictor, _ in costs], [rpc for _, rpc in costs]
 

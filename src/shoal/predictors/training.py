@@ -17,14 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from shoal.devices.dataset import LatencyDataset, Measurement
 from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 from shoal.predictors.base import LatencyPredictor
+from shoal.predictors.features import Shape
 from shoal.predictors.metrics import ErrorMetrics, error_metrics, noise_floor
 from shoal.predictors.models import EnsemblePredictor, LinearPredictor, MLPPredictor
 from shoal.utils.threads import torch_threads
@@ -128,6 +128,38 @@ def split_indices(n: int, test_share: float, val_share: float, seed: int) -> tup
     n_test = max(1, round(test_share * n))
     n_val = max(1, round(val_share * (n - n_test)))
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+class TimingStats(Protocol):
+    """The statistics of one timed shape that predictors can learn (`shoal.profiling.timing.LatencyStats`)."""
+
+    @property
+    def median_ms(self) -> float: ...
+    @property
+    def mean_ms(self) -> float: ...
+    @property
+    def p10_ms(self) -> float: ...
+    @property
+    def min_ms(self) -> float: ...
+
+
+class Measurement(Protocol):
+    """One timed shape (`shoal.profiling.dataset.Measurement`)."""
+
+    @property
+    def shape(self) -> Shape: ...
+    @property
+    def stats(self) -> TimingStats: ...
+
+
+class LatencyDataset(Protocol):
+    """What training reads of a latency dataset (`shoal.profiling.dataset.LatencyDataset`): profiling
+    produces it, predictors learn from it, and neither package imports the other's module for it."""
+
+    @property
+    def header(self) -> dict[str, Any]: ...
+    def first_pass(self) -> list[Any]: ...
+    def pairs(self) -> list[tuple[Any, Any]]: ...
 
 
 def resolve_target(target: str, dataset: LatencyDataset) -> Target:

@@ -20,7 +20,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from shoal.devices.emulation import (
-    CpuLimit, EmulationUnavailable, apply_cpu_limit, quota_unavailable_reason, remove_cgroup,
+    CpuLimit,
+    EmulationUnavailable,
+    apply_cpu_limit,
+    quota_unavailable_reason,
+    remove_cgroup,
 )
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError

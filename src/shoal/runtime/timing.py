@@ -6,7 +6,7 @@ timing (it waits for "go" on stdin), so the teacher is measured on exactly the
 share of the machine the central node serves on, without limiting the parent.
 
 `measure_ms` is a private timing loop; merge it with
-`shoal.devices.profiling.measure_latency` once that exists.
+`shoal.profiling.runner.measure_latency` once that exists.
 """
 
 from __future__ import annotations

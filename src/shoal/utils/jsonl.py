@@ -1,6 +1,6 @@
 """Append-only JSON-lines files that survive a crash mid-write.
 
-Used by the profiling dataset (`shoal.devices.dataset`) and the search journal
+Used by the profiling dataset (`shoal.profiling.dataset`) and the search journal
 (`shoal.planner.journal`). Each record is one `write` of one line, flushed and
 fsynced, so a crash loses at most the line being written: reading treats a cut-off
 last line as absent, and `repair_tail` removes it before the next append.

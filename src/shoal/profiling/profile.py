@@ -3,7 +3,7 @@
     <out>/profile.json                 device probe, cpu limit, teacher family, sampler and
                                        timing settings, noise floor, every predictor's metrics,
                                        which predictor is chosen and why
-    <out>/measurements.jsonl           the latency dataset (`shoal.devices.dataset`)
+    <out>/measurements.jsonl           the latency dataset (`shoal.profiling.dataset`)
     <out>/predictor-<kind>.safetensors one per trained predictor: its numbers
     <out>/predictor-<kind>.json        what it is (class, kind, family, teacher config)
 
@@ -16,25 +16,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import numpy as np
 from rich.console import Console
 
 import shoal
-from shoal.devices.dataset import LatencyDataset, read_dataset
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.jobs import ProgressFn, run_jobs
-from shoal.devices.probe import DeviceProbe, probe_device
-from shoal.devices.profiling import DatasetMismatch, MeasureFn, MeasurementJob, TimingSettings, prepare_job
-from shoal.devices.sampling import SamplerSettings
 from shoal.errors import ConfigError, DataError
 from shoal.models.config import ViTConfig
 from shoal.predictors.base import LatencyPredictor, load_predictor, save_predictor
 from shoal.predictors.training import PredictorSuite, TrainSettings, fit_predictors
+from shoal.profiling.dataset import LatencyDataset, read_dataset
+from shoal.profiling.jobs import ProgressFn, run_jobs
+from shoal.profiling.machine import DeviceProbe, probe_device
+from shoal.profiling.runner import DatasetMismatch, MeasureFn, MeasurementJob, TimingSettings, prepare_job
+from shoal.profiling.sampling import SamplerSettings
 from shoal.utils.io import atomic_write_json, sha256_file
 
 FORMAT = "shoal-device-profile"
@@ -85,7 +85,7 @@ class DeviceProfile:
 
     @property
     def rpc_ms(self) -> float | None:
-        """Round trip of one runtime call to this device beyond compute (`shoal.runtime.probe`), in the
+        """Round trip of one runtime call to this device beyond compute (`shoal.runtime.overhead`), in the
         statistic its predictors learn: the mean under a CPU quota, else the median (ADR 006)."""
         rpc = self.data.get("rpc")
         if not isinstance(rpc, dict) or "median_ms" not in rpc:
@@ -199,11 +199,28 @@ class ProfileRequest:
     timing: TimingSettings = TimingSettings()
 
 
+class CallOverhead(Protocol):
+    """What a call-overhead measurement reports (`shoal.runtime.overhead.RpcStats`)."""
+
+    median_ms: float
+    mean_ms: float
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+OverheadFn = Callable[[CpuLimit, Sequence[int], int], CallOverhead]
+"""Measures one runtime call's cost beyond compute on a device: (limit, input shape, feature width).
+The runtime provides it (`shoal.runtime.overhead.measure_rpc`); profiling, below the runtime,
+takes it as an argument."""
+
+
 def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sampler: SamplerSettings,
                     teacher_source: str = "", train: TrainSettings = TrainSettings(), resume: bool = True,
                     restart_mismatched: bool = False, concurrent: bool = False, measure: MeasureFn | None = None,
-                    console: Console | None = None, progress: bool | ProgressFn = True,
-                    log: Callable[[str], None] | None = None) -> list[DeviceProfile]:
+                    overhead: OverheadFn | None = None, console: Console | None = None,
+                    progress: bool | ProgressFn = True, log: Callable[[str], None] | None = None
+                    ) -> list[DeviceProfile]:
     """Measure every device (resuming what was measured), train its predictors, write its profile.
 
     Args:
@@ -212,6 +229,8 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
             under other conditions, instead of raising `DatasetMismatch`.
         concurrent: Run emulated devices whose cores do not overlap at the same time.
         measure: Replace the timing of a shape (tests); only for unlimited devices.
+        overhead: Measures the device's runtime-call overhead (None: not measured; the planner
+            then counts only the link).
     """
     say = log or (lambda msg: (console or Console(stderr=True)).print(msg, highlight=False))
     jobs: list[MeasurementJob] = []
@@ -237,7 +256,7 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
         say(f"{req.name}: training latency predictors on {len(dataset.first_pass())} measured shapes")
         suite = fit_predictors(config, dataset, train)
         probe = probe_device(req.timing.threads, req.timing.device)
-        rpc = None if measure is not None else _measure_rpc(req, config, say)
+        rpc = None if overhead is None else _measure_overhead(overhead, req, config, say)
         write_profile(req.out, req.name, probe, suite, teacher_source=teacher_source, train=train, rpc=rpc)
         profile = load_profile(req.out)
         busy = profile.data["conditions"]
@@ -249,12 +268,11 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
     return profiles
 
 
-def _measure_rpc(req: ProfileRequest, config: ViTConfig, say: Callable[[str], None]) -> dict[str, Any] | None:
+def _measure_overhead(overhead: OverheadFn, req: ProfileRequest, config: ViTConfig, say: Callable[[str], None]
+                      ) -> dict[str, Any] | None:
     """The device's runtime call overhead under its limit (None, said in one line, if it cannot be measured)."""
-    from shoal.runtime.probe import measure_rpc
-
     try:
-        stats = measure_rpc(req.cpu_limit, config.input_shape, config.embed_dim)
+        stats = overhead(req.cpu_limit, config.input_shape, config.embed_dim)
     except Exception as exc:  # a probe failure must not lose the measured profile
         say(f"[yellow]{req.name}: could not measure the RPC overhead[/] ({type(exc).__name__}: {exc}); "
             "the planner will count only the link")

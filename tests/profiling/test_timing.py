@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shoal.devices.probe import DeviceProbe, probe_device
-from shoal.devices.timing import LatencyStats, measure_latency, peak_memory_bytes
 from shoal.errors import ConfigError
 from shoal.models import SubModelSpec, build_submodel, spec_cost
+from shoal.profiling.machine import DeviceProbe, probe_device
+from shoal.profiling.timing import LatencyStats, measure_latency, peak_memory_bytes
 
 
 def test_measure_latency_stats_and_threads_restored(tiny_vit, tiny_config):

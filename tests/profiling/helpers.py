@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from shoal.devices.profiling import TimingSettings
-from shoal.devices.timing import LatencyStats
 from shoal.models.accounting import shape_cost
 from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
+from shoal.profiling.runner import TimingSettings
+from shoal.profiling.timing import LatencyStats
 
 
 def fake_latency_ms(config: ViTConfig, shape: SubModelShape) -> float:

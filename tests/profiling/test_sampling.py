@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.devices.sampling import SamplerSettings, sample_shapes, shape_id, shape_to_spec
 from shoal.errors import ConfigError
+from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_id, shape_to_spec
 
 
 def test_sample_is_deterministic_unique_and_valid(tiny_config):

@@ -6,17 +6,16 @@ import json
 import pytest
 
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.profiling import TimingSettings
-from shoal.devices.sampling import SamplerSettings, sample_shapes, shape_to_spec
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError, ShoalError
 from shoal.models import SubModelSpec, config_from_timm
-from shoal.predictors import (
-    CatalogPredictor, ProfileRequest, TrainSettings, ensure_profiles, load_device_costs, load_device_latency,
-    load_profile, profile_devices,
-)
+from shoal.predictors import TrainSettings
+from shoal.profiling.profile import ProfileRequest, load_profile, profile_devices
+from shoal.profiling.resolve import CatalogPredictor, ensure_profiles, load_device_costs, load_device_latency
+from shoal.profiling.runner import TimingSettings
+from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_to_spec
 from tests.conftest import make_vit
-from tests.devices.helpers import fake_measure
+from tests.profiling.helpers import fake_measure
 
 FAST = TrainSettings(epochs=5)
 

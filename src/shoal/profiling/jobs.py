@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shoal.devices.emulation import apply_cpu_limit, quota_unavailable_reason, remove_cgroup
-from shoal.devices.profiling import MeasureFn, MeasurementJob, measure_shape, time_items
 from shoal.errors import ConfigError, PlatformError
+from shoal.profiling.runner import MeasureFn, MeasurementJob, measure_shape, time_items
 from shoal.utils.io import atomic_write_json
 
 POLL_S = 0.2
@@ -56,7 +56,7 @@ class JobRun:
             raise PlatformError(f"cannot emulate device {self.job.name!r}: {reason}")
         atomic_write_json(self._job_file, self.job.to_dict())
         with open(self._log_file, "wb") as log:  # a file, not a pipe: a chatty child cannot block on it
-            self._child = subprocess.Popen([sys.executable, "-m", "shoal.devices.profiling", str(self._job_file)],
+            self._child = subprocess.Popen([sys.executable, "-m", "shoal.profiling.runner", str(self._job_file)],
                                            stdin=subprocess.PIPE, stderr=log)
         try:
             self._group = apply_cpu_limit(self.job.cpu_limit, pid=self._child.pid)

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from shoal.devices.dataset import read_dataset
-from shoal.devices.jobs import run_jobs, waves
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.profiling import DatasetMismatch, TimingSettings, current_marker, prepare_job
-from shoal.devices.sampling import SamplerSettings
 from shoal.errors import DataError
-from tests.devices.helpers import CountingMeasure, FailingMeasure, fake_measure
+from shoal.profiling.dataset import read_dataset
+from shoal.profiling.jobs import run_jobs, waves
+from shoal.profiling.runner import DatasetMismatch, TimingSettings, current_marker, prepare_job
+from shoal.profiling.sampling import SamplerSettings
+from tests.profiling.helpers import CountingMeasure, FailingMeasure, fake_measure
 
 TIMING = TimingSettings(repeats=3, warmup=0)
 

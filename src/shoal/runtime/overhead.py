@@ -8,7 +8,7 @@ tensor codec, zero features instead of a model) as a child process under the
 device's CPU limit, calls it with an input of the teacher's shape, and times
 the round trips. `shoal profile` records the result in the device profile.
 
-    python -m shoal.runtime.probe --width D --input C,H,W     (the echo worker; internal)
+    python -m shoal.runtime.overhead --width D --input C,H,W     (the echo worker; internal)
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int,
     """
     shape = [int(s) for s in input_shape]
     child = subprocess.Popen(
-        [sys.executable, "-m", "shoal.runtime.probe", "--width", str(feature_width),
+        [sys.executable, "-m", "shoal.runtime.overhead", "--width", str(feature_width),
          "--input", ",".join(map(str, shape))],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     group = None

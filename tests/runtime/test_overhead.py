@@ -5,7 +5,7 @@ import os
 import pytest
 
 from shoal.devices.emulation import CpuLimit
-from shoal.runtime.probe import RpcStats, measure_rpc
+from shoal.runtime.overhead import RpcStats, measure_rpc
 
 
 def _children() -> set[int]:

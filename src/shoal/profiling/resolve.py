@@ -18,17 +18,24 @@ from rich.console import Console
 
 from shoal.devices.catalog import Board, board
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.jobs import ProgressFn
-from shoal.devices.profiling import MeasureFn, TimingSettings
-from shoal.devices.sampling import SamplerSettings
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError
 from shoal.models.config import ViTConfig
 from shoal.models.teacher import Teacher
 from shoal.predictors.base import LatencyPredictor
 from shoal.predictors.features import Shape, counts
-from shoal.predictors.profile import PROFILE_FILE, DeviceProfile, ProfileRequest, load_profile, profile_devices
 from shoal.predictors.training import TrainSettings
+from shoal.profiling.jobs import ProgressFn
+from shoal.profiling.profile import (
+    PROFILE_FILE,
+    DeviceProfile,
+    OverheadFn,
+    ProfileRequest,
+    load_profile,
+    profile_devices,
+)
+from shoal.profiling.runner import MeasureFn, TimingSettings
+from shoal.profiling.sampling import SamplerSettings
 
 PROFILES_DIR = Path(".shoal") / "profiles"
 DEVICE_SET_SAMPLES = 300  # per device of a set: emulated slow devices take several times longer per shape
@@ -141,7 +148,8 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
                     workdir: str | Path | None = None, seed: int = 0, concurrent: bool = False,
                     timing: TimingSettings | None = None, train: TrainSettings = TrainSettings(),
                     console: Console | None = None, progress: bool | ProgressFn = True,
-                    log: Callable[[str], None] | None = None, measure: MeasureFn | None = None) -> DeviceSet:
+                    log: Callable[[str], None] | None = None, measure: MeasureFn | None = None,
+                    overhead: OverheadFn | None = None) -> DeviceSet:
     """Profile every device of `devices` that lacks a valid profile for this teacher; return the set with paths.
 
     A device with a catalog board and no profile path keeps its estimate. A device
@@ -154,6 +162,7 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
         timing: Repeats and warm-up per shape; threads come from each device.
         progress: A rich progress bar (True), a (description, done, total) callback, or nothing.
         measure: Replace the timing of a shape (tests; unlimited devices only).
+        overhead: Measures each device's runtime-call overhead (`shoal.runtime.overhead.measure_rpc`).
     """
     config, source = (teacher.config, teacher.source) if isinstance(teacher, Teacher) else (teacher, "")
     base = Path(workdir) if workdir is not None else Path.cwd()
@@ -176,5 +185,5 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
     if requests:
         profile_devices([r for _, r in requests], config, sampler=SamplerSettings(samples, seed),
                         teacher_source=source, train=train, concurrent=concurrent, restart_mismatched=True,
-                        measure=measure, console=console, progress=progress, log=say)
+                        measure=measure, overhead=overhead, console=console, progress=progress, log=say)
     return DeviceSet(tuple(updated), source=devices.source)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.sampling import shape_from_dict, shape_to_dict
-from shoal.devices.timing import LatencyStats
 from shoal.errors import ConfigError, DataError
 from shoal.models.partition import SubModelShape
+from shoal.profiling.sampling import shape_from_dict, shape_to_dict
+from shoal.profiling.timing import LatencyStats
 from shoal.utils.jsonl import read_lines
 
 FORMAT_VERSION = 1

@@ -2,7 +2,7 @@
 
 A job is a list of (shape, pass) items still to time for one device. It runs
 in this process, or, for an emulated device (`CpuLimit`), in a child process
-(`python -m shoal.devices.profiling JOB.json`) that the parent pins and puts
+(`python -m shoal.profiling.runner JOB.json`) that the parent pins and puts
 under the quota cgroup before telling it to start. Either way every item is
 appended to the dataset as soon as it is timed, so an interrupted run
 resumes where it stopped (`prepare_job` skips what the file already holds),
@@ -27,17 +27,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.devices.dataset import Failure, Measurement, header_mismatch, make_header, read_dataset
 from shoal.devices.emulation import CpuLimit
-from shoal.devices.probe import DeviceKind
-from shoal.devices.sampling import (
-    SamplerSettings, sample_shapes, shape_from_dict, shape_id, shape_to_dict, shape_to_spec,
-)
-from shoal.devices.timing import LatencyStats, measure_latency, peak_memory_bytes
 from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.surgery import build_submodel
+from shoal.profiling.dataset import Failure, Measurement, header_mismatch, make_header, read_dataset
+from shoal.profiling.machine import DeviceKind
+from shoal.profiling.sampling import (
+    SamplerSettings,
+    sample_shapes,
+    shape_from_dict,
+    shape_id,
+    shape_to_dict,
+    shape_to_spec,
+)
+from shoal.profiling.timing import LatencyStats, measure_latency, peak_memory_bytes
 from shoal.utils.jsonl import appender, repair_tail
 
 REMEASURE_FRACTION = 0.15
