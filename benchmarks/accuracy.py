@@ -45,8 +45,8 @@ from safetensors.torch import load_file
 
 from shoal.errors import ConfigError, DataError
 from shoal.models import Policy, SubModelShape, compute_importance, decompose
-from shoal.planner.calibration import CalibrationSettings
-from shoal.planner.pipeline import PlanHooks, PlanRequest, Problem, build_problem, calibrate
+from shoal.planner.pipeline import PlanHooks, Problem, build_problem, calibrate
+from shoal.planner.settings import CalibrationSettings, PlanRequest
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json
 from shoal.utils.stats import Accuracy, compare_seeds, mean_accuracy
 

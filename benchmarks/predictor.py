@@ -29,11 +29,11 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.commands.profile import cpu_limit_option, teacher_family
-from shoal.predictors import TrainSettings, fit_predictors
+from shoal.predictors import fit_predictors
+from shoal.predictors.settings import TrainSettings
 from shoal.profiling.dataset import read_dataset
 from shoal.profiling.profile import DATASET_FILE, ProfileRequest, profile_devices
-from shoal.profiling.runner import TimingSettings
-from shoal.profiling.sampling import SamplerSettings
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.runtime.overhead import measure_rpc
 from shoal.utils.io import atomic_write_json
 

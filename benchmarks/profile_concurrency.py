@@ -29,8 +29,9 @@ from shoal.devices.emulation import CpuLimit, quota_unavailable_reason
 from shoal.devices.spec import default_device_set
 from shoal.profiling.dataset import read_dataset
 from shoal.profiling.jobs import run_jobs
-from shoal.profiling.runner import TimingSettings, explicit_job
-from shoal.profiling.sampling import SamplerSettings, sample_shapes
+from shoal.profiling.runner import explicit_job
+from shoal.profiling.sampling import sample_shapes
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.utils.io import atomic_write_json
 
 console = Console(stderr=True, width=120)

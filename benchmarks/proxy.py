@@ -27,11 +27,11 @@ from rich.table import Table
 
 from shoal.data.datasets import TaskData
 from shoal.planner.aggregation import train_aggregator
-from shoal.planner.calibration import Booster, CalibrationSettings
+from shoal.planner.calibration import Booster
 from shoal.planner.evaluation import ensemble_logits
-from shoal.planner.pipeline import PlanHooks, PlanRequest, build_problem
-from shoal.planner.proxy import PROXY_KINDS
+from shoal.planner.pipeline import PlanHooks, build_problem
 from shoal.planner.search import anchor_points
+from shoal.planner.settings import PROXY_KINDS, CalibrationSettings, PlanRequest
 from shoal.utils.stats import wilson_interval
 
 

@@ -39,11 +39,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from shoal.planner.calibration import CalibrationSettings
 from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure
-from shoal.planner.pipeline import PlanHooks, PlanRequest, build_problem
-from shoal.planner.search import SearchSettings, decode_key, run_search
+from shoal.planner.pipeline import PlanHooks, build_problem
+from shoal.planner.search import decode_key, run_search
+from shoal.planner.settings import CalibrationSettings, PlanRequest, SearchSettings
 
 STRATEGIES = ("bo", "bo-whole", "ei", "random", "uniform", "tpe")
 

@@ -17,8 +17,8 @@ from shoal.devices.emulation import (
 from shoal.errors import ConfigError
 from shoal.profiling.dataset import read_dataset
 from shoal.profiling.jobs import run_jobs
-from shoal.profiling.runner import TimingSettings, prepare_job
-from shoal.profiling.sampling import SamplerSettings
+from shoal.profiling.runner import prepare_job
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 
 NO_QUOTA = quota_unavailable_reason()
 

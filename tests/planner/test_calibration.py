@@ -5,7 +5,8 @@ import torch
 
 from shoal.data.datasets import load_task_data
 from shoal.models import build_submodel, load_teacher
-from shoal.planner.calibration import Booster, CalibrationSettings, distillation_losses, update_weights
+from shoal.planner.calibration import Booster, distillation_losses, update_weights
+from shoal.planner.settings import CalibrationSettings
 
 
 def test_boosting_raises_the_weight_of_hard_samples():

@@ -71,8 +71,8 @@ def test_calibrate_keeps_per_image_vectors_out_of_the_accuracy_document(tiny_dig
 
     from shoal.data.datasets import load_task_data
     from shoal.models import Policy
-    from shoal.planner.calibration import CalibrationSettings
-    from shoal.planner.pipeline import PlanHooks, PlanRequest, calibrate
+    from shoal.planner.pipeline import PlanHooks, calibrate
+    from shoal.planner.settings import CalibrationSettings, PlanRequest
 
     teacher = load_teacher(tiny_digits_teacher)
     c = teacher.config

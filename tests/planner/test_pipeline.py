@@ -5,9 +5,8 @@ import pytest
 from shoal.errors import DataError
 from shoal.plan.directory import load_plan, read_plan_json
 from shoal.plan.document import PlanDocument
-from shoal.planner.calibration import CalibrationSettings
-from shoal.planner.pipeline import PlanRequest, run_plan
-from shoal.planner.search import SearchSettings
+from shoal.planner.pipeline import run_plan
+from shoal.planner.settings import CalibrationSettings, PlanRequest, SearchSettings
 
 FAST_SEARCH = SearchSettings("bo", init=3, iterations=2, num_restarts=2, raw_samples=32)
 FAST_CAL = CalibrationSettings(epochs=1, aggregator_epochs=3, feature_copies=1, batch_size=64)

@@ -10,15 +10,8 @@ import torch
 from shoal.data.digits import augment, load_digits_split
 from shoal.models import compute_importance, load_teacher
 from shoal.planner.objective import Evaluator
-from shoal.planner.proxy import (
-    PROXY_KINDS,
-    ProxySettings,
-    logistic_logits,
-    prior_loss,
-    readout_loss,
-    scaled_loss,
-    standardise,
-)
+from shoal.planner.proxy import ProxySettings, logistic_logits, prior_loss, readout_loss, scaled_loss, standardise
+from shoal.planner.settings import PROXY_KINDS
 from shoal.planner.space import SearchSpace
 from tests.planner.conftest import FlopsPredictor
 

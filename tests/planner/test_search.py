@@ -12,7 +12,8 @@ from shoal.errors import DataError
 from shoal.models import compute_importance, load_teacher
 from shoal.planner.journal import Journal
 from shoal.planner.objective import Evaluation, Evaluator
-from shoal.planner.search import SearchSettings, run_search
+from shoal.planner.search import run_search
+from shoal.planner.settings import SearchSettings
 from shoal.planner.space import PER_DEVICE, SearchSpace
 
 

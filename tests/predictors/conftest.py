@@ -4,8 +4,8 @@ import pytest
 
 from shoal.profiling.dataset import read_dataset
 from shoal.profiling.jobs import run_jobs
-from shoal.profiling.runner import TimingSettings, prepare_job
-from shoal.profiling.sampling import SamplerSettings
+from shoal.profiling.runner import prepare_job
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from tests.profiling.helpers import fake_measure
 
 

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 import shoal.commands.profile as profile_cmd
 from shoal.cli import app
 from shoal.models import SubModelSpec, config_from_timm
-from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_to_spec
+from shoal.profiling.sampling import sample_shapes, shape_to_spec
+from shoal.profiling.settings import SamplerSettings
 from tests.conftest import make_vit
 
 

@@ -12,7 +12,6 @@ from shoal.predictors import (
     EnsemblePredictor,
     LinearPredictor,
     MLPPredictor,
-    TrainSettings,
     error_metrics,
     fit_predictors,
     load_predictor,
@@ -20,8 +19,10 @@ from shoal.predictors import (
     save_predictor,
 )
 from shoal.predictors.features import FEATURE_SETS, feature_matrix
+from shoal.predictors.settings import TrainSettings
 from shoal.predictors.training import resolve_target
-from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_to_spec
+from shoal.profiling.sampling import sample_shapes, shape_to_spec
+from shoal.profiling.settings import SamplerSettings
 from tests.conftest import make_vit
 from tests.profiling.helpers import fake_latency_ms
 

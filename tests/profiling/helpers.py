@@ -5,7 +5,7 @@ from __future__ import annotations
 from shoal.models.accounting import shape_cost
 from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
-from shoal.profiling.runner import TimingSettings
+from shoal.profiling.settings import TimingSettings
 from shoal.profiling.timing import LatencyStats
 
 

@@ -9,11 +9,11 @@ from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError, ShoalError
 from shoal.models import SubModelSpec, config_from_timm
-from shoal.predictors import TrainSettings
+from shoal.predictors.settings import TrainSettings
 from shoal.profiling.profile import ProfileRequest, load_profile, profile_devices
 from shoal.profiling.resolve import CatalogPredictor, ensure_profiles, load_device_costs, load_device_latency
-from shoal.profiling.runner import TimingSettings
-from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_to_spec
+from shoal.profiling.sampling import sample_shapes, shape_to_spec
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from tests.conftest import make_vit
 from tests.profiling.helpers import fake_measure
 

@@ -9,8 +9,8 @@ from shoal.devices.emulation import CpuLimit
 from shoal.errors import DataError
 from shoal.profiling.dataset import read_dataset
 from shoal.profiling.jobs import run_jobs, waves
-from shoal.profiling.runner import DatasetMismatch, TimingSettings, current_marker, prepare_job
-from shoal.profiling.sampling import SamplerSettings
+from shoal.profiling.runner import DatasetMismatch, current_marker, prepare_job
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from tests.profiling.helpers import CountingMeasure, FailingMeasure, fake_measure
 
 TIMING = TimingSettings(repeats=3, warmup=0)

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import ConfigError
-from shoal.profiling.sampling import SamplerSettings, sample_shapes, shape_id, shape_to_spec
+from shoal.profiling.sampling import sample_shapes, shape_id, shape_to_spec
+from shoal.profiling.settings import SamplerSettings
 
 
 def test_sample_is_deterministic_unique_and_valid(tiny_config):

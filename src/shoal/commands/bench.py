@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from shoal.commands._common import console, print_json
-from shoal.runtime.bench import BenchResult
+
+if TYPE_CHECKING:
+    from shoal.runtime.bench import BenchResult
 
 
 def main(

@@ -16,9 +16,7 @@ import typer
 from shoal.commands._common import console, print_json
 from shoal.commands.bench import print_tables
 from shoal.commands.plan import LiveSearch, plan_hooks, show_document
-from shoal.planner.calibration import CalibrationSettings
-from shoal.planner.pipeline import PlanRequest, run_plan
-from shoal.planner.search import SearchSettings
+from shoal.planner.settings import CalibrationSettings, PlanRequest, SearchSettings
 
 
 def main(
@@ -38,6 +36,7 @@ def main(
     """Profile, plan, serve and benchmark the default teacher on three emulated devices."""
     from shoal.plan.directory import read_plan_json
     from shoal.plan.document import PLAN_FILE
+    from shoal.planner.pipeline import run_plan
     from shoal.runtime.bench import run_bench
 
     plan_dir = out / "plan"

@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from shoal.commands._common import console, print_json
-from shoal.models import SubModelSpec, load_teacher, spec_cost
 
 
 def main(
@@ -18,6 +17,8 @@ def main(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Describe a teacher: family, size, FLOPs and (for the default) recorded accuracy."""
+    from shoal.models import SubModelSpec, load_teacher, spec_cost
+
     teacher = load_teacher(model, checkpoint=checkpoint, pretrained=pretrained)
     cost = spec_cost(teacher.config, SubModelSpec.full(teacher.config))
     info = {"source": teacher.source, "family": teacher.config.fingerprint(), "config": teacher.config.to_dict(),

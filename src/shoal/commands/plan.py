@@ -12,13 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shoal.commands._common import console, guard, print_json
-from shoal.planner.calibration import CalibrationSettings
-from shoal.planner.journal import Record
-from shoal.planner.pipeline import PlanHooks, PlanRequest, run_plan
-from shoal.planner.search import SearchSettings
+from shoal.planner.settings import CalibrationSettings, PlanRequest, SearchSettings
 
 if TYPE_CHECKING:
     from shoal.plan.document import PairedTest, PlanDocument, Score
+    from shoal.planner.journal import Record
+    from shoal.planner.pipeline import PlanHooks
+
+_SEARCH, _CAL, _REQUEST = SearchSettings(), CalibrationSettings(), PlanRequest()   # the defaults
 
 app = typer.Typer(help="Search, decompose and calibrate a plan; or show one.", no_args_is_help=False)
 
@@ -96,6 +97,8 @@ class LiveSearch:
 
 
 def plan_hooks(ui: LiveSearch) -> PlanHooks:
+    from shoal.planner.pipeline import PlanHooks
+
     return PlanHooks(phase=ui.phase, progress=ui.step, record=ui.record)
 
 
@@ -109,36 +112,42 @@ def plan(
     data: Annotated[str | None, typer.Option(help="digits | fashion-mnist | an ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
     devices: Annotated[str | None, typer.Option(help="device-set YAML (default: three emulated devices)")] = None,
     delta: Annotated[float | None, typer.Option(help="δ per ms in Ψ = L + δ·T (default: 1/teacher latency on the central node)")] = None,
-    strategy: Annotated[str, typer.Option(help="bo | random | uniform")] = "bo",
-    init: Annotated[int, typer.Option("--init", help="r: random policies first")] = 10,
-    iterations: Annotated[int, typer.Option(help="I: BO iterations")] = 30,
-    acquisition: Annotated[str, typer.Option(help="logei | ei")] = "logei",
-    proxy: Annotated[str, typer.Option(help="accuracy proxy: distill | logistic | ridge | probe | sliced")] = "distill",
-    seed: Annotated[int, typer.Option(help="seed of the search and calibration")] = 0,
-    out: Annotated[Path, typer.Option(help="plan directory")] = Path(".shoal/plan"),
+    strategy: Annotated[str, typer.Option(help="bo | random | uniform")] = _SEARCH.strategy,
+    init: Annotated[int, typer.Option("--init", help="r: random policies first")] = _SEARCH.init,
+    iterations: Annotated[int, typer.Option(help="I: BO iterations")] = _SEARCH.iterations,
+    acquisition: Annotated[str, typer.Option(help="logei | ei")] = _SEARCH.acquisition,
+    proxy: Annotated[str, typer.Option(help="accuracy proxy: distill | logistic | ridge | probe | sliced")
+                     ] = _REQUEST.proxy,
+    seed: Annotated[int, typer.Option(help="seed of the search and calibration")] = _SEARCH.seed,
+    out: Annotated[Path, typer.Option(help="plan directory")] = Path(_REQUEST.out),
     use_all_devices: Annotated[bool, typer.Option(
         help="every device runs a sub-model (CoFormer's rule); by default a worker whose compute does not pay "
              "for its call may be left out")] = False,
-    importance: Annotated[str, typer.Option(help="unit ranking: mixed | taylor | fisher | magnitude | random")] = "mixed",
+    importance: Annotated[str, typer.Option(help="unit ranking: mixed | taylor | fisher | magnitude | random")
+                          ] = _REQUEST.importance,
     search_only: Annotated[bool, typer.Option(help="stop after the search")] = False,
     from_policy: Annotated[str | None, typer.Option(help="calibrate the policy of this plan.json")] = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted plan in --out")] = False,
-    epochs: Annotated[int, typer.Option(help="distillation epochs per sub-model")] = 8,
-    lr: Annotated[float, typer.Option(help="sub-model learning rate")] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="training batch size")] = 64,
-    weighting: Annotated[str, typer.Option(help="sample weighting: boost | printed | uniform")] = "boost",
-    aggregator_epochs: Annotated[int, typer.Option(help="aggregator epochs")] = 60,
-    joint_epochs: Annotated[int, typer.Option(help="joint fine-tune epochs after the aggregator")] = 0,
-    device_dropout: Annotated[float, typer.Option(help="train the aggregator to answer without devices")] = 0.0,
+    epochs: Annotated[int, typer.Option(help="distillation epochs per sub-model")] = _CAL.epochs,
+    lr: Annotated[float, typer.Option(help="sub-model learning rate")] = _CAL.lr,
+    batch_size: Annotated[int, typer.Option(help="training batch size")] = _CAL.batch_size,
+    weighting: Annotated[str, typer.Option(help="sample weighting: boost | printed | uniform")] = _CAL.weighting,
+    aggregator_epochs: Annotated[int, typer.Option(help="aggregator epochs")] = _CAL.aggregator_epochs,
+    joint_epochs: Annotated[int, typer.Option(help="joint fine-tune epochs after the aggregator")] = _CAL.joint_epochs,
+    device_dropout: Annotated[float, typer.Option(help="train the aggregator to answer without devices")
+                              ] = _CAL.device_dropout,
     profile_samples: Annotated[int | None, typer.Option(help="samples when a device still needs profiling")] = None,
     max_per_split: Annotated[int | None, typer.Option(help="use at most this many images per split")] = None,
-    cal_images: Annotated[int, typer.Option(help="training images for importance and the proxy's fits")] = 512,
-    val_images: Annotated[int | None, typer.Option(help="validation images the proxy scores (default 1000)")] = 1000,
+    cal_images: Annotated[int, typer.Option(help="training images for importance and the proxy's fits")
+                          ] = _REQUEST.cal_images,
+    val_images: Annotated[int | None, typer.Option(help="validation images the proxy scores")] = _REQUEST.val_images,
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Search the decomposition (BO), calibrate the sub-models and write a deployable plan directory."""
     if ctx.invoked_subcommand is not None:
         return
+    from shoal.planner.pipeline import run_plan
+
     request = PlanRequest(
         model=model, checkpoint=checkpoint, pretrained=pretrained, data=data, devices=devices, out=str(out),
         delta=delta, proxy=proxy,  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,16 +12,13 @@ from rich.table import Table
 from shoal.commands._common import console, print_json
 from shoal.devices.emulation import CpuLimit, quota_unavailable_reason
 from shoal.errors import ConfigError, DataError, PlatformError
-from shoal.models import SubModelSpec, ViTConfig, load_teacher, spec_cost
-from shoal.models.partition import SubModelShape
-from shoal.predictors.training import DEFAULT_TARGET, TrainSettings
-from shoal.profiling.dataset import read_dataset
-from shoal.profiling.jobs import run_jobs
-from shoal.profiling.machine import DeviceKind, probe_device
-from shoal.profiling.profile import DATASET_FILE, DeviceProfile, ProfileRequest, load_profile, profile_devices
-from shoal.profiling.runner import TimingSettings, explicit_job
-from shoal.profiling.sampling import SamplerSettings
-from shoal.runtime.overhead import measure_rpc
+from shoal.models.spec import SubModelSpec
+from shoal.predictors.settings import DEFAULT_TARGET, TrainSettings
+from shoal.profiling.settings import DeviceKind, SamplerSettings, TimingSettings
+
+if TYPE_CHECKING:
+    from shoal.models.config import ViTConfig
+    from shoal.profiling.profile import DeviceProfile
 
 DEFAULT_SAMPLES = 600
 ModelOpt = Annotated[str | None, typer.Option(
@@ -35,6 +32,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output o
 
 def teacher_family(model: str | None, checkpoint: str | None) -> tuple[ViTConfig, str]:
     """(family, source) of the teacher; timing needs no trained weights, so timm models are not downloaded."""
+    from shoal.models.teacher import load_teacher
+
     teacher = load_teacher(model, checkpoint=checkpoint, pretrained=False)
     return teacher.config, teacher.source
 
@@ -72,6 +71,11 @@ def profile(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure this device on sampled sub-models of the teacher and train its latency predictor."""
+    from shoal.profiling.dataset import read_dataset
+    from shoal.profiling.machine import probe_device
+    from shoal.profiling.profile import DATASET_FILE, ProfileRequest, profile_devices
+    from shoal.runtime.overhead import measure_rpc
+
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     train = TrainSettings(seed=seed, target=target)
@@ -145,6 +149,8 @@ def _check_family(specs: list[SubModelSpec], config: ViTConfig, path: Path, what
 
 
 def _spec_row(spec: SubModelSpec, config: ViTConfig) -> dict[str, Any]:
+    from shoal.models.accounting import spec_cost
+
     return {"l": spec.depth, "d": spec.width, "h_mean": sum(spec.head_counts) / max(spec.depth, 1),
             "D_mean": sum(spec.mlp_widths) / max(spec.depth, 1), "mflops": spec_cost(config, spec).flops / 1e6}
 
@@ -174,6 +180,8 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict the latency of each spec on a profiled device."""
+    from shoal.profiling.profile import load_profile
+
     prof = load_profile(profile_dir)
     specs = read_specs(specs_file)
     _check_family(specs, prof.config, specs_file, f"the teacher family {prof.family} of {prof.path}")
@@ -199,6 +207,12 @@ def measure(
     as_json: JsonOpt = False,
 ) -> None:
     """Time each spec now on this machine (to check a prediction)."""
+    from shoal.models.partition import SubModelShape
+    from shoal.profiling.dataset import read_dataset
+    from shoal.profiling.jobs import run_jobs
+    from shoal.profiling.profile import DATASET_FILE, load_profile
+    from shoal.profiling.runner import explicit_job
+
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     config, source = teacher_family(model, checkpoint)

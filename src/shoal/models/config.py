@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 PoolType = Literal["token", "avg"]
 
@@ -139,6 +140,8 @@ def config_from_timm(model: nn.Module, name: str = "model") -> ViTConfig:
     Raises:
         ModelError: The architecture is not a plain timm ViT/DeiT (names the offending part).
     """
+    import torch.nn as nn   # here: the config itself is read without torch (the CLI's --help)
+
     from timm.layers import Mlp
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block, VisionTransformer

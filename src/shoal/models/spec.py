@@ -15,6 +15,8 @@ from typing import Any
 from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 
+MIN_WIDTH = 8  # residual channels: the planner never gives a device fewer, the profiler samples no fewer
+
 
 def _index_tuple(value: Any, field: str, *, allow_empty: bool) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):

@@ -22,7 +22,8 @@ from shoal.data.datasets import TaskData
 from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
 from shoal.models.surgery import pooled_features, submodel_features
-from shoal.planner.calibration import CalibrationSettings, distillation_losses
+from shoal.planner.calibration import distillation_losses
+from shoal.planner.settings import CalibrationSettings
 from shoal.utils.threads import torch_threads
 
 Progress = Callable[[str, int, int], None]

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,62 +30,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from shoal.data.datasets import TaskData
-from shoal.errors import ConfigError, DataError
+from shoal.errors import DataError
+from shoal.planner.settings import CalibrationSettings, Weighting
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, load_optimizer_tensors, optimizer_tensors
 
-Weighting = Literal["boost", "printed", "uniform"]
 WEIGHT_CLIP = 20.0
 VIEW_CACHE_BYTES = 512 * 2**20   # augmented training views kept in memory across sub-models
 Progress = Callable[[str, int, int], None]   # (phase description, done, total)
-
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    """How sub-models and the aggregator are trained.
-
-    Attributes:
-        epochs: Distillation epochs per sub-model.
-        lr: AdamW learning rate of the sub-models (cosine decay).
-        batch_size: Training batch size.
-        weight_decay: AdamW weight decay.
-        weighting: Sample re-weighting between sub-models ("boost", "printed", "uniform").
-        aggregator_epochs: Epochs of aggregator training (sub-models frozen).
-        aggregator_lr: Its learning rate.
-        joint_epochs: Epochs of joint fine-tuning (sub-models and aggregator) afterwards.
-        device_dropout: Probability of dropping each non-central device's features while
-            training the aggregator (so it can answer without them).
-        feature_copies: Augmented copies of the training set whose frozen features train the aggregator.
-        seed: Seed of shuffling and augmentation.
-    """
-
-    epochs: int = 8
-    lr: float = 5e-4
-    batch_size: int = 64
-    weight_decay: float = 0.01
-    weighting: Weighting = "boost"
-    aggregator_epochs: int = 60
-    aggregator_lr: float = 2e-3
-    joint_epochs: int = 0
-    device_dropout: float = 0.0
-    feature_copies: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "aggregator_epochs", "joint_epochs", "feature_copies"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"CalibrationSettings.{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"CalibrationSettings.batch_size must be >= 1, got {self.batch_size}")
-        for name in ("lr", "aggregator_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"CalibrationSettings.{name} must be positive, got {getattr(self, name)}")
-        if self.weighting not in ("boost", "printed", "uniform"):
-            raise ConfigError(f"CalibrationSettings.weighting must be boost, printed or uniform, got {self.weighting!r}")
-        if not 0.0 <= self.device_dropout < 1.0:
-            raise ConfigError(f"CalibrationSettings.device_dropout must be in [0, 1), got {self.device_dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def distillation_losses(logits: torch.Tensor, labels: torch.Tensor, teacher_labels: torch.Tensor) -> torch.Tensor:

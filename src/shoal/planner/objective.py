@@ -26,7 +26,8 @@ from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import batched, build_submodel, submodel_features
 from shoal.plan.latency import LatencyBreakdown, transfer_ms
-from shoal.planner.proxy import Augment, ProxyKind, ProxySettings, prior_loss, readout_loss, short_distill
+from shoal.planner.proxy import Augment, ProxySettings, prior_loss, readout_loss, short_distill
+from shoal.planner.settings import ProxyKind
 from shoal.predictors.features import Shape
 
 

@@ -20,8 +20,7 @@ from shoal.data.datasets import TaskData, default_teacher_for, load_task_data
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError, DataError
 from shoal.models.aggregator import Aggregator
-from shoal.models.importance import ImportanceRule, ImportanceScores, compute_importance
-from shoal.models.partition import DealRule, LayerRule
+from shoal.models.importance import ImportanceScores, compute_importance
 from shoal.models.spec import Policy
 from shoal.models.surgery import build_submodel
 from shoal.models.teacher import Teacher, load_teacher
@@ -44,13 +43,14 @@ from shoal.plan.document import (
     TeacherInfo,
 )
 from shoal.planner.aggregation import joint_finetune, train_aggregator
-from shoal.planner.calibration import Booster, CalibrationSettings
+from shoal.planner.calibration import Booster
 from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor
-from shoal.planner.proxy import PROXY_KINDS, ProxyKind, ProxySettings
-from shoal.planner.search import SearchResult, SearchSettings, run_search
+from shoal.planner.proxy import ProxySettings
+from shoal.planner.search import SearchResult, run_search
+from shoal.planner.settings import PlanRequest
 from shoal.planner.space import SearchSpace
 from shoal.utils.fields import Fields
 from shoal.utils.io import atomic_save_safetensors
@@ -58,74 +58,6 @@ from shoal.utils.io import atomic_save_safetensors
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass(frozen=True)
-class PlanRequest:
-    """Everything `shoal plan` needs to know.
-
-    Attributes:
-        model: timm name or checkpoint of the teacher (None: the shipped teacher of a built-in
-            task, the digits ViT otherwise).
-        checkpoint: Local weights for `model`.
-        pretrained: Fetch timm's pretrained weights when no checkpoint is given.
-        data: Dataset (None: built-in digits; "fashion-mnist"; else an ImageFolder tree).
-        devices: Device-set YAML (None: the default set of three emulated devices).
-        out: Plan directory.
-        delta: δ in Ψ = L + δ·T, per ms (None: 1 / predicted teacher latency on the central node).
-        proxy: Accuracy proxy (`shoal.planner.proxy.PROXY_KINDS`).
-        search: Search strategy and budget.
-        calibration: Booster and aggregator settings.
-        importance: Importance rule for ranking units.
-        layer_rule: How a sub-model's blocks are chosen.
-        deal_rule: How ranked units are dealt among sub-models.
-        allow_leave_out: The search may leave a worker out when it does not pay for its call
-            (False: every device runs a sub-model, as in CoFormer).
-        search_only: Stop after the search.
-        from_policy: plan.json whose policy to calibrate (skips the search).
-        resume: Continue an interrupted plan in `out`.
-        profile_samples: Samples per device when a device of the set still needs profiling.
-        cal_images: Training images used for importance and the proxy's read-out fits.
-        val_images: Validation images the proxy scores (None: the whole split).
-        max_per_split: Cap on images per split (a fixed subset; quick runs and big folders).
-    """
-
-    model: str | None = None
-    checkpoint: str | None = None
-    pretrained: bool = True
-    data: str | None = None
-    devices: str | None = None
-    out: str = ".shoal/plan"
-    delta: float | None = None
-    proxy: ProxyKind = "distill"
-    search: SearchSettings = field(default_factory=SearchSettings)
-    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
-    importance: ImportanceRule = "mixed"
-    layer_rule: LayerRule = "uniform"
-    deal_rule: DealRule = "fair"
-    allow_leave_out: bool = True
-    search_only: bool = False
-    from_policy: str | None = None
-    resume: bool = False
-    profile_samples: int | None = None
-    cal_images: int = 512
-    val_images: int | None = 1000
-    max_per_split: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.delta is not None and not self.delta >= 0:
-            raise ConfigError(f"--delta must be >= 0 (per ms), got {self.delta}")
-        if self.proxy not in PROXY_KINDS:
-            raise ConfigError(f"--proxy must be one of {', '.join(PROXY_KINDS)}, got {self.proxy!r}")
-        if self.search_only and self.from_policy:
-            raise ConfigError("--search-only and --from-policy exclude each other")
-        if self.importance not in ("mixed", "taylor", "fisher", "magnitude", "random"):
-            raise ConfigError(f"--importance must be mixed, taylor, fisher, magnitude or random, got {self.importance!r}")
-        if self.layer_rule not in ("importance", "uniform") or self.deal_rule not in ("fair", "ranked"):
-            raise ConfigError(f"layer_rule must be importance|uniform and deal_rule fair|ranked, got "
-                              f"{self.layer_rule!r}, {self.deal_rule!r}")
-        if self.cal_images < 16:
-            raise ConfigError(f"cal_images must be at least 16, got {self.cal_images}")
-        if self.val_images is not None and self.val_images < 16:
-            raise ConfigError(f"val_images must be at least 16, got {self.val_images}")
 
 
 class PhaseClock:

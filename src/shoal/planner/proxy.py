@@ -27,14 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ProxyKind = Literal["sliced", "probe", "ridge", "logistic", "distill"]
-PROXY_KINDS: tuple[str, ...] = ("sliced", "probe", "ridge", "logistic", "distill")
+from shoal.planner.settings import PROXY_KINDS, ProxyKind
+
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 

@@ -41,81 +41,17 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from shoal.errors import ConfigError
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluator
+from shoal.planner.settings import SearchSettings
 from shoal.planner.space import PER_DEVICE, SearchSpace
 
-Strategy = Literal["bo", "random", "uniform"]
-Acquisition = Literal["logei", "ei"]
-Surrogate = Literal["policy", "encoding"]
 LatencyModel = Callable[[Sequence[Sequence[object | None]]], list[float]]   # decoded shapes -> T (ms) each
 FIT_MAXITER = 100      # L-BFGS-B iterations of a GP fit (the marginal likelihood barely moves after)
 FALLBACK_TRIES = 1000  # random points tried for an unevaluated policy when every candidate was evaluated
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How to search.
-
-    Attributes:
-        strategy: "bo", "random" or "uniform".
-        init: r, random policies before the GP takes over (bo).
-        iterations: I, GP-guided evaluations (bo), or extra random ones (random).
-        seed: Seed of every random choice.
-        acquisition: "logei" (BoTorch's recommendation) or "ei" (CoFormer eq. 12).
-        num_restarts: Local searches per proposal: the best evaluations, then the best
-            candidates, are each perturbed `LOCAL_SAMPLES` times.
-        raw_samples: Sobol points over [0,1]^k every proposal scores (drawn and decoded once
-            per search).
-        surrogate: What the GP sees: "policy" (the decoded policy's description, so points
-            decoding to one policy are one point) or "encoding" (x itself).
-        known_latency: The GP models only the accuracy part of Ψ (Ψ − δ·T of each evaluation);
-            each candidate's δ·T, known from the latency model without building anything, is
-            added to its posterior before the acquisition ranks it. False: the GP models Ψ whole.
-        anchors: Start the initial design (bo and random) with the central-node-alone and the
-            uniform policies (`anchor_points`); they count towards `init`.
-        prune: After the budget (bo and random, when workers may be left out), try leaving out
-            each worker of the chosen policy, greedily, and keep a policy that uses fewer
-            devices when its Ψ is within `PRUNE_TIE` of the best (`SearchResult.chosen`).
-            A worker off the critical path costs nothing in Ψ, so the search has no reason
-            to drop one that contributes nothing; this step does.
-    """
-
-    strategy: Strategy = "bo"
-    init: int = 10
-    iterations: int = 30
-    seed: int = 0
-    acquisition: Acquisition = "logei"
-    num_restarts: int = 8
-    raw_samples: int = 1024
-    surrogate: Surrogate = "policy"
-    known_latency: bool = True
-    anchors: bool = True
-    prune: bool = True
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("bo", "random", "uniform"):
-            raise ConfigError(f"strategy must be bo, random or uniform, got {self.strategy!r}")
-        if self.acquisition not in ("logei", "ei"):
-            raise ConfigError(f"acquisition must be logei or ei, got {self.acquisition!r}")
-        if self.surrogate not in ("policy", "encoding"):
-            raise ConfigError(f"surrogate must be policy or encoding, got {self.surrogate!r}")
-        if self.init < 1 or (self.strategy == "bo" and self.init < 2):
-            raise ConfigError(f"init (r) must be at least {2 if self.strategy == 'bo' else 1}, got {self.init}")
-        if self.iterations < 0:
-            raise ConfigError(f"iterations (I) must be >= 0, got {self.iterations}")
-        if self.num_restarts < 1 or self.raw_samples < self.num_restarts:
-            raise ConfigError(f"need num_restarts >= 1 and raw_samples >= num_restarts, got "
-                              f"{self.num_restarts}, {self.raw_samples}")
-
-    @property
-    def budget(self) -> int:
-        return self.init + self.iterations
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,9 @@ from shoal.models.accounting import SpecCost, shape_cost
 from shoal.models.config import ViTConfig
 from shoal.models.importance import ImportanceScores
 from shoal.models.partition import DealRule, LayerRule, SubModelShape, choose_layers, decompose
-from shoal.models.spec import Policy
+from shoal.models.spec import MIN_WIDTH, Policy
 
 PER_DEVICE = 4
-MIN_WIDTH = 8
 LEAVE_OUT = 0.1   # a worker whose depth ratio is below this is left out of the policy
 
 

@@ -11,13 +11,12 @@ import platform
 import socket
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from shoal.errors import ConfigError
-
-DeviceKind = Literal["cpu", "cuda"]
+from shoal.profiling.settings import DeviceKind
 
 
 @dataclass(frozen=True)

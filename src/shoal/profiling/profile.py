@@ -29,12 +29,13 @@ from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError, DataError
 from shoal.models.config import ViTConfig
 from shoal.predictors.base import LatencyPredictor, load_predictor, save_predictor
-from shoal.predictors.training import PredictorSuite, TrainSettings, fit_predictors
+from shoal.predictors.settings import TrainSettings
+from shoal.predictors.training import PredictorSuite, fit_predictors
 from shoal.profiling.dataset import LatencyDataset, read_dataset
 from shoal.profiling.jobs import ProgressFn, run_jobs
 from shoal.profiling.machine import DeviceProbe, probe_device
-from shoal.profiling.runner import DatasetMismatch, MeasureFn, MeasurementJob, TimingSettings, prepare_job
-from shoal.profiling.sampling import SamplerSettings
+from shoal.profiling.runner import DatasetMismatch, MeasureFn, MeasurementJob, prepare_job
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.utils.io import atomic_write_json, sha256_file
 
 FORMAT = "shoal-device-profile"

@@ -24,7 +24,7 @@ from shoal.models.config import ViTConfig
 from shoal.models.teacher import Teacher
 from shoal.predictors.base import LatencyPredictor
 from shoal.predictors.features import Shape, counts
-from shoal.predictors.training import TrainSettings
+from shoal.predictors.settings import TrainSettings
 from shoal.profiling.jobs import ProgressFn
 from shoal.profiling.profile import (
     PROFILE_FILE,
@@ -34,8 +34,8 @@ from shoal.profiling.profile import (
     load_profile,
     profile_devices,
 )
-from shoal.profiling.runner import MeasureFn, TimingSettings
-from shoal.profiling.sampling import SamplerSettings
+from shoal.profiling.runner import MeasureFn
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 
 PROFILES_DIR = Path(".shoal") / "profiles"
 DEVICE_SET_SAMPLES = 300  # per device of a set: emulated slow devices take several times longer per shape

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,8 @@ from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.surgery import build_submodel
 from shoal.profiling.dataset import Failure, Measurement, header_mismatch, make_header, read_dataset
-from shoal.profiling.machine import DeviceKind
-from shoal.profiling.sampling import (
-    SamplerSettings,
-    sample_shapes,
-    shape_from_dict,
-    shape_id,
-    shape_to_dict,
-    shape_to_spec,
-)
+from shoal.profiling.sampling import sample_shapes, shape_from_dict, shape_id, shape_to_dict, shape_to_spec
+from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.profiling.timing import LatencyStats, measure_latency, peak_memory_bytes
 from shoal.utils.jsonl import appender, repair_tail
 
@@ -50,34 +43,6 @@ REMEASURE_FRACTION = 0.15
 
 class DatasetMismatch(ConfigError):
     """An existing dataset was measured under other conditions than the run asks for."""
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """How each shape is timed.
-
-    Attributes:
-        repeats: Timed calls per shape (the median is kept).
-        warmup: Untimed calls first.
-        threads: Torch intra-op threads.
-        device: "cpu" or "cuda".
-    """
-
-    repeats: int = 25
-    warmup: int = 5
-    threads: int = 1
-    device: DeviceKind = "cpu"
-
-    def __post_init__(self) -> None:
-        for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

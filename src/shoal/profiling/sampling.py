@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,35 +21,9 @@ from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.spec import SubModelSpec
+from shoal.profiling.settings import SamplerSettings
 
-MIN_WIDTH = 8  # the planner never gives a device fewer residual channels
 CORNER_THRESHOLD = 64  # from this many samples on, all 16 corners are included
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How the profiler samples shapes.
-
-    Attributes:
-        samples: Number of shapes to time.
-        seed: Seed of the sample (same seed and count: same list).
-        min_width: Smallest residual width sampled.
-    """
-
-    samples: int
-    seed: int = 0
-    min_width: int = MIN_WIDTH
-
-    def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 2:
-            raise ConfigError(f"samples must be an integer of at least 2, got {self.samples!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if isinstance(self.min_width, bool) or not isinstance(self.min_width, int) or self.min_width < 1:
-            raise ConfigError(f"min_width must be a positive integer, got {self.min_width!r}")
-
-    def to_dict(self) -> dict[str, int]:
-        return {"samples": self.samples, "seed": self.seed, "min_width": self.min_width}
 
 
 def shape_to_spec(config: ViTConfig, shape: SubModelShape) -> SubModelSpec:
