@@ -81,7 +81,7 @@ def test_pinned_job_runs_in_a_child_process(tiny_config, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(NO_QUOTA is not None, reason=f"CPU quotas unavailable here: {NO_QUOTA}")
 def test_quota_job_runs_under_its_cgroup_and_cleans_up(tiny_config, tmp_path, monkeypatch):
-    import shoal.profiling.jobs as jobs
+    import shoal.devices.child as child_module
 
     created = []
 
@@ -90,7 +90,7 @@ def test_quota_job_runs_under_its_cgroup_and_cleans_up(tiny_config, tmp_path, mo
         created.append((group, (group / "cgroup.procs").read_text().split()))
         return group
 
-    monkeypatch.setattr(jobs, "apply_cpu_limit", recording)
+    monkeypatch.setattr(child_module, "apply_cpu_limit", recording)
     job = prepare_job("slow", tiny_config, tmp_path / "m.jsonl", SamplerSettings(3, seed=0),
                       TimingSettings(repeats=3, warmup=1), CpuLimit(0.5, (0,)), remeasure=0.0)
     run_jobs([job], progress=False)

@@ -57,7 +57,7 @@ def test_decompose_is_disjoint_and_within_budgets(seed, n, rule):
         assert spec.width == shape.width
         for block, h, m in zip(spec.layers, spec.head_counts, spec.mlp_widths):
             k = shape.layers.index(block)
-            assert (h, m) == (shape.heads[k], shape.mlp[k])
+            assert (h, m) == (shape.head_counts[k], shape.mlp_widths[k])
         assert set(spec.layers) <= set(shape.layers)
 
 
@@ -90,3 +90,12 @@ def test_choose_layers():
     assert set(top) == set(torch.argsort(scores.blocks, descending=True)[:2].tolist())
     with pytest.raises(ConfigError):
         choose_layers(5, scores, 4)
+
+
+def test_shape_json_and_id_keep_the_keys_files_were_written_with():
+    """Measurement files and journals written before the fields were renamed still resume:
+    the JSON keys and therefore the ids of shapes are unchanged (ADR 010)."""
+    shape = SubModelShape((0, 1), 8, (1, 2), (3, 4))
+    assert shape.to_dict() == {"layers": [0, 1], "width": 8, "heads": [1, 2], "mlp": [3, 4]}
+    assert SubModelShape.from_dict(shape.to_dict()) == shape
+    assert shape.id == "c8a3157fcff0"   # sha1 of the sorted JSON, as every earlier dataset recorded it

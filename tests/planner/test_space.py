@@ -69,7 +69,7 @@ def test_uniform_point_gives_equal_shapes():
     space = SearchSpace(CONFIG, _devices(), _scores())
     scale = space.largest_uniform_scale(1.0)
     shapes = space.decode_shapes(space.uniform_point(1.0, scale))
-    assert len({(s.width, s.heads, s.mlp) for s in shapes}) == 1
+    assert len({(s.width, s.head_counts, s.mlp_widths) for s in shapes}) == 1
 
 
 def test_uniform_scale_is_sized_to_the_weakest_device():

@@ -137,6 +137,6 @@ def test_vectorised_features_match_the_accounting(tiny_config):
     rich = feature_matrix(tiny_config, shapes, "rich")
     names = FEATURE_SETS["rich"]
     for row, shape in zip(rich, shapes):
-        assert row[names.index("h_std")] == pytest.approx(np.std(shape.heads))
-        assert row[names.index("D_std")] == pytest.approx(np.std(shape.mlp))
-        assert row[names.index("n_attn")] == sum(h > 0 for h in shape.heads)
+        assert row[names.index("h_std")] == pytest.approx(np.std(shape.head_counts))
+        assert row[names.index("D_std")] == pytest.approx(np.std(shape.mlp_widths))
+        assert row[names.index("n_attn")] == sum(h > 0 for h in shape.head_counts)

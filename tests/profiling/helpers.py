@@ -11,15 +11,15 @@ from shoal.profiling.timing import LatencyStats
 
 def fake_latency_ms(config: ViTConfig, shape: SubModelShape) -> float:
     """A latency that is an exact linear function of cost terms (0.2 ms + 0.05 ms per branch + 0.1 ms per MFLOP)."""
-    branches = sum(h > 0 for h in shape.heads) + sum(m > 0 for m in shape.mlp)
-    return 0.2 + 0.05 * branches + shape_cost(config, shape.width, shape.heads, shape.mlp).flops * 1e-7
+    branches = sum(h > 0 for h in shape.head_counts) + sum(m > 0 for m in shape.mlp_widths)
+    return 0.2 + 0.05 * branches + shape_cost(config, shape.width, shape.head_counts, shape.mlp_widths).flops * 1e-7
 
 
 def fake_measure(config: ViTConfig, shape: SubModelShape, timing: TimingSettings) -> tuple[LatencyStats, int, int]:
     value = fake_latency_ms(config, shape)
     stats = LatencyStats.from_times([value * 0.99, value, value * 1.01], warmup=timing.warmup,
                                     threads=timing.threads, device=timing.device)
-    cost = shape_cost(config, shape.width, shape.heads, shape.mlp)
+    cost = shape_cost(config, shape.width, shape.head_counts, shape.mlp_widths)
     return stats, cost.weight_bytes, cost.activation_bytes
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import ConfigError
-from shoal.profiling.sampling import sample_shapes, shape_id, shape_to_spec
+from shoal.profiling.sampling import sample_shapes, shape_to_spec
 from shoal.profiling.settings import SamplerSettings
 
 
@@ -12,11 +12,11 @@ def test_sample_is_deterministic_unique_and_valid(tiny_config):
     shapes = sample_shapes(tiny_config, settings)
     assert shapes == sample_shapes(tiny_config, settings)
     assert shapes != sample_shapes(tiny_config, SamplerSettings(40, seed=4))
-    assert len(shapes) == 40 and len({shape_id(s) for s in shapes}) == 40
+    assert len(shapes) == 40 and len({s.id for s in shapes}) == 40
     for shape in shapes:
         spec = shape_to_spec(tiny_config, shape)
         assert spec.family == tiny_config.fingerprint()
-        assert all(h or m for h, m in zip(shape.heads, shape.mlp))
+        assert all(h or m for h, m in zip(shape.head_counts, shape.mlp_widths))
 
 
 def test_sample_covers_the_space_and_its_extremes(tiny_config):
@@ -27,13 +27,13 @@ def test_sample_covers_the_space_and_its_extremes(tiny_config):
     widths = [s.width for s in shapes]
     assert min(widths) == 8 and max(widths) == c.embed_dim
     full = shapes[0]
-    assert full.width == c.embed_dim and full.heads == (c.num_heads,) * c.depth
-    assert full.mlp == (c.mlp_hidden,) * c.depth
+    assert full.width == c.embed_dim and full.head_counts == (c.num_heads,) * c.depth
+    assert full.mlp_widths == (c.mlp_hidden,) * c.depth
     # every quarter of the width range holds about a quarter of the sample (Latin hypercube)
     span = c.embed_dim - 8
     quarters = [sum(8 + q * span / 4 <= w < 8 + (q + 1) * span / 4 for w in widths) for q in range(4)]
     assert min(quarters) >= 10
-    assert any(0 in s.heads for s in shapes) and any(0 in s.mlp for s in shapes)
+    assert any(0 in s.head_counts for s in shapes) and any(0 in s.mlp_widths for s in shapes)
 
 
 def test_sampler_settings_validation():

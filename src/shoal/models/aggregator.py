@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, ModelError
 
 
 class Aggregator(nn.Module):
@@ -60,21 +60,24 @@ class Aggregator(nn.Module):
         if present is not None:
             mask = torch.repeat_interleave(present.to(x.dtype), torch.tensor(self.widths), dim=-1)
             x = x * mask
-        return self.fuse(x)
+        fused: torch.Tensor = self.fuse(x)
+        return fused
 
     def forward(self, features: Sequence[torch.Tensor] | torch.Tensor,
                 present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, num_classes) from pooled features (what devices send)."""
-        return self.head(self.fused(features, present))
+        logits: torch.Tensor = self.head(self.fused(features, present))
+        return logits
 
     def forward_tokens(self, token_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The printed order of eq. 2: map every token, then pool. token_maps: (B, S, d_n) each."""
         mapped = self.fuse(torch.cat(list(token_maps), dim=-1))  # (B, S, out_dim)
         pooled = mapped[:, 0] if self.pool == "token" else mapped[:, self.num_prefix_tokens:].mean(1)
-        return self.head(pooled)
+        logits: torch.Tensor = self.head(pooled)
+        return logits
 
     @classmethod
-    def from_teacher_channels(cls, channel_sets: Sequence[Sequence[int]], teacher_head: nn.Linear,
+    def from_teacher_channels(cls, channel_sets: Sequence[Sequence[int]], teacher_head: nn.Module,
                               pool: Literal["token", "avg"] = "token", num_prefix_tokens: int = 1
                               ) -> Aggregator:
         """An aggregator that puts each device's channels back where the teacher had them.
@@ -83,6 +86,9 @@ class Aggregator(nn.Module):
         is the teacher's: before any training, the logits are the teacher head read on
         the union of the sub-models' features.
         """
+        if not isinstance(teacher_head, nn.Linear):
+            raise ModelError(f"the teacher's head is {type(teacher_head).__name__}, not a Linear layer: a model "
+                             "without a classifier head cannot be decomposed")
         widths = [len(c) for c in channel_sets]
         out_dim = teacher_head.in_features
         agg = cls(widths, out_dim, teacher_head.out_features, pool, num_prefix_tokens)

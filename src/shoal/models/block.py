@@ -9,6 +9,7 @@ reuses timm's `Attention` and `Mlp`, so the arithmetic is timm's.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,14 +18,14 @@ from timm.layers.attention import Attention
 
 from shoal.models.config import ViTConfig
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Any] = {   # layer constructors (a class or a partial of one)
     "gelu": nn.GELU,
     "gelu_tanh": partial(nn.GELU, approximate="tanh"),
     "relu": nn.ReLU,
 }
 
 
-def norm_layer(config: ViTConfig) -> partial[nn.Module]:
+def norm_layer(config: ViTConfig) -> Any:
     """The LayerNorm constructor of the teacher family (same epsilon)."""
     return partial(LayerNorm, eps=config.norm_eps)
 
@@ -42,6 +43,8 @@ class SubBlock(nn.Module):
         norm = norm_layer(config)
         self.has_attn = num_heads > 0
         self.has_mlp = mlp_hidden > 0
+        self.attn: nn.Module
+        self.mlp: nn.Module
         if self.has_attn:
             self.norm1 = norm(dim)
             self.attn = Attention(

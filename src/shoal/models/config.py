@@ -140,8 +140,7 @@ def config_from_timm(model: nn.Module, name: str = "model") -> ViTConfig:
     Raises:
         ModelError: The architecture is not a plain timm ViT/DeiT (names the offending part).
     """
-    import torch.nn as nn   # here: the config itself is read without torch (the CLI's --help)
-
+    import torch.nn as nn  # here: the config itself is read without torch (the CLI's --help)
     from timm.layers import Mlp
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block, VisionTransformer

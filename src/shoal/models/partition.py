@@ -11,9 +11,11 @@ device in order (a baseline for the ablation).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -28,33 +30,54 @@ LayerRule = Literal["importance", "uniform"]
 
 @dataclass(frozen=True)
 class SubModelShape:
-    """How many units one device keeps (no indices yet).
+    """How many units one device keeps (no indices yet): the counts of a `SubModelSpec`.
 
     Attributes:
         layers: Teacher block indices kept, increasing.
         width: Residual channels d_n.
-        heads: Heads h_n^k per kept block.
-        mlp: MLP neurons D_n^k per kept block.
+        head_counts: Heads h_n^k per kept block.
+        mlp_widths: MLP neurons D_n^k per kept block.
+
+    Its JSON form (`to_dict`; measurement files, search journals, shape ids) keeps the keys
+    it has always had: {"layers", "width", "heads", "mlp"}, with counts (ADR 010).
     """
 
     layers: tuple[int, ...]
     width: int
-    heads: tuple[int, ...]
-    mlp: tuple[int, ...]
+    head_counts: tuple[int, ...]
+    mlp_widths: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if len(self.heads) != len(self.layers) or len(self.mlp) != len(self.layers):
+        if len(self.head_counts) != len(self.layers) or len(self.mlp_widths) != len(self.layers):
             raise ConfigError(
                 f"SubModelShape needs one head and one MLP count per kept layer: layers={self.layers}, "
-                f"heads={self.heads}, mlp={self.mlp}")
+                f"head_counts={self.head_counts}, mlp_widths={self.mlp_widths}")
         if self.width < 1:
             raise ConfigError(f"SubModelShape.width must be at least 1, got {self.width}")
-        if any(h < 0 for h in self.heads) or any(m < 0 for m in self.mlp):
-            raise ConfigError(f"SubModelShape counts must be non-negative: heads={self.heads}, mlp={self.mlp}")
+        if any(h < 0 for h in self.head_counts) or any(m < 0 for m in self.mlp_widths):
+            raise ConfigError(f"SubModelShape counts must be non-negative: head_counts={self.head_counts}, "
+                              f"mlp_widths={self.mlp_widths}")
 
     @classmethod
     def of(cls, spec: SubModelSpec) -> SubModelShape:
         return cls(spec.layers, spec.width, spec.head_counts, spec.mlp_widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "width": self.width, "heads": list(self.head_counts),
+                "mlp": list(self.mlp_widths)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SubModelShape:
+        try:
+            return cls(tuple(int(v) for v in data["layers"]), int(data["width"]),
+                       tuple(int(v) for v in data["heads"]), tuple(int(v) for v in data["mlp"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a sub-model shape ({type(exc).__name__}: {exc}): {data!r}") from None
+
+    @property
+    def id(self) -> str:
+        """Stable short id (the key of a measurement)."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def choose_layers(depth: int, scores: ImportanceScores | None, total: int, rule: LayerRule = "importance"
@@ -124,8 +147,8 @@ def decompose(
         owners = [(n, s.layers.index(block)) for n, s in enumerate(shapes) if block in s.layers]
         if not owners:
             continue
-        heads = deal(scores.heads[block], [shapes[n].heads[k] for n, k in owners], rule)
-        neurons = deal(scores.neurons[block], [shapes[n].mlp[k] for n, k in owners], rule)
+        heads = deal(scores.heads[block], [shapes[n].head_counts[k] for n, k in owners], rule)
+        neurons = deal(scores.neurons[block], [shapes[n].mlp_widths[k] for n, k in owners], rule)
         for (n, _), hs, ns in zip(owners, heads, neurons):
             head_sets[n][block], neuron_sets[n][block] = hs, ns
     specs = []
@@ -146,8 +169,8 @@ def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[S
         if any(b < 0 or b >= config.depth for b in shape.layers) or list(shape.layers) != sorted(set(shape.layers)):
             raise ConfigError(f"C1: device {name!r} layers {shape.layers} are not increasing blocks of 0..{config.depth - 1}")
     for block in range(config.depth):
-        heads = sum(s.heads[s.layers.index(block)] for s in shapes if block in s.layers)
-        mlp = sum(s.mlp[s.layers.index(block)] for s in shapes if block in s.layers)
+        heads = sum(s.head_counts[s.layers.index(block)] for s in shapes if block in s.layers)
+        mlp = sum(s.mlp_widths[s.layers.index(block)] for s in shapes if block in s.layers)
         if heads > config.num_heads:
             raise ConfigError(f"C3: block {block} is given {heads} heads > {config.num_heads}")
         if mlp > config.mlp_hidden:

@@ -13,12 +13,14 @@ the aggregator learns to answer without them (the runtime's --degrade).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.datasets import TaskData
+from shoal.errors import ModelError
 from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
 from shoal.models.surgery import pooled_features, submodel_features
@@ -29,11 +31,12 @@ from shoal.utils.threads import torch_threads
 Progress = Callable[[str, int, int], None]
 
 
-def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_outputs(teacher: VisionTransformer, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher pooled pre-logit features (N, d) and hard decisions (N,)."""
     feats = submodel_features([teacher], images, batch)[0]
     with torch.no_grad():
-        return feats, teacher.head(feats).argmax(1)
+        decisions: torch.Tensor = teacher.head(feats).argmax(1)
+    return feats, decisions
 
 
 def ridge_init(aggregator: Aggregator, features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> None:
@@ -50,9 +53,9 @@ def ridge_init(aggregator: Aggregator, features: torch.Tensor, targets: torch.Te
 
 
 def train_aggregator(
-    teacher: nn.Module,
+    teacher: VisionTransformer,
     config: ViTConfig,
-    submodels: list[nn.Module],
+    submodels: Sequence[VisionTransformer],
     data: TaskData,
     settings: CalibrationSettings,
     progress: Progress | None = None,
@@ -68,12 +71,15 @@ def train_aggregator(
     teacher_feats, teacher_labels = _teacher_outputs(teacher, all_images)
     val_feats = torch.cat(submodel_features(submodels, data.val.images), dim=1)
 
-    widths = [m.embed_dim for m in submodels]
+    widths = [int(m.embed_dim) for m in submodels]
     agg = Aggregator(widths, config.embed_dim, config.num_classes, pool=config.global_pool,
                      num_prefix_tokens=config.num_prefix_tokens)
+    head = teacher.head
+    if not isinstance(head, nn.Linear):
+        raise ModelError(f"the teacher's head is {type(head).__name__}, not a Linear layer")
     with torch.no_grad():
-        agg.head.weight.copy_(teacher.head.weight)
-        agg.head.bias.copy_(teacher.head.bias)
+        agg.head.weight.copy_(head.weight)
+        agg.head.bias.copy_(head.bias)
     ridge_init(agg, feats, teacher_feats)
 
     optimizer = torch.optim.AdamW(agg.parameters(), lr=settings.aggregator_lr, weight_decay=1e-4)
@@ -119,8 +125,8 @@ def _accuracy(agg: Aggregator, feats: torch.Tensor, labels: torch.Tensor) -> flo
 
 
 def joint_finetune(
-    teacher: nn.Module,
-    submodels: list[nn.Module],
+    teacher: VisionTransformer,
+    submodels: Sequence[VisionTransformer],
     aggregator: Aggregator,
     data: TaskData,
     settings: CalibrationSettings,

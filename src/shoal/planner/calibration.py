@@ -20,7 +20,7 @@ compares the three. Training checkpoints after every epoch and resumes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,9 @@ class Booster:
         workdir: Where checkpoints go (`<workdir>/<name>.safetensors`, `state.json`).
     """
 
-    def __init__(self, teacher: nn.Module, submodels: list[nn.Module], names: list[str], data: TaskData,
+    def __init__(self, teacher: nn.Module, submodels: Sequence[nn.Module], names: Sequence[str], data: TaskData,
                  settings: CalibrationSettings, workdir: Path) -> None:
-        self.teacher, self.submodels, self.names = teacher, submodels, names
+        self.teacher, self.submodels, self.names = teacher, list(submodels), list(names)
         self.data, self.settings, self.workdir = data, settings, Path(workdir)
         self.state_path = self.workdir / "state.json"
         self._views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

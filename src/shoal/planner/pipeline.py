@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.datasets import TaskData, default_teacher_for, load_task_data
 from shoal.devices.spec import DeviceSet
@@ -239,7 +240,7 @@ class Calibrated:
             "submodels/<device>", "missing/<device>") and "ablation/<row>/ensemble". Not in plan.json.
     """
 
-    submodels: list[torch.nn.Module]
+    submodels: list[VisionTransformer]
     aggregator: Aggregator
     summary: CalibrationSummary
     accuracy: PlanAccuracy

@@ -210,8 +210,7 @@ def _shape_dict(shape: object) -> dict[str, object] | None:
     """JSON of a device's unit counts (None: the device is left out)."""
     if shape is None:
         return None
-    return {"layers": list(shape.layers), "width": shape.width,  # type: ignore[attr-defined]
-            "heads": list(shape.heads), "mlp": list(shape.mlp)}  # type: ignore[attr-defined]
+    return shape.to_dict()  # type: ignore[attr-defined, no-any-return]
 
 
 def decode_key(space: SearchSpace, x: Sequence[float]) -> tuple[str, tuple[dict[str, object] | None, ...]]:
@@ -310,7 +309,7 @@ def policy_features(space: SearchSpace, shapes: Sequence[object | None]) -> list
         if shape is None:
             out += [0.0, 0.0, 0.0, 0.0, 0.5]
             continue
-        layers, heads, mlp = shape.layers, shape.heads, shape.mlp  # type: ignore[attr-defined]
+        layers, heads, mlp = shape.layers, shape.head_counts, shape.mlp_widths  # type: ignore[attr-defined]
         n = len(layers)
         units = [h / c.num_heads + m / c.mlp_hidden for h, m in zip(heads, mlp)]
         front, back = sum(units[:n // 2]), sum(units[(n + 1) // 2:])

@@ -44,7 +44,7 @@ def counts(shape: Shape) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     if isinstance(shape, SubModelSpec):
         return shape.width, shape.head_counts, shape.mlp_widths
     if isinstance(shape, SubModelShape):
-        return shape.width, tuple(shape.heads), tuple(shape.mlp)
+        return shape.width, tuple(shape.head_counts), tuple(shape.mlp_widths)
     raise ConfigError(f"expected a SubModelSpec or SubModelShape, got {type(shape).__name__}")
 
 

@@ -21,7 +21,6 @@ from typing import Any
 from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError, DataError
 from shoal.models.partition import SubModelShape
-from shoal.profiling.sampling import shape_from_dict, shape_to_dict
 from shoal.profiling.timing import LatencyStats
 from shoal.utils.jsonl import read_lines
 
@@ -37,7 +36,7 @@ class Measurement:
     Attributes:
         index: Position of the shape in the sampled list.
         pass_: 1 for the main pass, 2 for the re-measurement.
-        id: `shape_id` of the shape.
+        id: `SubModelShape.id` of the shape.
         shape: The unit counts timed.
         stats: Latency statistics of the timed calls.
         weight_bytes: Bytes of parameters and buffers.
@@ -68,7 +67,7 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return {"record": "measurement", "index": self.index, "pass": self.pass_, "id": self.id,
-                "shape": shape_to_dict(self.shape), "latency": self.stats.to_dict(),
+                "shape": self.shape.to_dict(), "latency": self.stats.to_dict(),
                 "weight_bytes": self.weight_bytes, "activation_bytes": self.activation_bytes,
                 "peak_memory_bytes": self.peak_memory_bytes, "build_ms": round(self.build_ms, 3),
                 "loadavg": self.loadavg, **self.extra}
@@ -77,7 +76,7 @@ class Measurement:
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         known = {"record", "index", "pass", "id", "shape", "latency", "weight_bytes", "activation_bytes",
                  "peak_memory_bytes", "build_ms", "loadavg"}
-        return cls(int(data["index"]), int(data["pass"]), str(data["id"]), shape_from_dict(data["shape"]),
+        return cls(int(data["index"]), int(data["pass"]), str(data["id"]), SubModelShape.from_dict(data["shape"]),
                    LatencyStats(**data["latency"]), int(data["weight_bytes"]), int(data["activation_bytes"]),
                    float(data.get("build_ms", 0.0)), float(data.get("loadavg", 0.0)),
                    {k: v for k, v in data.items() if k not in known})
@@ -95,11 +94,11 @@ class Failure:
 
     def to_dict(self) -> dict[str, Any]:
         return {"record": "failure", "index": self.index, "pass": self.pass_, "id": self.id,
-                "shape": shape_to_dict(self.shape), "error": self.error}
+                "shape": self.shape.to_dict(), "error": self.error}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Failure:
-        return cls(int(data["index"]), int(data["pass"]), str(data["id"]), shape_from_dict(data["shape"]),
+        return cls(int(data["index"]), int(data["pass"]), str(data["id"]), SubModelShape.from_dict(data["shape"]),
                    str(data["error"]))
 
 

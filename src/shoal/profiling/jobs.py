@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from shoal.devices.emulation import apply_cpu_limit, quota_unavailable_reason, remove_cgroup
+from shoal.devices.child import LimitedChild
+from shoal.devices.emulation import quota_unavailable_reason
 from shoal.errors import ConfigError, PlatformError
 from shoal.profiling.runner import MeasureFn, MeasurementJob, measure_shape, time_items
 from shoal.utils.io import atomic_write_json
@@ -31,8 +31,7 @@ class JobRun:
     def __init__(self, job: MeasurementJob, measure: MeasureFn | None = None) -> None:
         self.job = job
         self._measure = measure
-        self._child: subprocess.Popen[bytes] | None = None
-        self._group: Path | None = None
+        self._child: LimitedChild | None = None
         self._job_file = job.dataset.with_name(f".{job.dataset.name}.job.json")
         self._log_file = job.dataset.with_name(f".{job.dataset.name}.child.log")
         self._start_size = job.dataset.stat().st_size if job.dataset.is_file() else 0
@@ -56,13 +55,14 @@ class JobRun:
             raise PlatformError(f"cannot emulate device {self.job.name!r}: {reason}")
         atomic_write_json(self._job_file, self.job.to_dict())
         with open(self._log_file, "wb") as log:  # a file, not a pipe: a chatty child cannot block on it
-            self._child = subprocess.Popen([sys.executable, "-m", "shoal.profiling.runner", str(self._job_file)],
-                                           stdin=subprocess.PIPE, stderr=log)
+            self._child = LimitedChild([sys.executable, "-m", "shoal.profiling.runner", str(self._job_file)],
+                                       self.job.cpu_limit, who=f"the measuring process of {self.job.name!r}",
+                                       stdin=subprocess.PIPE, stdout=None, stderr=log)
         try:
-            self._group = apply_cpu_limit(self.job.cpu_limit, pid=self._child.pid)
-            assert self._child.stdin is not None
-            self._child.stdin.write(b"go\n")
-            self._child.stdin.close()
+            proc = self._child.proc
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")   # limited now: it may start timing
+            proc.stdin.close()
         except BaseException:
             self.stop()
             raise
@@ -75,18 +75,17 @@ class JobRun:
         with open(self.job.dataset, "rb") as fh:
             fh.seek(self._start_size)
             self.done_items = fh.read().count(b"\n")
-        return self._child.poll() is None
+        return self._child.running
 
     def finish(self) -> None:
         """Wait for the child, clean up, and raise if it failed."""
         if self._child is None:
             return
         try:
-            self._child.wait()
-            if self._child.returncode != 0:
+            code = self._child.proc.wait()
+            if code != 0:
                 err = self._log_file.read_text(errors="replace") if self._log_file.is_file() else ""
                 lines = [ln for ln in err.splitlines() if ln.strip()]
-                code = self._child.returncode
                 why = lines[-1] if lines else ("killed (out of memory?)" if code == -9 else "no message")
                 raise PlatformError(f"the measuring process of device {self.job.name!r} died (exit {code}): {why}; "
                                     "what it measured is kept: run again to resume (the shape it was timing is "
@@ -96,17 +95,10 @@ class JobRun:
 
     def stop(self) -> None:
         """Stop the child if it still runs; remove its cgroup and job file (what was measured stays)."""
-        if self._child is not None and self._child.poll() is None:
-            self._child.terminate()
-            try:
-                self._child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._child.kill()
-                self._child.wait()
-        remove_cgroup(self._group)
-        self._group = None
+        if self._child is not None:
+            self._child.stop()
         self._job_file.unlink(missing_ok=True)
-        if self._child is not None and self._child.returncode is not None:
+        if self._child is not None and self._child.proc.returncode is not None:
             self._log_file.unlink(missing_ok=True)
 
 

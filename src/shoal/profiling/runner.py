@@ -33,7 +33,7 @@ from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.surgery import build_submodel
 from shoal.profiling.dataset import Failure, Measurement, header_mismatch, make_header, read_dataset
-from shoal.profiling.sampling import sample_shapes, shape_from_dict, shape_id, shape_to_dict, shape_to_spec
+from shoal.profiling.sampling import sample_shapes, shape_to_spec
 from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.profiling.timing import LatencyStats, measure_latency, peak_memory_bytes
 from shoal.utils.jsonl import appender, repair_tail
@@ -87,12 +87,12 @@ def _time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, tim
     failed: set[str] = set()
     with appender(dataset) as out:
         for item in items:
-            sid = shape_id(item.shape)
+            sid = item.shape.id
             if item.pass_ > 1 and sid in failed:  # its first pass failed: nothing to compare
                 if on_item is not None:
                     on_item()
                 continue
-            marker.write_text(json.dumps({"index": item.index, "pass": item.pass_, "shape": shape_to_dict(item.shape)}))
+            marker.write_text(json.dumps({"index": item.index, "pass": item.pass_, "shape": item.shape.to_dict()}))
             start = time.perf_counter()
             try:
                 stats, weights, activations = measure(config, item.shape, timing)
@@ -123,11 +123,11 @@ def _record_crash(dataset: Path, done: set[tuple[str, int]], log: Callable[[str]
     marker = current_marker(dataset)
     try:
         data = json.loads(marker.read_text())
-        item = WorkItem(int(data["index"]), int(data["pass"]), shape_from_dict(data["shape"]))
+        item = WorkItem(int(data["index"]), int(data["pass"]), SubModelShape.from_dict(data["shape"]))
     except (OSError, ValueError, KeyError, TypeError, ConfigError):
         marker.unlink(missing_ok=True)
         return
-    sid = shape_id(item.shape)
+    sid = item.shape.id
     if (sid, item.pass_) not in done:
         with appender(dataset) as out:
             out.write(Failure(item.index, item.pass_, sid, item.shape, "the measuring process died while timing "
@@ -161,12 +161,12 @@ class MeasurementJob:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.to_dict(), "dataset": str(self.dataset),
-                "items": [{"index": i.index, "pass": i.pass_, "shape": shape_to_dict(i.shape)} for i in self.items],
+                "items": [{"index": i.index, "pass": i.pass_, "shape": i.shape.to_dict()} for i in self.items],
                 "total": self.total, "timing": self.timing.to_dict(), "cpu_limit": self.cpu_limit.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasurementJob:
-        items = tuple(WorkItem(int(i["index"]), int(i["pass"]), shape_from_dict(i["shape"])) for i in data["items"])
+        items = tuple(WorkItem(int(i["index"]), int(i["pass"]), SubModelShape.from_dict(i["shape"])) for i in data["items"])
         return cls(data["name"], ViTConfig.from_dict(data["config"]), Path(data["dataset"]), items,
                    int(data["total"]), TimingSettings(**data["timing"]), CpuLimit.from_dict(data["cpu_limit"]))
 
@@ -217,7 +217,7 @@ def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSet
     order = np.random.default_rng(sampler.seed + 1).permutation(len(shapes))
     again = sorted(order[: max(2, round(remeasure * len(shapes)))].tolist()) if remeasure > 0 else []
     wanted = [WorkItem(i, 1, s) for i, s in enumerate(shapes)] + [WorkItem(i, 2, shapes[i]) for i in again]
-    todo = tuple(item for item in wanted if (shape_id(item.shape), item.pass_) not in done)
+    todo = tuple(item for item in wanted if (item.shape.id, item.pass_) not in done)
     return MeasurementJob(name, config, dataset, todo, len(wanted), timing, cpu_limit)
 
 

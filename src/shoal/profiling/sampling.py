@@ -12,12 +12,8 @@ all 16 min/max corners. The same seed and count give the same list.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 
-from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.spec import SubModelSpec
@@ -30,25 +26,8 @@ def shape_to_spec(config: ViTConfig, shape: SubModelShape) -> SubModelSpec:
     """The spec keeping the first units of every kind, bound to `config`."""
     return SubModelSpec(
         layers=shape.layers, channels=tuple(range(shape.width)),
-        heads=tuple(tuple(range(h)) for h in shape.heads), neurons=tuple(tuple(range(m)) for m in shape.mlp),
+        heads=tuple(tuple(range(h)) for h in shape.head_counts), neurons=tuple(tuple(range(m)) for m in shape.mlp_widths),
     ).bound_to(config)
-
-
-def shape_to_dict(shape: SubModelShape) -> dict[str, object]:
-    return {"layers": list(shape.layers), "width": shape.width, "heads": list(shape.heads), "mlp": list(shape.mlp)}
-
-
-def shape_from_dict(data: dict[str, object]) -> SubModelShape:
-    try:
-        return SubModelShape(tuple(data["layers"]), int(data["width"]),  # type: ignore[arg-type]
-                             tuple(data["heads"]), tuple(data["mlp"]))  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"not a sub-model shape ({type(exc).__name__}: {exc}): {data!r}") from None
-
-
-def shape_id(shape: SubModelShape) -> str:
-    """Stable short id of a shape (the key of a measurement)."""
-    return hashlib.sha1(json.dumps(shape_to_dict(shape), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def sample_shapes(config: ViTConfig, settings: SamplerSettings) -> list[SubModelShape]:
@@ -60,13 +39,13 @@ def sample_shapes(config: ViTConfig, settings: SamplerSettings) -> list[SubModel
     rest = n - len(corners)
     # Latin hypercube: each axis cut into `rest` strata, one point per stratum, strata shuffled per axis
     u = (np.stack([rng.permutation(rest) for _ in range(4)], axis=1) + rng.random((rest, 4))) / max(rest, 1)
-    shapes, seen = list(corners), {shape_id(s) for s in corners}
+    shapes, seen = list(corners), {s.id for s in corners}
     for row in u:
         for _ in range(50):  # resample the variation on the rare duplicate
             shape = _shape_at(config, row, min_width, rng)
-            if shape_id(shape) not in seen:
+            if shape.id not in seen:
                 break
-        seen.add(shape_id(shape))
+        seen.add(shape.id)
         shapes.append(shape)
     return shapes
 
@@ -118,5 +97,5 @@ def _corners(config: ViTConfig, min_width: int, all_of_them: bool) -> list[SubMo
         corners.append(SubModelShape(tuple(range(L)), d, (0,) * L, (D,) * L))  # MLP-only blocks
     unique: dict[str, SubModelShape] = {}
     for shape in corners:
-        unique.setdefault(shape_id(shape), shape)
+        unique.setdefault(shape.id, shape)
     return list(unique.values())

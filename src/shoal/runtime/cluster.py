@@ -13,8 +13,6 @@ sends SIGTERM, then SIGKILL after a grace period.
 
 from __future__ import annotations
 
-import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -26,11 +24,12 @@ from pathlib import Path
 
 import grpc
 
-from shoal.devices.emulation import remove_cgroup
-from shoal.errors import ConfigError, RuntimeServiceError
+from shoal.devices.child import LimitedChild
+from shoal.devices.emulation import CpuLimit
+from shoal.errors import ConfigError, PlatformError, RuntimeServiceError
 from shoal.plan.directory import load_plan
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
-from shoal.runtime.device import apply_device_limit
+from shoal.runtime.device import cpu_limit_of
 from shoal.runtime.links import wait_until_serving
 from shoal.runtime.server import LISTENING_PREFIX
 from shoal.runtime.status import CENTRAL_SERVICE, WORKER_SERVICE, RemoteError
@@ -57,10 +56,13 @@ class Placement:
 class _Child:
     name: str
     role: str
-    proc: subprocess.Popen[bytes]
+    process: LimitedChild
     log: Path
-    cgroup: Path | None
     target: str = ""
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
 
 
 class LocalCluster:
@@ -131,15 +133,15 @@ class LocalCluster:
                                             self.worker_env.get(spec.name, {})), place))
             args = ["central", "--workers", "-", "--port", str(self.base_port), "--deadline-ms",
                     str(self.deadline_ms), "--connect-timeout", str(self.start_timeout)]
-            hub = self._spawn(central.name, "central", args + (["--degrade"] if self.degrade else []), (), {},
+            central_child = self._spawn(central.name, "central", args + (["--degrade"] if self.degrade else []), (), {},
                               stdin=True)
             for child, place in pending:
                 bound = _read_listening(child, give_up).rpartition(":")[2]
                 child.target = place.connect or f"{place.bind_host}:{bound}"
-            assert hub.proc.stdin is not None
-            hub.proc.stdin.write(",".join(f"{c.name}={c.target}" for c, _ in pending).encode() + b"\n")
-            hub.proc.stdin.close()
-            hub.target = _read_listening(hub, give_up)
+            assert central_child.proc.stdin is not None
+            central_child.proc.stdin.write(",".join(f"{c.name}={c.target}" for c, _ in pending).encode() + b"\n")
+            central_child.proc.stdin.close()
+            central_child.target = _read_listening(central_child, give_up)
             self._check_health(give_up)
         except BaseException:
             self.stop()
@@ -163,16 +165,14 @@ class LocalCluster:
         log = self.log_dir / f"{role}-{name}.log"
         command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
                    "--no-emulate", "--watch-parent"]
+        limit = cpu_limit_of(self.plan.devices[name]) if self.emulate else CpuLimit()
         with open(log, "wb") as stderr:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
-                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, start_new_session=True)
-        cgroup = None
-        if self.emulate:  # applied before the child has imported torch: every thread it makes inherits it
-            cgroup, warning = apply_device_limit(self.plan.devices[name], proc.pid)
-            if warning and warning not in self.warnings:
-                self.warnings.append(warning)
-        child = _Child(name, role, proc, log, cgroup)
+            process = LimitedChild(command, limit, who=f"device {name!r}", strict=False, stderr=stderr,
+                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                   env={"PYTHONUNBUFFERED": "1", **env})
+        if process.warning and process.warning not in self.warnings:
+            self.warnings.append(process.warning)
+        child = _Child(name, role, process, log)
         self.children[name] = child
         return child
 
@@ -180,18 +180,10 @@ class LocalCluster:
         """SIGTERM every process (central first), SIGKILL what is left after the grace period, clean up."""
         order = sorted(self.children.values(), key=lambda c: c.role != "central")
         for child in order:
-            _signal(child, signal.SIGTERM)
+            child.process.signal(signal.SIGTERM)
         until = time.monotonic() + self.grace + 2.0
         for child in order:
-            try:
-                child.proc.wait(timeout=max(0.05, until - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal(child, signal.SIGKILL)
-                child.proc.wait(timeout=5.0)
-            for stream in (child.proc.stdin, child.proc.stdout):
-                if stream is not None and not stream.closed:
-                    stream.close()
-            remove_cgroup(child.cgroup)
+            child.process.stop(grace=until - time.monotonic())
         self.children.clear()
 
     def __enter__(self) -> LocalCluster:
@@ -218,42 +210,18 @@ class LocalCluster:
 
     def kill(self, device: str, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to one device's process (tests: a worker that dies)."""
-        _signal(self.children[device], sig)
+        self.children[device].process.signal(sig)
 
     def log_tail(self, device: str, lines: int = 20) -> str:
         return _tail(self.children[device].log, lines)
 
 
-def _signal(child: _Child, sig: int) -> None:
-    if child.proc.poll() is not None:
-        return
-    try:
-        os.killpg(child.proc.pid, sig)  # its own process group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _read_listening(child: _Child, give_up: float) -> str:
     """Wait for the child's `SHOAL_LISTENING host:port` line; its address, or an error with its log."""
-    stream = child.proc.stdout
-    assert stream is not None
-    buffer = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while True:
-            left = give_up - time.monotonic()
-            if left <= 0:
-                raise RuntimeServiceError(f"{child.role} {child.name!r} did not start in time:\n{_tail(child.log)}")
-            if sel.select(timeout=min(left, 0.5)):
-                chunk = os.read(stream.fileno(), 4096)
-                if not chunk:
-                    child.proc.wait(timeout=5.0)
-                    raise RuntimeServiceError(f"{child.role} {child.name!r} exited with status "
-                                              f"{child.proc.returncode} before serving:\n{_tail(child.log)}")
-                buffer += chunk
-                for line in buffer.decode(errors="replace").splitlines():
-                    if line.startswith(LISTENING_PREFIX):
-                        return line.split()[1]
+    try:
+        return child.process.read_line(LISTENING_PREFIX, give_up)
+    except PlatformError as exc:
+        raise RuntimeServiceError(f"{child.role} {exc}:\n{_tail(child.log)}") from None
 
 
 def _tail(path: Path, lines: int = 20) -> str:

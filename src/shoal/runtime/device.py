@@ -19,13 +19,8 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from shoal.devices.emulation import (
-    CpuLimit,
-    EmulationUnavailable,
-    apply_cpu_limit,
-    quota_unavailable_reason,
-    remove_cgroup,
-)
+from shoal.devices.child import apply_limit
+from shoal.devices.emulation import CpuLimit, remove_cgroup
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
 from shoal.models.surgery import pooled_features
@@ -39,39 +34,31 @@ def plan_fingerprint(plan_dir: str | Path) -> str:
     return hashlib.sha256((Path(plan_dir) / PLAN_FILE).read_bytes()).hexdigest()[:16]
 
 
-def cpu_limit_of(spec: DeviceSpec) -> CpuLimit:
+def cpu_limit_of(device: DeviceSpec) -> CpuLimit:
     """The emulation limit a device runs under (its cgroup quota and pinned cores)."""
-    return CpuLimit(quota=spec.cpu_quota, cpus=spec.cpus)
+    return CpuLimit(quota=device.cpu_quota, cpus=device.cpus)
 
 
-def apply_device_limit(spec: DeviceSpec, pid: int | None = None) -> tuple[Path | None, str | None]:
+def apply_device_limit(device: DeviceSpec, pid: int | None = None) -> tuple[Path | None, str | None]:
     """Put `pid` (default: this process) under its device's CPU limit, as far as this machine allows.
 
     Returns:
         (cgroup created or None, a warning line when the quota had to be skipped).
     """
-    limit = cpu_limit_of(spec)
-    if limit.quota is not None and (reason := quota_unavailable_reason()):
-        limit = CpuLimit(quota=None, cpus=limit.cpus)
-        warning = f"device {spec.name!r}: CPU quota {spec.cpu_quota} not applied ({reason}); timings are not emulated"
-        return apply_cpu_limit(limit, pid), warning
-    try:
-        return apply_cpu_limit(limit, pid), None
-    except EmulationUnavailable as exc:  # raced with a permission change
-        return apply_cpu_limit(CpuLimit(quota=None, cpus=limit.cpus), pid), f"device {spec.name!r}: {exc}"
+    return apply_limit(cpu_limit_of(device), pid, who=f"device {device.name!r}", strict=False)
 
 
 @contextmanager
-def device_process(spec: DeviceSpec, *, emulate: bool, threads: int | None,
+def device_process(device: DeviceSpec, *, emulate: bool, threads: int | None,
                    log: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Run this process as device `spec`: its CPU limit (when `emulate`) and torch threads; undone on exit."""
+    """Run this process as `device`: its CPU limit (when `emulate`) and torch threads; undone on exit."""
     group = None
     if emulate:
-        group, warning = apply_device_limit(spec)
+        group, warning = apply_device_limit(device)
         if warning and log is not None:
             log(f"[yellow]warning:[/] {warning}")
     try:
-        set_torch_threads(threads or spec.threads)
+        set_torch_threads(threads or device.threads)
         yield
     finally:
         remove_cgroup(group)

@@ -26,8 +26,9 @@ from typing import Any
 import grpc
 import torch
 
-from shoal.devices.emulation import CpuLimit, apply_cpu_limit, remove_cgroup
-from shoal.errors import RuntimeServiceError
+from shoal.devices.child import LimitedChild
+from shoal.devices.emulation import CpuLimit
+from shoal.errors import PlatformError, RuntimeServiceError
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import decode, encode, image_message_bytes
@@ -91,14 +92,13 @@ def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int,
         timeout_s: How long the echo worker may take to start.
     """
     shape = [int(s) for s in input_shape]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "shoal.runtime.overhead", "--width", str(feature_width),
-         "--input", ",".join(map(str, shape))],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    group = None
-    try:
-        group = apply_cpu_limit(limit, child.pid)
-        target = _listening(child, time.monotonic() + timeout_s)
+    command = [sys.executable, "-m", "shoal.runtime.overhead", "--width", str(feature_width),
+               "--input", ",".join(map(str, shape))]
+    with LimitedChild(command, limit, who="the call-overhead probe's echo worker", stderr=subprocess.DEVNULL) as child:
+        try:
+            target = child.read_line(LISTENING_PREFIX, time.monotonic() + timeout_s)
+        except PlatformError as exc:
+            raise RuntimeServiceError(str(exc)) from None
         max_bytes = image_message_bytes(tuple(shape), 1)
         with grpc.insecure_channel(target, options=channel_options(max_bytes)) as channel:
             stub = pb_grpc.WorkerStub(channel)
@@ -110,28 +110,9 @@ def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int,
                 stub.Features(request, timeout=10.0)
                 if i >= warmup:
                     times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        remove_cgroup(group)
     times.sort()
     return RpcStats(statistics.median(times), times[len(times) // 10], times[(9 * len(times)) // 10], len(times),
                     statistics.fmean(times))
-
-
-def _listening(child: subprocess.Popen[bytes], give_up: float) -> str:
-    assert child.stdout is not None
-    while time.monotonic() < give_up:
-        line = child.stdout.readline().decode(errors="replace")
-        if not line:
-            raise RuntimeServiceError(f"the RPC probe's echo worker exited with status {child.wait()}")
-        if line.startswith(LISTENING_PREFIX):
-            return line.split()[1]
-    raise RuntimeServiceError("the RPC probe's echo worker did not start in time")
 
 
 def _main(argv: list[str] | None = None) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from shoal.devices.emulation import remove_cgroup
+from shoal.devices.child import LimitedChild
+from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError
-from shoal.runtime.device import apply_device_limit
+from shoal.runtime.device import cpu_limit_of
 from shoal.utils.stats import quantile
 
 
@@ -88,20 +89,14 @@ def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmu
                "--repeats", str(repeats), "--warmup", str(warmup), "--shape", ",".join(map(str, input_shape))]
     if data:
         command += ["--data", data]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    group, warning = (None, None)
-    try:
-        if limit is not None:
-            group, warning = apply_device_limit(limit, proc.pid)
-        out, err = proc.communicate("go\n", timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeServiceError(f"timing the teacher took more than {timeout:.0f} s") from None
-    finally:
-        remove_cgroup(group)
-    if proc.returncode != 0:
+    with LimitedChild(command, cpu_limit_of(limit) if limit is not None else CpuLimit(), who="the teacher's timing",
+                      strict=False, stdin=subprocess.PIPE, text=True) as child:
+        try:
+            out, err = child.proc.communicate("go\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeServiceError(f"timing the teacher took more than {timeout:.0f} s") from None
+        warning = child.warning
+    if child.proc.returncode != 0:
         reason = (err.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeServiceError(f"cannot time the teacher {source!r}: {reason}")
     result = json.loads(out.strip().splitlines()[-1])
