@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.shoal-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean proto data
+.PHONY: setup demo test test-fast lint bench clean proto data
 
 # Fashion-MNIST (the second built-in task) comes from Debian's package where we are root
 # with apt; elsewhere its tests skip and `--data fashion-mnist` says how to install it.
@@ -36,6 +36,12 @@ data:
 
 demo: setup data
 	$(VENV)/bin/shoal demo
+
+# ruff (lint + import order), mypy (strict on plan, models, profiling) and the layering check (ADR 010)
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+	$(PY) scripts/import_graph.py --check > /dev/null
 
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 COMMANDS = ([], ["plan"], ["profile"], ["serve", "local"], ["bench"], ["demo"])
-RUNNER = "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['shoal', *sys.argv[2:]]; from shoal.cli import main; main()"
+RUNNER = ("import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['shoal', *sys.argv[2:]]; "
+          "from shoal.cli import main; main()")
 
 
 def _once(src: Path, args: list[str]) -> float:

@@ -35,6 +35,7 @@ from shoal.plan.latency import link_breakdown
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.netns import NetnsLink, netns_unavailable_reason, wire_bytes
+from shoal.utils.stats import quantile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _plans import default_plan  # noqa: E402
@@ -68,7 +69,7 @@ def measure(plan_dir: Path, plan: Plan, rate: float, delay: float, requests: int
     e2e = sorted(r[0] for r in runs)
     return {
         "rate_mbit": rate, "delay_ms": delay, "delay_mode": mode if delay else "none", "requests": requests,
-        "e2e_p50_ms": med(e2e), "e2e_p95_ms": e2e[int(0.95 * (len(e2e) - 1))],
+        "e2e_p50_ms": med(e2e), "e2e_p95_ms": quantile(sorted(e2e), 0.95),
         "round_trip_ms": {n: med(r[1][n].round_trip_ms for r in runs) for n in names},
         "compute_ms": dict(zip(names, compute)), "aggregation_ms": agg,
         "input_bytes": sent[0], "feature_bytes": dict(zip(names, received)),

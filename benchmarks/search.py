@@ -331,7 +331,8 @@ def _proxy_check(problem: Any, args: argparse.Namespace, console: Console) -> di
         workdir = args.out.parent / "search-work" / f"proxy-{k}"
         Booster(teacher, models, list(policy.devices), problem.data, cal, workdir).run(resume=False)
         agg = train_aggregator(teacher, config, models, problem.data, cal)
-        acc = score_decomposition(teacher_val, list(policy.devices), models, agg, problem.data.val).accuracy.ensemble.to_dict()
+        scored = score_decomposition(teacher_val, list(policy.devices), models, agg, problem.data.val)
+        acc = scored.accuracy.ensemble.to_dict()
         rows.append({"shapes": record.shapes, "latency_ms": record.evaluation.latency.total_ms, **losses,
                      "calibrated_val_top1": acc["top1"], "calibrated_val_loss": acc["loss"]})
         console.log(f"policy {k}: proxies {losses} -> calibrated val top-1 {acc['top1']:.4f}")

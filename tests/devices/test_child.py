@@ -47,7 +47,8 @@ def test_a_child_that_exits_or_stays_silent_is_one_line():
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_the_grace():
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY x', flush=True); time.sleep(60)"
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY x', flush=True); "
+            "time.sleep(60)")
     child = LimitedChild([sys.executable, "-c", code], who="stubborn")
     child.read_line("READY", time.monotonic() + 20)
     child.stop(grace=0.3)
@@ -75,4 +76,5 @@ def test_non_strict_pins_only_where_quotas_cannot_be_set(monkeypatch):
     with LimitedChild([sys.executable, "-c", SERVE], CpuLimit(quota=0.5, cpus=(0,)), who="device 'x'",
                       strict=False, stdout=subprocess.DEVNULL) as child:
         assert child.cgroup is None
-        assert child.warning == "device 'x': CPU quota 0.5 not applied (no cgroups in this test); timings are not emulated"
+        assert child.warning == ("device 'x': CPU quota 0.5 not applied (no cgroups in this test); "
+                                 "timings are not emulated")

@@ -41,7 +41,7 @@ def test_every_score_has_n_and_wilson_interval(decomposition):
         acc = Accuracy.from_dict({k: row[k] for k in ("top1", "n", "correct", "ci95")})   # consistent
         assert acc.n == 40 and row["ci95"][0] <= row["top1"] <= row["ci95"][1]
     assert set(scored.correct) == {"teacher", "ensemble", "submodels/hub", "submodels/edge", "missing/edge"}
-    for key, vec in scored.correct.items():
+    for vec in scored.correct.values():
         assert vec.dtype == torch.bool and vec.shape == (40,)
     assert int(scored.correct["teacher"].sum()) == s["teacher"]["correct"]
     assert int(scored.correct["submodels/edge"].sum()) == s["submodels"]["edge"]["correct"]

@@ -37,7 +37,7 @@ def test_profile_directory_format(tiny_config, tmp_path):
     assert data["device"]["cpu_limit"] == CpuLimit().to_dict() and data["device"]["threads"] == 1
     assert data["measurements"]["measured"] == 30 and data["measurements"]["remeasured"] == 4
     assert data["noise_floor"]["n"] == 4 and data["chosen"] in data["predictors"]
-    for kind, entry in data["predictors"].items():
+    for entry in data["predictors"].values():
         assert {"val", "test", "files"} <= set(entry)
         assert all((out / f).is_file() for f in entry["files"])
     assert not [p for p in out.iterdir() if p.suffix in (".pkl", ".pt", ".pth")]

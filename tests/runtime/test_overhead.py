@@ -5,7 +5,8 @@ import os
 import pytest
 
 from shoal.devices.emulation import CpuLimit
-from shoal.runtime.overhead import RpcStats, measure_rpc
+from shoal.profiling.timing import LatencyStats
+from shoal.runtime.overhead import measure_rpc
 
 
 def _children() -> set[int]:
@@ -24,9 +25,9 @@ def _children() -> set[int]:
 def test_rpc_probe_times_real_round_trips_and_cleans_up():
     before = _children()
     stats = measure_rpc(CpuLimit(None, (0,)), (1, 8, 8), 16, calls=20, warmup=5)
-    assert stats.calls == 20 and 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
+    assert stats.n == 20 and stats.warmup == 5 and 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
     assert stats.mean_ms is not None and stats.p10_ms <= stats.mean_ms
-    assert RpcStats.from_dict(stats.to_dict()) == stats
+    assert LatencyStats(**stats.to_dict()) == stats   # what a profile records reads back
     assert _children() <= before
 
 

@@ -29,7 +29,7 @@ def main(
                                           help="run devices (and the teacher) under their CPU limits")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Latency p50/p95, throughput and accuracy through the runtime; the teacher alone beside it."""
+    """Latency (median, p95), throughput and accuracy through the runtime; the teacher alone beside it."""
     from shoal.runtime.bench import run_bench
 
     result = run_bench(plan, target=target, requests=requests, concurrency=concurrency, warmup=warmup, data=data,
@@ -51,17 +51,17 @@ def _top1(top1: float | None, ci95: tuple[float, float] | None, n: int) -> str:
 def print_tables(r: BenchResult) -> None:
     """The comparison, the per-device breakdown and the notes, on the console."""
     cmp = Table(title=f"shoal vs teacher ({r.requests} requests, concurrency {r.concurrency}, plan {r.fingerprint})")
-    for column in ("", "p50 ms", "p95 ms", "throughput /s", "top-1"):
+    for column in ("", "median ms", "p95 ms", "throughput /s", "top-1"):
         cmp.add_column(column, justify="right")
     acc = _top1(r.accuracy, r.accuracy_ci95, r.accuracy_n)
-    cmp.add_row("shoal (end to end)", f"{r.latency.p50_ms:.2f}", f"{r.latency.p95_ms:.2f}",
+    cmp.add_row("shoal (end to end)", f"{r.latency.median_ms:.2f}", f"{r.latency.p95_ms:.2f}",
                 f"{r.throughput_rps:.1f}", acc)
     if r.teacher is not None:
         t = r.teacher["latency"]
         top1 = _top1(r.teacher.get("top1"), r.teacher.get("ci95"), r.teacher.get("n", 0))
-        cmp.add_row(f"teacher alone on {r.teacher['device']}", f"{t['p50_ms']:.2f}", f"{t['p95_ms']:.2f}",
-                    f"{1e3 / t['p50_ms']:.1f} (1/p50)", top1)
-        cmp.add_row("speedup (teacher p50 / shoal p50)", f"{r.speedup:.2f}×", "", "", "")
+        cmp.add_row(f"teacher alone on {r.teacher['device']}", f"{t['median_ms']:.2f}", f"{t['p95_ms']:.2f}",
+                    f"{1e3 / t['median_ms']:.1f} (1/median)", top1)
+        cmp.add_row("speedup (teacher median / shoal median)", f"{r.speedup:.2f}×", "", "", "")
     console.print(cmp)
     parts = Table(title="where the time goes (medians, ms)")
     for column in ("device", "compute", "queue", "transfer", "round trip"):
@@ -72,13 +72,13 @@ def print_tables(r: BenchResult) -> None:
     parts.add_row("aggregation", f"{r.aggregation_ms:.2f}", "", "", "")
     parts.add_row("slowest compute + aggregation", f"{r.critical_ms:.2f}", "", "", "")
     parts.add_row("central node, receipt to reply", f"{r.server_ms:.2f}", "", "", "")
-    parts.add_row("runtime overhead", f"{r.overhead_ms:.2f}", "", "", f"p50 / critical = {r.overhead_ratio:.2f}")
+    parts.add_row("runtime overhead", f"{r.overhead_ms:.2f}", "", "", f"median / critical = {r.overhead_ratio:.2f}")
     console.print(parts)
     if r.errors:
         console.print(f"[yellow]errors:[/] {r.errors}")
     if r.predicted_ms is not None:
-        console.print(f"planner predicted T = {r.predicted_ms:.2f} ms; measured p50 / predicted = "
-                      f"{r.latency.p50_ms / r.predicted_ms:.2f}", highlight=False)
+        console.print(f"planner predicted T = {r.predicted_ms:.2f} ms; measured median / predicted = "
+                      f"{r.latency.median_ms / r.predicted_ms:.2f}", highlight=False)
     if r.predicted_speedup is not None and r.speedup is not None:
         console.print(f"planner predicted speedup {r.predicted_speedup:.2f}×; measured {r.speedup:.2f}× "
                       f"(measured / predicted = {r.speedup / r.predicted_speedup:.2f})", highlight=False)

@@ -28,7 +28,8 @@ def main(
     aggregator_epochs: Annotated[int, typer.Option(help="aggregator epochs")] = 40,
     requests: Annotated[int, typer.Option(help="timed requests through the runtime")] = 200,
     replan: Annotated[bool, typer.Option(help="plan again even if the demo plan exists")] = False,
-    max_per_split: Annotated[int | None, typer.Option(help="use at most this many images per split (quick runs)")] = None,
+    max_per_split: Annotated[int | None, typer.Option(
+        help="use at most this many images per split (quick runs)")] = None,
     use_all_devices: Annotated[bool, typer.Option(
         help="give every device a sub-model (CoFormer's rule) instead of leaving out one that does not pay")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,

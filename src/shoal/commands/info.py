@@ -11,7 +11,8 @@ from shoal.commands._common import console, print_json
 
 
 def main(
-    model: Annotated[str | None, typer.Option(help="timm model name or checkpoint (default: the shipped digits ViT)")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="timm model name or checkpoint (default: the shipped digits ViT)")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="local weights for --model")] = None,
     pretrained: Annotated[bool, typer.Option(help="fetch timm's pretrained weights")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,

@@ -106,12 +106,15 @@ def plan_hooks(ui: LiveSearch) -> PlanHooks:
 @guard
 def plan(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help="timm model name or checkpoint (default: the shipped teacher of the task)")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="timm model name or checkpoint (default: the shipped teacher of the task)")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="local weights for --model")] = None,
     pretrained: Annotated[bool, typer.Option(help="fetch timm's pretrained weights")] = True,
-    data: Annotated[str | None, typer.Option(help="digits | fashion-mnist | an ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="digits | fashion-mnist | an ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
     devices: Annotated[str | None, typer.Option(help="device-set YAML (default: three emulated devices)")] = None,
-    delta: Annotated[float | None, typer.Option(help="δ per ms in Ψ = L + δ·T (default: 1/teacher latency on the central node)")] = None,
+    delta: Annotated[float | None, typer.Option(
+        help="δ per ms in Ψ = L + δ·T (default: 1/teacher latency on the central node)")] = None,
     strategy: Annotated[str, typer.Option(help="bo | random | uniform")] = _SEARCH.strategy,
     init: Annotated[int, typer.Option("--init", help="r: random policies first")] = _SEARCH.init,
     iterations: Annotated[int, typer.Option(help="I: BO iterations")] = _SEARCH.iterations,

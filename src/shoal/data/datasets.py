@@ -87,8 +87,8 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
             raise DataError(
                 f"the built-in digits data (1x32x32, 10 classes) does not fit teacher {teacher.source} "
                 f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); pass --data DIR")
-        splits = [load_digits_split(s).subset(max_per_split) for s in ("train", "val", "test")]
-        return TaskData("sklearn-digits", *splits, augment=augment)
+        train, val, test = (load_digits_split(s).subset(max_per_split) for s in ("train", "val", "test"))
+        return TaskData("sklearn-digits", train, val, test, augment=augment)
     idx_folder = Path(data).is_dir() and not (Path(data) / "train").is_dir() and fashion_mnist.available(data)
     if str(data) == fashion_mnist.NAME or idx_folder:
         path = None if str(data) == fashion_mnist.NAME else data
@@ -98,8 +98,9 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
                 f"Fashion-MNIST (1x28x28, 10 classes) does not fit teacher {teacher.source} "
                 f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); "
                 f"leave out --model to use its shipped teacher {FASHION_TEACHER}")
-        splits = [fashion_mnist.load_split(s, path).subset(max_per_split) for s in ("train", "val", "test")]  # type: ignore[arg-type]
-        return TaskData(fashion_mnist.NAME, *splits, augment=fashion_mnist.augment)
+        train, val, test = (fashion_mnist.load_split(s, path).subset(max_per_split)
+                            for s in ("train", "val", "test"))
+        return TaskData(fashion_mnist.NAME, train, val, test, augment=fashion_mnist.augment)
     return _image_folder(teacher, Path(data), max_per_split)
 
 

@@ -93,7 +93,7 @@ def _task(recipe: TeacherRecipe) -> tuple[Callable[[str], TensorDataset],
     from shoal.data import digits, fashion_mnist
 
     if recipe.task == "digits":
-        return digits.load_digits_split, digits.augment  # type: ignore[return-value]
+        return digits.load_digits_split, digits.augment
     return fashion_mnist.load_split, fashion_mnist.augment  # type: ignore[return-value]
 
 

@@ -18,7 +18,7 @@ takes each unit type from the rule that ranks it best (`benchmarks/results/impor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -136,14 +136,14 @@ def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor,
     return ImportanceScores(**{k: v / n for k, v in totals.items()}, rule="fisher" if squared else "taylor")
 
 
-def _install_gates(teacher: VisionTransformer, gates: dict[str, torch.Tensor], h: int, hd: int) -> list:
-    handles = []
+def _install_gates(teacher: VisionTransformer, gates: dict[str, torch.Tensor], h: int, hd: int) -> list[Any]:
+    handles: list[Any] = []
 
     def gate_channels(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
         return out * gates["channels"]
 
     handles.append(teacher.pos_drop.register_forward_hook(gate_channels))
-    for j, block in enumerate(teacher.blocks):
+    for j, block in enumerate(_blocks(teacher)):
         def gate_heads(_m: nn.Module, args: tuple[torch.Tensor], j: int = j) -> tuple[torch.Tensor]:
             (x,) = args  # (B, S, h*hd) attention output before proj
             B, S, _ = x.shape
@@ -168,7 +168,7 @@ def _magnitude(teacher: VisionTransformer, config: ViTConfig) -> ImportanceScore
     heads, neurons = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden)
     channels = teacher.patch_embed.proj.weight.detach().flatten(1).pow(2).sum(1)
     blocks = torch.zeros(L)
-    for j, block in enumerate(teacher.blocks):
+    for j, block in enumerate(_blocks(teacher)):
         qkv = block.attn.qkv.weight.detach().view(3, h, hd, -1)
         proj = block.attn.proj.weight.detach().view(-1, h, hd)
         heads[j] = qkv.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
@@ -178,3 +178,8 @@ def _magnitude(teacher: VisionTransformer, config: ViTConfig) -> ImportanceScore
         channels = channels + fc1.pow(2).sum(0) + fc2.pow(2).sum(1)
         blocks[j] = heads[j].sum() + neurons[j].sum()
     return ImportanceScores(heads.sqrt(), neurons.sqrt(), channels.sqrt(), blocks.sqrt(), "magnitude")
+
+
+def _blocks(teacher: VisionTransformer) -> list[Any]:
+    """The teacher's transformer blocks (timm `Block`s; typed loosely: their submodules are reached by name)."""
+    return list(teacher.blocks)

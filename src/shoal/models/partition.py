@@ -167,7 +167,8 @@ def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[S
         raise ConfigError(f"C2: channel counts {widths} sum to {sum(widths)} > embed_dim {config.embed_dim}")
     for name, shape in zip(devices, shapes):
         if any(b < 0 or b >= config.depth for b in shape.layers) or list(shape.layers) != sorted(set(shape.layers)):
-            raise ConfigError(f"C1: device {name!r} layers {shape.layers} are not increasing blocks of 0..{config.depth - 1}")
+            raise ConfigError(f"C1: device {name!r} layers {shape.layers} are not increasing blocks of "
+                              f"0..{config.depth - 1}")
     for block in range(config.depth):
         heads = sum(s.head_counts[s.layers.index(block)] for s in shapes if block in s.layers)
         mlp = sum(s.mlp_widths[s.layers.index(block)] for s in shapes if block in s.layers)

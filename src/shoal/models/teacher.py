@@ -116,14 +116,14 @@ def _create_from_cache(name: str, kwargs: dict[str, Any]) -> nn.Module | None:
 
         hf_offline, hf_constants.HF_HUB_OFFLINE = hf_constants.HF_HUB_OFFLINE, True
     except Exception:  # no huggingface_hub: timm falls back to URLs
-        hf_constants, hf_offline = None, None
+        hf_constants, hf_offline = None, None  # type: ignore[assignment]
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception:
         return None
     finally:
         if hf_constants is not None:
-            hf_constants.HF_HUB_OFFLINE = hf_offline
+            hf_constants.HF_HUB_OFFLINE = bool(hf_offline)
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
@@ -193,7 +193,8 @@ def load_teacher(
         weights = default_teacher_paths(model)[0]
         if not weights.is_file():
             raise ModelError(f"built-in teacher {model} is not installed ({weights} is missing); train it with "
-                             f"`python -m shoal.data.train_teacher --task {model.removeprefix('shoal-').removesuffix('-vit')}`")
+                             "`python -m shoal.data.train_teacher --task "
+                             f"{model.removeprefix('shoal-').removesuffix('-vit')}`")
         return _load_described(weights, source=model)
     if model is not None and Path(model).suffix in (".safetensors", ".pt", ".pth", ".bin"):
         return _load_described(Path(model), source=str(model), extra_kwargs=kwargs)
@@ -204,7 +205,8 @@ def load_teacher(
         _load_state(net, read_state_dict(Path(checkpoint)), str(checkpoint))
     from timm.data import resolve_data_config
 
-    data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolve_data_config({}, model=net).items()}
+    resolved = resolve_data_config({}, model=net)  # type: ignore[no-untyped-call]
+    data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items()}
     embed = getattr(net, "patch_embed", None)
     if embed is not None and hasattr(embed, "img_size"):  # the pretrained cfg may name another size
         data_config["input_size"] = [int(embed.proj.in_channels), *map(int, embed.img_size)]

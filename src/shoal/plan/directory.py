@@ -184,7 +184,7 @@ def load_plan(root: str | Path, *, verify: bool = True) -> Plan:
     return Plan(root, doc)
 
 
-def write_uncalibrated_plan(root: str | Path, teacher: nn.Module, config: ViTConfig, policy: Policy,
+def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config: ViTConfig, policy: Policy,
                             devices: DeviceSet, teacher_source: str = "?", decomposition: str | None = None,
                             ) -> PlanDocument:
     """A plan straight from decomposition: sliced sub-models, scatter-initialised aggregator.

@@ -31,7 +31,8 @@ from shoal.utils.threads import torch_threads
 Progress = Callable[[str, int, int], None]
 
 
-def _teacher_outputs(teacher: VisionTransformer, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_outputs(teacher: VisionTransformer, images: torch.Tensor, batch: int = 256
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher pooled pre-logit features (N, d) and hard decisions (N,)."""
     feats = submodel_features([teacher], images, batch)[0]
     with torch.no_grad():

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.digits import TensorDataset
 from shoal.errors import ConfigError
@@ -70,7 +71,7 @@ class Scored:
 def score_decomposition(
     teacher_logits: torch.Tensor,
     names: Sequence[str],
-    submodels: Sequence[nn.Module],
+    submodels: Sequence[VisionTransformer],
     aggregator: Aggregator,
     split: TensorDataset,
     *,
@@ -99,7 +100,8 @@ def score_decomposition(
         ens_logits = aggregator(features)
     ens_scores, correct["ensemble"] = _scores(ens_logits, split.labels)
     ens_scores = replace(ens_scores,
-                         agreement_with_teacher=(ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item(),
+                         agreement_with_teacher=(ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+                         .item(),
                          vs_teacher=PairedTest("teacher", "ensemble", mcnemar(correct["teacher"], correct["ensemble"])))
     missing: dict[str, Score] = {}
     if with_missing and len(submodels) > 1:

@@ -36,7 +36,7 @@ class Record:
     index: int
     phase: str
     x: tuple[float, ...]
-    shapes: tuple[dict[str, Any], ...]
+    shapes: tuple[dict[str, Any] | None, ...]
     evaluation: Evaluation
 
     @property
@@ -81,7 +81,8 @@ class Journal:
     def _read(self) -> list[Record]:
         lines, _ = read_lines(self.path)
         if not lines:
-            raise DataError(f"journal {self.path} is empty or truncated before its header; start afresh without --resume")
+            raise DataError(f"journal {self.path} is empty or truncated before its header; "
+                            "start afresh without --resume")
         try:
             header = json.loads(lines[0][1])
         except (json.JSONDecodeError, UnicodeDecodeError):

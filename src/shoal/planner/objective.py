@@ -153,7 +153,7 @@ class Evaluator:
         the whole batch, no sub-model built. Each breakdown lists the devices used, in set order."""
         if any(len(p) != len(self.devices) for p in policies):
             raise ConfigError(f"each policy needs one entry per device ({len(self.devices)})")
-        predicted = [iter(predictor.predict_ms([p[i] for p in policies if p[i] is not None]))
+        predicted = [iter(predictor.predict_ms([s for p in policies if (s := p[i]) is not None]))
                      for i, predictor in enumerate(self.predictors)]
         input_bytes = BYTES_PER_VALUE * math.prod(self.config.input_shape)
         out = []

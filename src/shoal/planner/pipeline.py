@@ -182,7 +182,8 @@ def search_header(problem: Problem, request: PlanRequest) -> dict[str, Any]:
     s = request.search
     return {"family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
             "data": problem.data.name, "devices": problem.devices.to_dict(), "delta": problem.evaluator.delta,
-            "proxy": request.proxy, "val_images": request.val_images, "strategy": s.strategy, "seed": s.seed, "init": s.init, "anchors": s.anchors,
+            "proxy": request.proxy, "val_images": request.val_images, "strategy": s.strategy, "seed": s.seed,
+            "init": s.init, "anchors": s.anchors,
             "acquisition": s.acquisition, "importance": request.importance, "layer_rule": request.layer_rule,
             "deal_rule": request.deal_rule, "allow_leave_out": request.allow_leave_out, "dim": problem.space.dim}
 

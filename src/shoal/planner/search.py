@@ -41,6 +41,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ from shoal.planner.objective import Evaluator
 from shoal.planner.settings import SearchSettings
 from shoal.planner.space import PER_DEVICE, SearchSpace
 
-LatencyModel = Callable[[Sequence[Sequence[object | None]]], list[float]]   # decoded shapes -> T (ms) each
+LatencyModel = Callable[[Sequence[Sequence[Any]]], list[float]]   # decoded shapes -> T (ms) each
 FIT_MAXITER = 100      # L-BFGS-B iterations of a GP fit (the marginal likelihood barely moves after)
 FALLBACK_TRIES = 1000  # random points tried for an unevaluated policy when every candidate was evaluated
 
@@ -210,7 +211,7 @@ def _shape_dict(shape: object) -> dict[str, object] | None:
     """JSON of a device's unit counts (None: the device is left out)."""
     if shape is None:
         return None
-    return shape.to_dict()  # type: ignore[attr-defined, no-any-return]
+    return shape.to_dict()  # type: ignore[attr-defined]
 
 
 def decode_key(space: SearchSpace, x: Sequence[float]) -> tuple[str, tuple[dict[str, object] | None, ...]]:

@@ -125,7 +125,8 @@ class CalibrationSettings:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"CalibrationSettings.{name} must be positive, got {getattr(self, name)}")
         if self.weighting not in ("boost", "printed", "uniform"):
-            raise ConfigError(f"CalibrationSettings.weighting must be boost, printed or uniform, got {self.weighting!r}")
+            raise ConfigError(f"CalibrationSettings.weighting must be boost, printed or uniform, "
+                              f"got {self.weighting!r}")
         if not 0.0 <= self.device_dropout < 1.0:
             raise ConfigError(f"CalibrationSettings.device_dropout must be in [0, 1), got {self.device_dropout}")
 
@@ -193,7 +194,7 @@ class PlanRequest:
         if self.search_only and self.from_policy:
             raise ConfigError("--search-only and --from-policy exclude each other")
         if self.importance not in IMPORTANCE_RULES:
-            raise ConfigError(f"--importance must be mixed, taylor, fisher, magnitude or random, got {self.importance!r}")
+            raise ConfigError(f"--importance must be one of {', '.join(IMPORTANCE_RULES)}, got {self.importance!r}")
         if self.layer_rule not in ("importance", "uniform") or self.deal_rule not in ("fair", "ranked"):
             raise ConfigError(f"layer_rule must be importance|uniform and deal_rule fair|ranked, got "
                               f"{self.layer_rule!r}, {self.deal_rule!r}")

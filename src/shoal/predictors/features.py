@@ -17,7 +17,6 @@ Feature sets (the columns of `feature_matrix`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
@@ -36,7 +35,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-Shape = Union[SubModelShape, SubModelSpec]
+Shape = SubModelShape | SubModelSpec
 
 
 def counts(shape: Shape) -> tuple[int, tuple[int, ...], tuple[int, ...]]:

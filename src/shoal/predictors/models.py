@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -172,7 +172,7 @@ class MLPPredictor(LatencyPredictor):
         tensors = {f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()}
         tensors |= {"x_mean": torch.from_numpy(self.x_mean.copy()), "x_std": torch.from_numpy(self.x_std.copy())}
         meta: dict[str, Any] = {"feature_set": self.feature_set, "y_mean": self.y_mean, "y_std": self.y_std,
-                                "hidden": int(self.net[0].out_features)}
+                                "hidden": int(cast(nn.Linear, self.net[0]).out_features)}
         if self.base is not None:
             base_tensors, base_meta = self.base.state()
             tensors |= {f"base.{k}": v for k, v in base_tensors.items()}

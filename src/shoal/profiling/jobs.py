@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -156,7 +156,7 @@ def run_jobs(jobs: Sequence[MeasurementJob], *, concurrent: bool = False, measur
             try:
                 for run in runs:
                     counter = iter(range(run.job.total - len(run.job.items) + 1, run.job.total + 1))
-                    run.start(on_item=lambda run=run, counter=counter: report(run.job, next(counter)))
+                    run.start(on_item=_reporter(report, run.job, counter))
                 while True:
                     running = [run.poll() for run in runs]
                     for run in runs:
@@ -171,3 +171,9 @@ def run_jobs(jobs: Sequence[MeasurementJob], *, concurrent: bool = False, measur
             finally:
                 for run in runs:
                     run.stop()
+
+
+def _reporter(report: Callable[[MeasurementJob, int], None], job: MeasurementJob, counter: Iterator[int]
+              ) -> Callable[[], None]:
+    """The callback one job calls after each item: report how many of its items are done."""
+    return lambda: report(job, next(counter))

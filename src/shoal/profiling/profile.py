@@ -201,11 +201,14 @@ class ProfileRequest:
 
 
 class CallOverhead(Protocol):
-    """What a call-overhead measurement reports (`shoal.runtime.overhead.RpcStats`)."""
+    """What a call-overhead measurement reports (a `LatencyStats` of the calls)."""
 
-    median_ms: float
-    mean_ms: float
-    calls: int
+    @property
+    def median_ms(self) -> float: ...
+    @property
+    def mean_ms(self) -> float: ...
+    @property
+    def n(self) -> int: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -278,6 +281,6 @@ def _measure_overhead(overhead: OverheadFn, req: ProfileRequest, config: ViTConf
         say(f"[yellow]{req.name}: could not measure the RPC overhead[/] ({type(exc).__name__}: {exc}); "
             "the planner will count only the link")
         return None
-    say(f"{req.name}: one runtime call costs {stats.median_ms:.2f} ms beyond compute (median of {stats.calls}; "
+    say(f"{req.name}: one runtime call costs {stats.median_ms:.2f} ms beyond compute (median of {stats.n}; "
         f"mean {stats.mean_ms:.2f} ms)")
     return stats.to_dict()

@@ -166,7 +166,8 @@ class MeasurementJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasurementJob:
-        items = tuple(WorkItem(int(i["index"]), int(i["pass"]), SubModelShape.from_dict(i["shape"])) for i in data["items"])
+        items = tuple(WorkItem(int(i["index"]), int(i["pass"]), SubModelShape.from_dict(i["shape"]))
+                      for i in data["items"])
         return cls(data["name"], ViTConfig.from_dict(data["config"]), Path(data["dataset"]), items,
                    int(data["total"]), TimingSettings(**data["timing"]), CpuLimit.from_dict(data["cpu_limit"]))
 

@@ -26,7 +26,8 @@ def shape_to_spec(config: ViTConfig, shape: SubModelShape) -> SubModelSpec:
     """The spec keeping the first units of every kind, bound to `config`."""
     return SubModelSpec(
         layers=shape.layers, channels=tuple(range(shape.width)),
-        heads=tuple(tuple(range(h)) for h in shape.head_counts), neurons=tuple(tuple(range(m)) for m in shape.mlp_widths),
+        heads=tuple(tuple(range(h)) for h in shape.head_counts),
+        neurons=tuple(tuple(range(m)) for m in shape.mlp_widths),
     ).bound_to(config)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +27,8 @@ from shoal.utils.threads import torch_threads
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-call latency of `n` timed calls.
+    """Per-call latency of `n` timed calls: the one statistics record of shoal, for a shape the
+    profiler times, a teacher `shoal bench` times alone, one runtime call and a served request.
 
     Attributes:
         median_ms: Median wall time of one call (the robust statistic predictors learn).
@@ -37,11 +38,14 @@ class LatencyStats:
         min_ms: Fastest call.
         n: Number of timed calls.
         warmup: Untimed calls before them.
-        threads: Torch intra-op threads during the calls.
-        device: "cpu" or "cuda".
+        threads: Torch intra-op threads during the calls (None: not a timing loop of a model).
+        device: "cpu" or "cuda" (None: as for threads).
         cpu_ms: Mean CPU time of this process per timed call. Wall / CPU near 1 (or near
             1/quota under a CPU quota) means the calls ran undisturbed; higher means the
             machine was busy and the process waited for a core.
+        p95_ms: 95th percentile (None in measurements written before it was kept).
+
+    Quantiles are numpy's linear rule (`shoal.utils.stats.quantile`).
     """
 
     median_ms: float
@@ -50,10 +54,11 @@ class LatencyStats:
     mean_ms: float
     min_ms: float
     n: int
-    warmup: int
-    threads: int
-    device: str
+    warmup: int = 0
+    threads: int | None = None
+    device: str | None = None
     cpu_ms: float | None = None
+    p95_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -72,8 +77,8 @@ class LatencyStats:
         return asdict(self)
 
     @classmethod
-    def from_times(cls, times_ms: Sequence[float], *, warmup: int, threads: int, device: str,
-                   cpu_ms: float | None = None) -> LatencyStats:
+    def from_times(cls, times_ms: Sequence[float], *, warmup: int = 0, threads: int | None = None,
+                   device: str | None = None, cpu_ms: float | None = None) -> LatencyStats:
         """Statistics of raw per-call times (ms)."""
         if not times_ms:
             raise ConfigError("no timed calls to summarise")
@@ -81,7 +86,7 @@ class LatencyStats:
         return cls(
             median_ms=quantile(ordered, 0.5), p10_ms=quantile(ordered, 0.1), p90_ms=quantile(ordered, 0.9),
             mean_ms=sum(ordered) / len(ordered), min_ms=ordered[0], n=len(ordered), warmup=warmup,
-            threads=threads, device=device, cpu_ms=cpu_ms)
+            threads=threads, device=device, cpu_ms=cpu_ms, p95_ms=quantile(ordered, 0.95))
 
 
 def _batch_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -120,7 +125,7 @@ def measure_latency(
     dev = torch.device(device)
     model = model.to(dev).eval()
     x = torch.randn(_batch_shape(input_shape), device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else _no_sync
     gc_was_enabled = gc.isenabled()
     times: list[float] = []
     try:
@@ -142,11 +147,15 @@ def measure_latency(
     return LatencyStats.from_times(times, warmup=warmup, threads=threads, device=dev.type, cpu_ms=round(cpu_ms, 4))
 
 
-class _LiveBytes(TorchDispatchMode):
+def _no_sync() -> None:
+    """CPU calls are synchronous."""
+
+
+class _LiveBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts the bytes of tensor storages created inside the mode and still alive; keeps the peak."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.live = 0
         self.peak = 0
         self._seen: set[int] = set()

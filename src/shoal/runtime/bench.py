@@ -2,7 +2,7 @@
 
 In one run on one machine: the plan served by its devices (a `LocalCluster`
 unless a target is given), then the teacher alone on the central device's
-share of the machine. Reported: end-to-end p50/p95 and throughput, the
+share of the machine. Reported: end-to-end median and p95 and throughput, the
 per-device compute / queue / transfer medians, aggregation, the runtime's
 own overhead (end-to-end minus the slowest device's compute minus
 aggregation, per request), accuracy on the test split through the runtime
@@ -25,6 +25,7 @@ import torch
 
 from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
 from shoal.plan.directory import load_plan
+from shoal.profiling.timing import LatencyStats
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
@@ -32,7 +33,7 @@ from shoal.runtime.codec import encode
 from shoal.runtime.device import plan_fingerprint
 from shoal.runtime.evaldata import accuracy, resolve_test_data
 from shoal.runtime.status import RemoteError
-from shoal.runtime.timing import Stats, time_teacher
+from shoal.runtime.timing import time_teacher
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Summary:
         server_ms: Central node time from receipt to reply (end-to-end minus it: the client's hop).
     """
 
-    latency: Stats
+    latency: LatencyStats
     errors: dict[str, int]
     devices: tuple[DeviceBreakdown, ...]
     aggregation_ms: float
@@ -167,7 +168,8 @@ def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]) ->
     devices = tuple(DeviceBreakdown(name, med(t.compute_ms for t in ts), med(t.queue_ms for t in ts),
                                     med(t.transfer_ms for t in ts), med(t.round_trip_ms for t in ts))
                     for name, ts in per_device.items())
-    return Summary(Stats.of([ms for ms, _ in answered]), errors, devices, med(r.aggregation_ms for _, r in answered),
+    return Summary(LatencyStats.from_times([ms for ms, _ in answered]), errors, devices,
+                   med(r.aggregation_ms for _, r in answered),
                    med(critical), med(overhead), med(r.total_ms for _, r in answered))
 
 
@@ -225,12 +227,12 @@ def run_bench(
         teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes, log)
     speedup = None
     if teacher_result is not None:
-        speedup = teacher_result["latency"]["p50_ms"] / summary.latency.p50_ms
+        speedup = teacher_result["latency"]["median_ms"] / summary.latency.median_ms
     predicted = plan.document.predicted
     return BenchResult(
         plan=str(plan_dir), fingerprint=fingerprint, target=target, requests=requests, concurrency=concurrency,
         **vars(summary), throughput_rps=len(results) / wall,
-        overhead_ratio=summary.latency.p50_ms / summary.critical_ms,
+        overhead_ratio=summary.latency.median_ms / summary.critical_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
         speedup=speedup, predicted_ms=predicted.total_ms if predicted else None,
         predicted_speedup=predicted.speedup_vs_teacher_on_central if predicted else None, notes=tuple(notes),

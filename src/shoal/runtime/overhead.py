@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import grpc
 import torch
@@ -29,41 +26,12 @@ import torch
 from shoal.devices.child import LimitedChild
 from shoal.devices.emulation import CpuLimit
 from shoal.errors import PlatformError, RuntimeServiceError
+from shoal.profiling.timing import LatencyStats
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import decode, encode, image_message_bytes
 from shoal.runtime.server import LISTENING_PREFIX, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE, channel_options
-
-
-@dataclass(frozen=True)
-class RpcStats:
-    """Round trips of one batch-1 `Features` call to an echo worker (ms).
-
-    Attributes:
-        median_ms: Median round trip (the planner's figure on an unlimited device).
-        p10_ms: Lower decile.
-        p90_ms: Upper decile.
-        calls: Timed calls.
-        mean_ms: Mean round trip (the planner's figure under a CPU quota, where calls that land on a
-            throttled period make the distribution bimodal and only the mean carries the share;
-            None in profiles written before it was recorded).
-    """
-
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    calls: int
-    mean_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RpcStats:
-        mean = data.get("mean_ms")
-        return cls(float(data["median_ms"]), float(data["p10_ms"]), float(data["p90_ms"]), int(data["calls"]),
-                   None if mean is None else float(mean))
 
 
 class _EchoWorker(pb_grpc.WorkerServicer):
@@ -80,7 +48,7 @@ class _EchoWorker(pb_grpc.WorkerServicer):
 
 
 def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int, *, calls: int = 200,
-                warmup: int = 30, timeout_s: float = 60.0) -> RpcStats:
+                warmup: int = 30, timeout_s: float = 60.0) -> LatencyStats:
     """Time batch-1 round trips to an echo worker running under `limit`.
 
     Args:
@@ -110,9 +78,7 @@ def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int,
                 stub.Features(request, timeout=10.0)
                 if i >= warmup:
                     times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return RpcStats(statistics.median(times), times[len(times) // 10], times[(9 * len(times)) // 10], len(times),
-                    statistics.fmean(times))
+    return LatencyStats.from_times(times, warmup=warmup)
 
 
 def _main(argv: list[str] | None = None) -> None:

@@ -1,24 +1,19 @@
-"""Timing a model on a share of this machine, and the teacher-alone baseline of `shoal bench`.
+"""The teacher-alone baseline of `shoal bench`, timed on the central device's share of this machine.
 
 The baseline runs in a child process (`python -m shoal.runtime.timing`) that
 the parent puts under the central device's CPU limit before the child starts
 timing (it waits for "go" on stdin), so the teacher is measured on exactly the
 share of the machine the central node serves on, without limiting the parent.
-
-`measure_ms` is a private timing loop; merge it with
-`shoal.profiling.runner.measure_latency` once that exists.
+The child times with the profiler's loop (`shoal.profiling.timing.measure_latency`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,53 +21,9 @@ import torch
 from shoal.devices.child import LimitedChild
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSpec
-from shoal.errors import ConfigError, RuntimeServiceError
+from shoal.errors import RuntimeServiceError
+from shoal.profiling.timing import measure_latency
 from shoal.runtime.device import cpu_limit_of
-from shoal.utils.stats import quantile
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Summary of repeated timings in milliseconds.
-
-    Attributes:
-        n: Number of samples.
-        p50_ms: Median.
-        p95_ms: 95th percentile.
-        p10_ms: 10th percentile.
-        p90_ms: 90th percentile.
-        mean_ms: Mean.
-    """
-
-    n: int
-    p50_ms: float
-    p95_ms: float
-    p10_ms: float
-    p90_ms: float
-    mean_ms: float
-
-    @classmethod
-    def of(cls, samples_ms: Sequence[float]) -> Stats:
-        if not samples_ms:
-            raise ConfigError("no samples to summarise")
-        s = sorted(samples_ms)
-        return cls(len(s), quantile(s, 0.50), quantile(s, 0.95), quantile(s, 0.10), quantile(s, 0.90),
-                   statistics.fmean(s))
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def measure_ms(fn: Callable[[], object], *, repeats: int, warmup: int) -> Stats:
-    """Time `fn()` `repeats` times after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return Stats.of(samples)
 
 
 def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmup: int, threads: int,
@@ -80,7 +31,7 @@ def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmu
     """Batch-1 latency (and test accuracy, when test data resolves) of the teacher, in a limited child process.
 
     Returns:
-        {"latency": Stats dict, "top1": float | None, "n": int, "warning": str | None}.
+        {"latency": LatencyStats dict, "top1": float | None, "n": int, "warning": str | None}.
 
     Raises:
         RuntimeServiceError: the teacher cannot be loaded or the child fails (message has its stderr).
@@ -120,10 +71,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     set_torch_threads(args.threads)
     teacher = load_teacher(None if args.source == DEFAULT_TEACHER else args.source)
     shape = tuple(int(s) for s in args.shape.split(","))
-    x = torch.zeros((1, *shape))
     sys.stdin.readline()  # the parent applies the CPU limit, then says go
+    stats = measure_latency(teacher.model, shape, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
     with torch.inference_mode():
-        stats = measure_ms(lambda: teacher.model(x), repeats=args.repeats, warmup=args.warmup)
         test, _ = resolve_test_data(teacher.config, args.source, args.data)
         top1 = accuracy(lambda b: teacher.model(b), test) if test is not None else None
     print(json.dumps({"latency": stats.to_dict(), "top1": top1, "n": len(test) if test is not None else 0}))
