@@ -63,8 +63,7 @@ def main() -> None:
     [prof] = profile_devices(
         [ProfileRequest("bench", args.workdir, limit, TimingSettings(repeats=args.repeats, threads=args.threads))],
         config, sampler=SamplerSettings(args.samples, args.seed), teacher_source=source,
-        train=TrainSettings(epochs=args.epochs, seed=args.seed), resume=not args.no_resume, overhead=measure_rpc,
-        console=console)
+        train=TrainSettings(epochs=args.epochs, seed=args.seed), resume=not args.no_resume, overhead=measure_rpc)
     data = prof.data
     dataset = read_dataset(args.workdir / DATASET_FILE)
     targets: dict[str, dict[str, Any]] = {}

@@ -58,7 +58,7 @@ def main() -> None:
             for mode in (("sequential", "concurrent") if rnd % 2 == 0 else ("concurrent", "sequential")):
                 jobs = [explicit_job(d.name, config, Path(tmp) / f"{d.name}-{mode}-{rnd}.jsonl", shapes, timing,
                                      CpuLimit(d.cpu_quota, d.cpus)) for d in chosen]
-                run_jobs(jobs, concurrent=mode == "concurrent", console=console)
+                run_jobs(jobs, concurrent=mode == "concurrent")
                 for d, job in zip(chosen, jobs):
                     ms = sorted(read_dataset(job.dataset).measurements, key=lambda m: m.index)
                     for stat in STATS:

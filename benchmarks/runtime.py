@@ -44,8 +44,7 @@ def main() -> None:
         runs = []
         for i, concurrency in enumerate(args.concurrency):
             result = run_bench(plan, requests=args.requests, concurrency=concurrency, warmup=args.warmup,
-                               teacher=(i == 0), emulate=not args.no_emulate,
-                               log=lambda m: console.print(m, highlight=False))
+                               teacher=(i == 0), emulate=not args.no_emulate)
             print_tables(result)
             verdict = "meets" if result.overhead_ratio <= GOAL else "misses"
             console.print(f"concurrency {concurrency}: p50 / (slowest compute + aggregation) = "

@@ -3,6 +3,7 @@
     python scripts/import_graph.py            # edges package -> package, with counts
     python scripts/import_graph.py --modules  # module-level edges and any module cycle
     python scripts/import_graph.py --check    # exit 1 on an upward import or a module cycle
+    python scripts/import_graph.py --src /tmp/old/src/shoal   # another checkout (e.g. before ADR 010)
 
 Every `import shoal.x` / `from shoal.x import` counts, at module level or inside a
 function (a lazy import is still a dependency). Read from the source with `ast`;
@@ -41,17 +42,17 @@ def _package(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def module_edges() -> dict[str, set[str]]:
+def module_edges(root: Path = ROOT) -> dict[str, set[str]]:
     """module -> the shoal modules it imports (resolved to modules that exist)."""
-    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
     edges: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -143,8 +144,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", action="store_true", help="module-level edges")
     parser.add_argument("--check", action="store_true", help="exit 1 on an upward import or a module cycle")
+    parser.add_argument("--src", type=Path, default=ROOT, help="the shoal package to read (default: this tree's)")
     args = parser.parse_args()
-    edges = module_edges()
+    edges = module_edges(args.src.resolve())
     if args.modules:
         for src in sorted(edges):
             for t in sorted(edges[src]):

@@ -7,10 +7,12 @@ traceback).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from shoal.commands import bench, demo, info, plan, profile, serve
-from shoal.commands._common import guard
+from shoal.commands._common import guard, setup_logging
 
 app = typer.Typer(
     name="shoal",
@@ -22,8 +24,12 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more messages (debug)")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and errors")] = False,
+) -> None:
     """shoal: aggregate-edge inference for vision transformers (CoFormer)."""
+    setup_logging(verbose, quiet)
 
 
 app.command("profile")(guard(profile.profile))

@@ -93,7 +93,7 @@ def test_quota_job_runs_under_its_cgroup_and_cleans_up(tiny_config, tmp_path, mo
     monkeypatch.setattr(child_module, "apply_cpu_limit", recording)
     job = prepare_job("slow", tiny_config, tmp_path / "m.jsonl", SamplerSettings(3, seed=0),
                       TimingSettings(repeats=3, warmup=1), CpuLimit(0.5, (0,)), remeasure=0.0)
-    run_jobs([job], progress=False)
+    run_jobs([job])
     assert len(read_dataset(tmp_path / "m.jsonl").first_pass()) == 3
     [(group, procs)] = created
     assert procs and group.name.startswith("shoal-") and not group.exists()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from shoal.errors import DataError
 from shoal.plan.directory import load_plan, read_plan_json
@@ -70,3 +71,31 @@ def test_full_plan_is_deployable_and_from_policy_reuses_it(tiny_digits_teacher, 
                      predictors=three_predictors, devices=three_devices).to_dict()
     assert again["policy"] == doc["policy"]
     assert again["search"] == {"from_policy": str(out / "plan.json")}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_plan_on_cuda_without_a_gpu_stops_before_any_work(tiny_digits_teacher, three_devices, three_predictors,
+                                                           tmp_path):
+    from shoal.errors import PlatformError
+
+    with pytest.raises(PlatformError, match="no CUDA device is visible"):
+        run_plan(_request(tiny_digits_teacher, tmp_path, search_only=True, device="cuda"),
+                 predictors=three_predictors, devices=three_devices)
+    assert not (tmp_path / "plan.json").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_calibration_on_cuda_means_what_it_means_on_the_cpu(tiny_digits_teacher, three_devices, three_predictors,
+                                                            tmp_path):
+    """One policy calibrated on both devices: accuracies within a few images (GPU kernels are not
+    bit-identical; every random number is drawn on the host, so the batches are the same)."""
+    cpu = run_plan(_request(tiny_digits_teacher, tmp_path / "cpu", delta=0.01, allow_leave_out=False),
+                   predictors=three_predictors, devices=three_devices)
+    cuda = run_plan(_request(tiny_digits_teacher, tmp_path / "cuda", allow_leave_out=False, device="cuda",
+                             from_policy=str(tmp_path / "cpu" / "plan.json")),
+                    predictors=three_predictors, devices=three_devices)
+    assert cuda.policy == cpu.policy
+    a, b = cpu.accuracy, cuda.accuracy
+    assert a is not None and b is not None and a.n == b.n
+    assert abs(a.ensemble.top1 - b.ensemble.top1) <= 3 / a.n + 0.02

@@ -14,5 +14,5 @@ def fake_dataset(tiny_config, tmp_path):
     """A 60-shape dataset whose latencies are an exact function of cost terms (no timing)."""
     path = tmp_path / "measurements.jsonl"
     job = prepare_job("fake", tiny_config, path, SamplerSettings(60, seed=0), TimingSettings(repeats=3, warmup=0))
-    run_jobs([job], measure=fake_measure, progress=False)
+    run_jobs([job], measure=fake_measure)
     return read_dataset(path)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 
@@ -24,7 +25,7 @@ def _profile(config, out, **kw):
     [prof] = profile_devices([ProfileRequest("dev", out, kw.pop("limit", CpuLimit()),
                                              TimingSettings(repeats=3, warmup=0))],
                              config, sampler=SamplerSettings(kw.pop("samples", 30), seed=0), train=FAST,
-                             measure=fake_measure, progress=False, log=lambda _: None, teacher_source="tiny", **kw)
+                             measure=fake_measure, teacher_source="tiny", **kw)
     return prof
 
 
@@ -116,13 +117,13 @@ def test_profile_of_another_family_or_limit_is_refused(tiny_config, tmp_path):
         load_device_latency(_device(out, threads=2), tiny_config)
 
 
-def test_ensure_profiles_measures_only_what_is_missing(tiny_config, tmp_path):
+def test_ensure_profiles_measures_only_what_is_missing(tiny_config, tmp_path, caplog):
     devices = DeviceSet((
         DeviceSpec("hub", 1 << 24, central=True),
         DeviceSpec("board", 1 << 24, catalog="jetson-nano"),
         DeviceSpec("edge", 1 << 24, profile=str(tmp_path / "edge")),
     ))
-    kw = dict(samples=20, workdir=tmp_path, train=FAST, measure=fake_measure, progress=False, log=lambda _: None)
+    kw = dict(samples=20, workdir=tmp_path, train=FAST, measure=fake_measure)
     ready = ensure_profiles(devices, tiny_config, **kw)
     assert ready["hub"].profile == str(tmp_path / ".shoal/profiles/hub") and ready["board"].profile is None
     assert (tmp_path / ".shoal/profiles/hub/profile.json").is_file() and (tmp_path / "edge/profile.json").is_file()
@@ -131,10 +132,10 @@ def test_ensure_profiles_measures_only_what_is_missing(tiny_config, tmp_path):
     ensure_profiles(ready, tiny_config, **kw)  # all valid: nothing measured again
     assert (tmp_path / "edge/profile.json").stat().st_mtime_ns == stamp
     other = config_from_timm(make_vit(embed_dim=24, num_heads=2))
-    messages: list[str] = []
-    ensure_profiles(ready, other, **(kw | {"log": messages.append}))  # another family: measured again
+    with caplog.at_level(logging.INFO, logger="shoal"):
+        ensure_profiles(ready, other, **kw)  # another family: measured again
     assert load_profile(tmp_path / "edge").family == other.fingerprint()
-    assert any("measuring again" in m for m in messages)
+    assert any("measuring again" in m for m in caplog.messages)
     assert list((tmp_path / "edge").glob("measurements.jsonl.*.bak"))  # the old measurements are kept
 
 

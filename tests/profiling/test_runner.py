@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,11 @@ def test_interrupted_run_resumes_without_repeating(tiny_config, tmp_path):
     job = _job(tiny_config, path)
     first = CountingMeasure()
     partial = type(job)(job.name, job.config, job.dataset, job.items[:8], job.total, job.timing)
-    run_jobs([partial], measure=first, progress=False)
+    run_jobs([partial], measure=first)
     resumed = _job(tiny_config, path)
     assert len(resumed.items) == len(job.items) - 8
     second = CountingMeasure()
-    run_jobs([resumed], measure=second, progress=False)
+    run_jobs([resumed], measure=second)
     assert len(first.shapes) == 8 and len(second.shapes) == len(job.items) - 8
     data = read_dataset(path)
     keys = [(m.id, m.pass_) for m in data.measurements]
@@ -52,17 +53,17 @@ def test_interrupted_run_resumes_without_repeating(tiny_config, tmp_path):
     assert _job(tiny_config, path).items == ()
 
 
-def test_truncated_last_line_is_tolerated_and_cut_on_resume(tiny_config, tmp_path):
+def test_truncated_last_line_is_tolerated_and_cut_on_resume(tiny_config, tmp_path, caplog):
     path = tmp_path / "m.jsonl"
-    run_jobs([_job(tiny_config, path)], measure=fake_measure, progress=False)
+    run_jobs([_job(tiny_config, path)], measure=fake_measure)
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) - 40])  # a crash in the middle of the last record
     data = read_dataset(path)
     assert data.truncated_tail and len(data.measurements) == len(read_dataset_bytes(whole, tmp_path)) - 1
-    messages: list[str] = []
-    job = _job(tiny_config, path, log=messages.append)
-    assert len(job.items) == 1 and "truncated last line" in messages[0]
-    run_jobs([job], measure=fake_measure, progress=False)
+    with caplog.at_level(logging.INFO, logger="shoal"):
+        job = _job(tiny_config, path)
+    assert len(job.items) == 1 and "truncated last line" in caplog.messages[0]
+    run_jobs([job], measure=fake_measure)
     assert not read_dataset(path).truncated_tail and path.read_bytes() == whole
 
 
@@ -74,7 +75,7 @@ def read_dataset_bytes(raw: bytes, tmp_path: Path):
 
 def test_corrupt_line_names_file_and_line(tiny_config, tmp_path):
     path = tmp_path / "m.jsonl"
-    run_jobs([_job(tiny_config, path)], measure=fake_measure, progress=False)
+    run_jobs([_job(tiny_config, path)], measure=fake_measure)
     lines = path.read_text().splitlines(keepends=True)
     lines[3] = '{"record": "measurement", "index": oops}\n'
     path.write_text("".join(lines))
@@ -93,7 +94,7 @@ def test_corrupt_line_names_file_and_line(tiny_config, tmp_path):
 
 def test_other_conditions_refuse_resume_and_no_resume_keeps_the_old_file(tiny_config, tmp_path):
     path = tmp_path / "m.jsonl"
-    run_jobs([_job(tiny_config, path)], measure=fake_measure, progress=False)
+    run_jobs([_job(tiny_config, path)], measure=fake_measure)
     with pytest.raises(DatasetMismatch, match="threads.*--no-resume"):
         _job(tiny_config, path, timing=TimingSettings(repeats=3, warmup=0, threads=2))
     job = _job(tiny_config, path, timing=TimingSettings(repeats=3, warmup=0, threads=2), resume=False)
@@ -105,7 +106,7 @@ def test_other_conditions_refuse_resume_and_no_resume_keeps_the_old_file(tiny_co
 def test_failing_shape_is_recorded_and_profiling_goes_on(tiny_config, tmp_path):
     path = tmp_path / "m.jsonl"
     measure = FailingMeasure(max_width=30)
-    run_jobs([_job(tiny_config, path, remeasure=0.5)], measure=measure, progress=False)
+    run_jobs([_job(tiny_config, path, remeasure=0.5)], measure=measure)
     data = read_dataset(path)
     assert data.failures and all("not enough memory" in f.error for f in data.failures)
     assert all(f.shape.width > 30 for f in data.failures)
@@ -124,7 +125,7 @@ def test_waves_keep_overlapping_cores_apart(tiny_config, tmp_path):
     assert len(waves(jobs, concurrent=False)) == 4
 
 
-def test_shape_that_killed_the_process_is_recorded_on_resume(tiny_config, tmp_path):
+def test_shape_that_killed_the_process_is_recorded_on_resume(tiny_config, tmp_path, caplog):
     path = tmp_path / "m.jsonl"
     job = _job(tiny_config, path)
     victim = job.items[5]
@@ -137,11 +138,12 @@ def test_shape_that_killed_the_process_is_recorded_on_resume(tiny_config, tmp_pa
         return fake_measure(config, shape, timing)
 
     with pytest.raises(_Killed):
-        run_jobs([job], measure=dies_on_sixth, progress=False)
+        run_jobs([job], measure=dies_on_sixth)
     assert current_marker(path).exists()
-    messages: list[str] = []
-    resumed = _job(tiny_config, path, log=messages.append)
-    assert victim not in resumed.items and "died while timing shape" in messages[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shoal"):
+        resumed = _job(tiny_config, path)
+    assert victim not in resumed.items and "died while timing shape" in caplog.messages[0]
     [failure] = read_dataset(path).failures
     assert failure.index == victim.index and "died" in failure.error and not current_marker(path).exists()
 
@@ -153,7 +155,7 @@ def test_interrupt_is_not_a_crash(tiny_config, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_jobs([_job(tiny_config, path)], measure=interrupted, progress=False)
+        run_jobs([_job(tiny_config, path)], measure=interrupted)
     assert not current_marker(path).exists()
     assert len(_job(tiny_config, path).items) == 20 + 3 and not read_dataset(path).failures
 

@@ -33,7 +33,7 @@ def main(
     from shoal.runtime.bench import run_bench
 
     result = run_bench(plan, target=target, requests=requests, concurrency=concurrency, warmup=warmup, data=data,
-                       teacher=teacher, emulate=emulate, log=lambda m: console.print(m, highlight=False))
+                       teacher=teacher, emulate=emulate)
     if as_json:
         print_json(result.to_dict())
         return

@@ -56,7 +56,7 @@ def main(
     else:
         console.print(f"using the existing demo plan {plan_dir} (--replan to make it again)")
     console.rule("[bold]3. serve it on a local cluster and benchmark it beside the teacher")
-    result = run_bench(plan_dir, requests=requests, warmup=20, log=lambda m: console.print(m, highlight=False))
+    result = run_bench(plan_dir, requests=requests, warmup=20)
     if as_json:
         print_json({"plan": read_plan_json(plan_dir).to_dict(), "bench": result.to_dict()})
         return

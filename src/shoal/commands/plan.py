@@ -144,6 +144,9 @@ def plan(
     cal_images: Annotated[int, typer.Option(help="training images for importance and the proxy's fits")
                           ] = _REQUEST.cal_images,
     val_images: Annotated[int | None, typer.Option(help="validation images the proxy scores")] = _REQUEST.val_images,
+    device: Annotated[str, typer.Option(
+        help="where the models run while planning: cpu | cuda (importance, proxy, calibration, evaluation)")
+                      ] = _REQUEST.device,
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Search the decomposition (BO), calibrate the sub-models and write a deployable plan directory."""
@@ -161,7 +164,7 @@ def plan(
                                         device_dropout=device_dropout, seed=seed),
         search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples,
         allow_leave_out=not use_all_devices, importance=importance,  # type: ignore[arg-type]
-        max_per_split=max_per_split, cal_images=cal_images, val_images=val_images)
+        max_per_split=max_per_split, cal_images=cal_images, val_images=val_images, device=device)
     with LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from shoal.commands._common import console, print_json
+from shoal.commands._common import console, print_json, progress_bars
 from shoal.devices.emulation import CpuLimit, quota_unavailable_reason
 from shoal.errors import ConfigError, DataError, PlatformError
 from shoal.models.spec import SubModelSpec
@@ -88,8 +88,10 @@ def profile(
                   f"{source} (family {config.fingerprint()}): {samples} shapes -> {out}", highlight=False)
     request = ProfileRequest(device_name, out, limit, TimingSettings(repeats=repeats, threads=threads, device=kind))
     try:
-        [result] = profile_devices([request], config, sampler=SamplerSettings(samples, seed), teacher_source=source,
-                                   train=train, resume=resume, overhead=measure_rpc, console=console)
+        with progress_bars() as bars:
+            [result] = profile_devices([request], config, sampler=SamplerSettings(samples, seed),
+                                       teacher_source=source, train=train, resume=resume, overhead=measure_rpc,
+                                       progress=bars)
     except KeyboardInterrupt:
         kept = len(read_dataset(out / DATASET_FILE).measurements) if (out / DATASET_FILE).is_file() else 0
         console.print(f"[yellow]interrupted:[/] {kept} measurements kept in {out / DATASET_FILE}; "
@@ -225,7 +227,8 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="shoal-measure-") as tmp:
         dataset = Path(tmp) / DATASET_FILE
         job = explicit_job("measure", config, dataset, [SubModelShape.of(s) for s in specs], timing, limit)
-        run_jobs([job], console=console)
+        with progress_bars() as bars:
+            run_jobs([job], progress=bars)
         results = read_dataset(dataset)
     by_index = {m.index: m for m in results.measurements}
     failures = {f.index: f.error for f in results.failures}

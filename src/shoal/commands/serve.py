@@ -28,10 +28,6 @@ DeadlineOpt = Annotated[float, typer.Option(help="deadline of every call to a wo
 DegradeOpt = Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")]
 
 
-def _log(message: str) -> None:
-    console.print(message, highlight=False)
-
-
 @app.command("worker")
 @guard
 def worker(
@@ -48,7 +44,7 @@ def worker(
     from shoal.runtime.worker import serve_worker
 
     serve_worker(plan, device, host=host, port=port, threads=threads, emulate=emulate, grace=grace,
-                 watch_parent=watch_parent, log=_log)
+                 watch_parent=watch_parent)
 
 
 @app.command("central")
@@ -70,7 +66,7 @@ def central(
     from shoal.runtime.central import serve_central
 
     serve_central(plan, workers, host=host, port=port, threads=threads, emulate=emulate, deadline_ms=deadline_ms,
-                  degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent, log=_log)
+                  degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent)
 
 
 @app.command("local")

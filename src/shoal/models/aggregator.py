@@ -58,7 +58,8 @@ class Aggregator(nn.Module):
         if x.shape[-1] != self.in_dim:
             raise ConfigError(f"aggregator expects {self.in_dim} concatenated features, got {x.shape[-1]}")
         if present is not None:
-            mask = torch.repeat_interleave(present.to(x.dtype), torch.tensor(self.widths), dim=-1)
+            mask = torch.repeat_interleave(present.to(device=x.device, dtype=x.dtype),
+                                           torch.tensor(self.widths, device=x.device), dim=-1)
             x = x * mask
         fused: torch.Tensor = self.fuse(x)
         return fused

@@ -27,6 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
+from shoal.utils.accel import device_of
 
 ImportanceRule = Literal["mixed", "taylor", "fisher", "magnitude", "random"]
 
@@ -99,6 +100,7 @@ def compute_importance(
 def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, labels: torch.Tensor,
             batch_size: int, squared: bool = False) -> ImportanceScores:
     L, h, hd = config.depth, config.num_heads, config.head_dim
+    dev = device_of(teacher)   # gates and batches on the teacher's device, totals on the host
     totals = {"heads": torch.zeros(L, h), "neurons": torch.zeros(L, config.mlp_hidden),
               "channels": torch.zeros(config.embed_dim), "blocks": torch.zeros(L)}
     was_training = teacher.training
@@ -108,13 +110,13 @@ def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor,
         p.requires_grad_(False)
     try:
         for start in range(0, len(images), batch_size):
-            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            x, y = images[start:start + batch_size].to(dev), labels[start:start + batch_size].to(dev)
             b = x.shape[0]
             gates = {
-                "heads": torch.ones(L, b, 1, h, 1, requires_grad=True),
-                "neurons": torch.ones(L, b, 1, config.mlp_hidden, requires_grad=True),
-                "channels": torch.ones(b, 1, config.embed_dim, requires_grad=True),
-                "blocks": torch.ones(L, b, 1, 1, requires_grad=True),
+                "heads": torch.ones(L, b, 1, h, 1, device=dev, requires_grad=True),
+                "neurons": torch.ones(L, b, 1, config.mlp_hidden, device=dev, requires_grad=True),
+                "channels": torch.ones(b, 1, config.embed_dim, device=dev, requires_grad=True),
+                "blocks": torch.ones(L, b, 1, 1, device=dev, requires_grad=True),
             }
             handles = _install_gates(teacher, gates, h, hd)
             try:
@@ -123,7 +125,7 @@ def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor,
             finally:
                 for handle in handles:
                     handle.remove()
-            g = {k: (v.square() if squared else v.abs()) for k, v in zip(gates, grads)}
+            g = {k: (v.square() if squared else v.abs()).cpu() for k, v in zip(gates, grads)}
             totals["heads"] += g["heads"].sum(dim=(1, 2, 4))
             totals["neurons"] += g["neurons"].sum(dim=(1, 2))
             totals["channels"] += g["channels"].sum(dim=(0, 1))
@@ -166,13 +168,13 @@ def _magnitude(teacher: VisionTransformer, config: ViTConfig) -> ImportanceScore
     """L2 norm of each unit's weights (the pruning baseline a user would reach for)."""
     L, h, hd = config.depth, config.num_heads, config.head_dim
     heads, neurons = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden)
-    channels = teacher.patch_embed.proj.weight.detach().flatten(1).pow(2).sum(1)
+    channels = teacher.patch_embed.proj.weight.detach().cpu().flatten(1).pow(2).sum(1)   # all on the host
     blocks = torch.zeros(L)
     for j, block in enumerate(_blocks(teacher)):
-        qkv = block.attn.qkv.weight.detach().view(3, h, hd, -1)
-        proj = block.attn.proj.weight.detach().view(-1, h, hd)
+        qkv = block.attn.qkv.weight.detach().cpu().view(3, h, hd, -1)
+        proj = block.attn.proj.weight.detach().cpu().view(-1, h, hd)
         heads[j] = qkv.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
-        fc1, fc2 = block.mlp.fc1.weight.detach(), block.mlp.fc2.weight.detach()
+        fc1, fc2 = block.mlp.fc1.weight.detach().cpu(), block.mlp.fc2.weight.detach().cpu()
         neurons[j] = fc1.pow(2).sum(1) + fc2.pow(2).sum(0)
         channels = channels + qkv.pow(2).sum(dim=(0, 1, 2)) + proj.pow(2).sum(dim=(1, 2))
         channels = channels + fc1.pow(2).sum(0) + fc2.pow(2).sum(1)

@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from shoal.models.block import SubBlock, norm_layer
 from shoal.models.config import ViTConfig
 from shoal.models.spec import SubModelSpec
+from shoal.utils.accel import device_of
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -26,7 +27,7 @@ def build_submodel(
     spec: SubModelSpec,
     teacher: nn.Module | StateDict | None = None,
     *,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> VisionTransformer:
     """Build the sub-model of `spec`, with weights sliced from `teacher`.
 
@@ -35,12 +36,15 @@ def build_submodel(
         spec: Which units to keep; checked against `config`.
         teacher: The teacher module or its state dict. None gives timm's random
             initialisation (enough to time a shape).
-        device: Where to build; "meta" builds without memory (for FLOP counting).
+        device: Where to build; "meta" builds without memory (for FLOP counting). None: on the
+            teacher module's device (the CPU for a state dict or no teacher).
 
     Returns:
         A `VisionTransformer` in eval mode: (B, C, H, W) -> (B, num_classes).
     """
     spec.check_against(config)
+    if device is None:
+        device = device_of(teacher) if isinstance(teacher, nn.Module) else torch.device("cpu")
     if teacher is None:
         with torch.device(device):
             model = _empty_submodel(config, spec, weight_init="")
@@ -83,11 +87,12 @@ def slice_state_dict(config: ViTConfig, spec: SubModelSpec, state: StateDict) ->
     Returns:
         A state dict that loads strictly into `build_submodel(config, spec)`.
     """
-    ch = torch.tensor(spec.channels, dtype=torch.long)
+    dev = next(iter(state.values())).device   # indices where the weights are (a teacher on CUDA slices there)
+    ch = torch.tensor(spec.channels, dtype=torch.long, device=dev)
     out: dict[str, torch.Tensor] = {}
 
     def take(key: str, dim: int, index: torch.Tensor, new_key: str | None = None) -> None:
-        out[new_key or key] = state[key].index_select(dim, index).clone()
+        out[new_key or key] = state[key].index_select(dim, index.to(state[key].device)).clone()
 
     def copy(key: str, new_key: str | None = None) -> None:
         out[new_key or key] = state[key].clone()
@@ -108,8 +113,8 @@ def slice_state_dict(config: ViTConfig, spec: SubModelSpec, state: StateDict) ->
     for k, (layer, heads, neurons) in enumerate(zip(spec.layers, spec.heads, spec.neurons)):
         src, dst = f"blocks.{layer}.", f"blocks.{k}."
         if heads:
-            rows = _head_rows(heads, config.head_dim, config.num_heads, parts=3)
-            cols = _head_rows(heads, config.head_dim, config.num_heads, parts=1)
+            rows = _head_rows(heads, config.head_dim, config.num_heads, parts=3).to(dev)
+            cols = _head_rows(heads, config.head_dim, config.num_heads, parts=1).to(dev)
             take(src + "norm1.weight", 0, ch, dst + "norm1.weight")
             take(src + "norm1.bias", 0, ch, dst + "norm1.bias")
             out[dst + "attn.qkv.weight"] = state[src + "attn.qkv.weight"][rows][:, ch].clone()
@@ -124,7 +129,7 @@ def slice_state_dict(config: ViTConfig, spec: SubModelSpec, state: StateDict) ->
             if config.layer_scale:
                 take(src + "ls1.gamma", 0, ch, dst + "ls1.gamma")
         if neurons:
-            nn_idx = torch.tensor(neurons, dtype=torch.long)
+            nn_idx = torch.tensor(neurons, dtype=torch.long, device=dev)
             take(src + "norm2.weight", 0, ch, dst + "norm2.weight")
             take(src + "norm2.bias", 0, ch, dst + "norm2.bias")
             out[dst + "mlp.fc1.weight"] = state[src + "mlp.fc1.weight"][nn_idx][:, ch].clone()
@@ -149,13 +154,18 @@ def pooled_features(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """`fn` over `images` in batches of `batch`, concatenated, without autograd (the outputs may
-    still be used as inputs of a training step: no_grad, not inference_mode)."""
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int = 256,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """`fn` over host `images` in batches of `batch`, each moved to `device` (default: `fn`'s own
+    when it is a module, else the CPU), results concatenated on the host, without autograd (the
+    outputs may still be used as inputs of a training step: no_grad, not inference_mode)."""
+    if device is None:
+        device = device_of(fn) if isinstance(fn, nn.Module) else torch.device("cpu")
     with torch.no_grad():
-        return torch.cat([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
+        return torch.cat([fn(images[i:i + batch].to(device)).cpu() for i in range(0, len(images), batch)])
 
 
 def submodel_features(models: Sequence[nn.Module], images: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
     """Per sub-model its (N, d_n) pooled features of `images` (what each device would send)."""
-    return [batched(lambda x, m=m: pooled_features(m, x), images, batch) for m in models]  # type: ignore[misc]
+    return [batched(lambda x, m=m: pooled_features(m, x), images, batch, device_of(m))  # type: ignore[misc]
+            for m in models]

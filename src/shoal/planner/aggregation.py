@@ -26,6 +26,7 @@ from shoal.models.config import ViTConfig
 from shoal.models.surgery import pooled_features, submodel_features
 from shoal.planner.calibration import distillation_losses
 from shoal.planner.settings import CalibrationSettings
+from shoal.utils.accel import device_of
 from shoal.utils.threads import torch_threads
 
 Progress = Callable[[str, int, int], None]
@@ -36,7 +37,7 @@ def _teacher_outputs(teacher: VisionTransformer, images: torch.Tensor, batch: in
     """Teacher pooled pre-logit features (N, d) and hard decisions (N,)."""
     feats = submodel_features([teacher], images, batch)[0]
     with torch.no_grad():
-        decisions: torch.Tensor = teacher.head(feats).argmax(1)
+        decisions: torch.Tensor = teacher.head(feats.to(device_of(teacher))).argmax(1).cpu()
     return feats, decisions
 
 
@@ -136,6 +137,8 @@ def joint_finetune(
     """Fine-tune sub-models and aggregator together on the aggregated output (in place)."""
     if settings.joint_epochs <= 0:
         return
+    dev = device_of(teacher)
+    aggregator.to(dev)   # trained end to end with the sub-models; back on the host afterwards
     params = [p for m in submodels for p in m.parameters()] + list(aggregator.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.lr * 0.2, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed + 29)
@@ -150,11 +153,12 @@ def joint_finetune(
             x = train.images[idx]
             if data.augment is not None:
                 x = data.augment(x, gen)
+            x = x.to(dev)
             with torch.no_grad():
                 teacher_labels = teacher(x).argmax(1)
             present = _dropout_mask(len(idx), len(submodels), settings.device_dropout, gen)
             logits = aggregator([pooled_features(m, x) for m in submodels], present)
-            loss = distillation_losses(logits, train.labels[idx], teacher_labels).mean()
+            loss = distillation_losses(logits, train.labels[idx].to(dev), teacher_labels).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -163,4 +167,4 @@ def joint_finetune(
             progress("joint fine-tune", epoch + 1, settings.joint_epochs)
     for m in submodels:
         m.eval()
-    aggregator.eval()
+    aggregator.cpu().eval()

@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from shoal.data.datasets import TaskData
 from shoal.errors import DataError
 from shoal.planner.settings import CalibrationSettings, Weighting
+from shoal.utils.accel import device_of
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, load_optimizer_tensors, optimizer_tensors
 
 WEIGHT_CLIP = 20.0
@@ -80,8 +81,10 @@ class Booster:
 
     def teacher_decisions(self, images: torch.Tensor) -> torch.Tensor:
         """(N,) hard decisions ŷ_t of the teacher on (N, C, H, W) images."""
+        dev = device_of(self.teacher)
         with torch.no_grad():  # not inference_mode: the labels meet autograd in the loss
-            return torch.cat([self.teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+            return torch.cat([self.teacher(images[i:i + 256].to(dev)).argmax(1).cpu()
+                              for i in range(0, len(images), 256)])
 
     def run(self, progress: Progress | None = None, resume: bool = True) -> dict[str, Any]:
         """Calibrate every sub-model; returns a summary (per-device final loss, weight statistics)."""
@@ -141,6 +144,7 @@ class Booster:
                n: int, steps_per_epoch: int, total_steps: int) -> None:
         s, train = self.settings, self.data.train
         images, teacher_labels = self._view(epoch)
+        dev = device_of(model)
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + n * 1009 + epoch)
         order = torch.randperm(len(train), generator=gen)
         model.train()
@@ -149,8 +153,9 @@ class Booster:
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * global_step / total_steps))
-            per_sample = distillation_losses(model(images[idx]), train.labels[idx], teacher_labels[idx])
-            w = weights[idx]
+            per_sample = distillation_losses(model(images[idx].to(dev)), train.labels[idx].to(dev),
+                                             teacher_labels[idx].to(dev))
+            w = weights[idx].to(dev)
             loss = (w * per_sample).sum() / w.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -161,8 +166,9 @@ class Booster:
     def _per_sample_losses(self, model: nn.Module) -> torch.Tensor:
         train = self.data.train
         teacher_labels = self.teacher_decisions(train.images)
+        dev = device_of(model)
         with torch.inference_mode():
-            logits = torch.cat([model(train.images[i:i + 256]) for i in range(0, len(train), 256)])
+            logits = torch.cat([model(train.images[i:i + 256].to(dev)).cpu() for i in range(0, len(train), 256)])
         return distillation_losses(logits, train.labels, teacher_labels)
 
     # -- checkpoints ------------------------------------------------------------------

@@ -28,6 +28,7 @@ from shoal.errors import ConfigError
 from shoal.models.aggregator import Aggregator
 from shoal.models.surgery import batched, submodel_features
 from shoal.plan.document import PairedTest, PlanAccuracy, Score
+from shoal.utils.accel import device_of
 from shoal.utils.stats import mcnemar
 
 STATS_NOTE = {"ci95": "95% Wilson score interval of top1",
@@ -96,7 +97,7 @@ def score_decomposition(
     sub_scores: dict[str, Score] = {}
     with torch.no_grad():
         for name, m, f in zip(names, submodels, features):
-            sub_scores[name], correct[f"submodels/{name}"] = _scores(m.head(f), split.labels)
+            sub_scores[name], correct[f"submodels/{name}"] = _scores(m.head(f.to(device_of(m))).cpu(), split.labels)
         ens_logits = aggregator(features)
     ens_scores, correct["ensemble"] = _scores(ens_logits, split.labels)
     ens_scores = replace(ens_scores,

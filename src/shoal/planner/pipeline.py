@@ -53,6 +53,7 @@ from shoal.planner.proxy import ProxySettings
 from shoal.planner.search import SearchResult, run_search
 from shoal.planner.settings import PlanRequest
 from shoal.planner.space import SearchSpace
+from shoal.utils.accel import compute_device
 from shoal.utils.fields import Fields
 from shoal.utils.io import atomic_save_safetensors
 
@@ -121,7 +122,7 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
     family = None if teacher.is_default else teacher.config.fingerprint()
     devices = load_device_set(request.devices) if request.devices else default_device_set(family=family)
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples or DEVICE_SET_SAMPLES,
-                              progress=hooks.progress, log=hooks.phase, overhead=measure_rpc)
+                              progress=hooks.progress, overhead=measure_rpc)
     costs = [load_device_costs(d, teacher.config) for d in devices.devices]
     return devices, [predictor for predictor, _ in costs], [rpc for _, rpc in costs]
 
@@ -131,11 +132,13 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
                   rpc_ms: Sequence[float | None] | None = None) -> Problem:
     """Load teacher, data and devices; score unit importance; set up the space and Ψ."""
     out = Path(request.out)
+    compute = compute_device(request.device)   # refused here, before any work, where it is absent
     hooks.phase("loading teacher and data")
     model = request.model
     if model is None and request.checkpoint is None:
         model = default_teacher_for(request.data)   # a built-in task brings its shipped teacher
     teacher = load_teacher(model, checkpoint=request.checkpoint, pretrained=request.pretrained)
+    teacher.model.to(compute)   # data stays on the host; batches move (shoal.utils.accel)
     data = load_task_data(teacher, request.data, max_per_split=request.max_per_split)
     if devices is None or predictors is None:
         hooks.phase("loading device profiles")

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shoal.planner.settings import PROXY_KINDS, ProxyKind
+from shoal.utils.accel import device_of
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
@@ -156,14 +157,15 @@ def short_distill(models: Sequence[nn.Module], images: torch.Tensor, labels: tor
     if settings.distill_steps == 0:
         return
     for n, model in enumerate(models):
+        dev = device_of(model)
         gen = torch.Generator().manual_seed(seed * 1009 + n)
         opt = torch.optim.AdamW(model.parameters(), lr=settings.distill_lr, weight_decay=0.0)
         model.train()
         with torch.enable_grad():
             for _ in range(settings.distill_steps):
                 idx = torch.randint(0, len(images), (settings.distill_batch,), generator=gen)
-                x = images[idx] if augment is None else augment(images[idx], gen)
-                loss = distillation_losses(model(x), labels[idx], teacher_labels[idx]).mean()
+                x = images[idx] if augment is None else augment(images[idx], gen)   # drawn on the host
+                loss = distillation_losses(model(x.to(dev)), labels[idx].to(dev), teacher_labels[idx].to(dev)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

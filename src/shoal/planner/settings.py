@@ -162,6 +162,9 @@ class PlanRequest:
         cal_images: Training images used for importance and the proxy's read-out fits.
         val_images: Validation images the proxy scores (None: the whole split).
         max_per_split: Cap on images per split (a fixed subset; quick runs and big folders).
+        device: Where the models run while planning: "cpu" or "cuda" (importance, the proxy,
+            calibration, aggregator training, evaluation). Data stays on the host; each batch
+            is moved to the device and results come back, so both mean the same.
     """
 
     model: str | None = None
@@ -185,6 +188,7 @@ class PlanRequest:
     cal_images: int = 512
     val_images: int | None = 1000
     max_per_split: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.delta is not None and not self.delta >= 0:
@@ -198,6 +202,8 @@ class PlanRequest:
         if self.layer_rule not in ("importance", "uniform") or self.deal_rule not in ("fair", "ranked"):
             raise ConfigError(f"layer_rule must be importance|uniform and deal_rule fair|ranked, got "
                               f"{self.layer_rule!r}, {self.deal_rule!r}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be cpu or cuda (or cuda:N), got {self.device!r}")
         if self.cal_images < 16:
             raise ConfigError(f"cal_images must be at least 16, got {self.cal_images}")
         if self.val_images is not None and self.val_images < 16:

@@ -13,9 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from shoal.devices.child import LimitedChild
 from shoal.devices.emulation import quota_unavailable_reason
 from shoal.errors import ConfigError, PlatformError
@@ -120,57 +117,47 @@ def waves(jobs: Sequence[MeasurementJob], concurrent: bool) -> list[list[Measure
     return groups
 
 
-def progress_bar(console: Console | None = None, enabled: bool = True) -> Progress:
-    """The profiler's progress bar: device, bar, done/total, elapsed, ETA."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console or Console(stderr=True), disable=not enabled, transient=False)
-
-
-ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
+ProgressFn = Callable[[str, int, int], None]
+"""Progress of a long step: (description, done, total). The one progress interface of shoal: the
+library calls it, the command line draws it (`shoal.commands._common.progress_bars`)."""
 
 
 def run_jobs(jobs: Sequence[MeasurementJob], *, concurrent: bool = False, measure: MeasureFn | None = None,
-             console: Console | None = None, progress: bool | ProgressFn = True) -> None:
+             progress: ProgressFn | None = None) -> None:
     """Run every job to the end (a limited job in a child under its `CpuLimit`).
 
     Args:
-        progress: True draws a rich progress bar (one row per device) on `console`; a callable
-            gets (f"profiling {name}", done, total) instead; False is silent.
+        progress: Gets (f"profiling {name}", done, total) as shapes are timed.
 
     On an interrupt or an error the children are stopped and their cgroups
     removed; whatever was measured stays in the datasets (run again to resume).
     """
-    callback = progress if callable(progress) else None
-    with progress_bar(console, progress is True) as bar:
-        tasks = {job.name: bar.add_task(job.name, total=job.total, completed=job.total - len(job.items))
-                 for job in jobs}
+    def report(job: MeasurementJob, done: int) -> None:
+        if progress is not None:
+            progress(f"profiling {job.name}", done, job.total)
 
-        def report(job: MeasurementJob, done: int) -> None:
-            bar.update(tasks[job.name], completed=done)
-            if callback is not None:
-                callback(f"profiling {job.name}", done, job.total)
-
-        for wave in waves(jobs, concurrent):
-            runs = [JobRun(job, measure) for job in wave]
-            try:
+    for job in jobs:
+        report(job, job.total - len(job.items))
+    for wave in waves(jobs, concurrent):
+        runs = [JobRun(job, measure) for job in wave]
+        try:
+            for run in runs:
+                counter = iter(range(run.job.total - len(run.job.items) + 1, run.job.total + 1))
+                run.start(on_item=_reporter(report, run.job, counter))
+            while True:
+                running = [run.poll() for run in runs]
                 for run in runs:
-                    counter = iter(range(run.job.total - len(run.job.items) + 1, run.job.total + 1))
-                    run.start(on_item=_reporter(report, run.job, counter))
-                while True:
-                    running = [run.poll() for run in runs]
-                    for run in runs:
-                        if run.in_child:
-                            report(run.job, run.job.total - len(run.job.items) + run.done_items)
-                    if not any(running):
-                        break
-                    time.sleep(POLL_S)
-                for run in runs:
-                    run.finish()
-                    report(run.job, run.job.total)
-            finally:
-                for run in runs:
-                    run.stop()
+                    if run.in_child:
+                        report(run.job, run.job.total - len(run.job.items) + run.done_items)
+                if not any(running):
+                    break
+                time.sleep(POLL_S)
+            for run in runs:
+                run.finish()
+                report(run.job, run.job.total)
+        finally:
+            for run in runs:
+                run.stop()
 
 
 def _reporter(report: Callable[[MeasurementJob, int], None], job: MeasurementJob, counter: Iterator[int]

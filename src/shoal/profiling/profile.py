@@ -15,6 +15,7 @@ same command again: it resumes).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from rich.console import Console
 
 import shoal
 from shoal.devices.emulation import CpuLimit
@@ -37,6 +37,8 @@ from shoal.profiling.machine import DeviceProbe, probe_device
 from shoal.profiling.runner import DatasetMismatch, MeasureFn, MeasurementJob, prepare_job
 from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.utils.io import atomic_write_json, sha256_file
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "shoal-device-profile"
 VERSION = 1
@@ -222,8 +224,7 @@ takes it as an argument."""
 def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sampler: SamplerSettings,
                     teacher_source: str = "", train: TrainSettings = TrainSettings(), resume: bool = True,
                     restart_mismatched: bool = False, concurrent: bool = False, measure: MeasureFn | None = None,
-                    overhead: OverheadFn | None = None, console: Console | None = None,
-                    progress: bool | ProgressFn = True, log: Callable[[str], None] | None = None
+                    overhead: OverheadFn | None = None, progress: ProgressFn | None = None
                     ) -> list[DeviceProfile]:
     """Measure every device (resuming what was measured), train its predictors, write its profile.
 
@@ -236,51 +237,49 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
         overhead: Measures the device's runtime-call overhead (None: not measured; the planner
             then counts only the link).
     """
-    say = log or (lambda msg: (console or Console(stderr=True)).print(msg, highlight=False))
     jobs: list[MeasurementJob] = []
     for req in requests:
         args = (req.name, config, req.out / DATASET_FILE, sampler, req.timing, req.cpu_limit)
         try:
-            job = prepare_job(*args, resume=resume, teacher_source=teacher_source, log=say)
+            job = prepare_job(*args, resume=resume, teacher_source=teacher_source)
         except DatasetMismatch:
             if not restart_mismatched:
                 raise
-            say(f"{req.name}: its dataset was measured under other conditions; starting over")
-            job = prepare_job(*args, resume=False, teacher_source=teacher_source, log=say)
+            logger.warning(f"{req.name}: its dataset was measured under other conditions; starting over")
+            job = prepare_job(*args, resume=False, teacher_source=teacher_source)
         if job.items:  # the dataset will change: the old profile is stale until this run rewrites it
             (req.out / PROFILE_FILE).unlink(missing_ok=True)
         jobs.append(job)
-    run_jobs(jobs, concurrent=concurrent, measure=measure, console=console, progress=progress)
+    run_jobs(jobs, concurrent=concurrent, measure=measure, progress=progress)
     profiles = []
     for req in requests:
         dataset = read_dataset(req.out / DATASET_FILE)
         if dataset.failures:
-            say(f"{req.name}: {len(dataset.failures)} shape(s) failed and were skipped, e.g. "
+            logger.warning(f"{req.name}: {len(dataset.failures)} shape(s) failed and were skipped, e.g. "
                 f"{dataset.failures[0].error}")
-        say(f"{req.name}: training latency predictors on {len(dataset.first_pass())} measured shapes")
+        logger.info(f"{req.name}: training latency predictors on {len(dataset.first_pass())} measured shapes")
         suite = fit_predictors(config, dataset, train)
         probe = probe_device(req.timing.threads, req.timing.device)
-        rpc = None if overhead is None else _measure_overhead(overhead, req, config, say)
+        rpc = None if overhead is None else _measure_overhead(overhead, req, config)
         write_profile(req.out, req.name, probe, suite, teacher_source=teacher_source, train=train, rpc=rpc)
         profile = load_profile(req.out)
         busy = profile.data["conditions"]
         if busy["busy"]:
-            say(f"[yellow]{req.name}: the machine was busy while measuring[/] (calls took "
+            logger.warning(f"{req.name}: the machine was busy while measuring (calls took "
                 f"{busy['wall_over_cpu_median']:.2f}x their CPU time, {busy['wall_over_cpu_expected']:.2f}x expected; "
                 f"load average {busy['loadavg_mean']}): latencies are inflated and noisy; profile again when idle")
         profiles.append(profile)
     return profiles
 
 
-def _measure_overhead(overhead: OverheadFn, req: ProfileRequest, config: ViTConfig, say: Callable[[str], None]
-                      ) -> dict[str, Any] | None:
+def _measure_overhead(overhead: OverheadFn, req: ProfileRequest, config: ViTConfig) -> dict[str, Any] | None:
     """The device's runtime call overhead under its limit (None, said in one line, if it cannot be measured)."""
     try:
         stats = overhead(req.cpu_limit, config.input_shape, config.embed_dim)
     except Exception as exc:  # a probe failure must not lose the measured profile
-        say(f"[yellow]{req.name}: could not measure the RPC overhead[/] ({type(exc).__name__}: {exc}); "
+        logger.warning(f"{req.name}: could not measure the RPC overhead ({type(exc).__name__}: {exc}); "
             "the planner will count only the link")
         return None
-    say(f"{req.name}: one runtime call costs {stats.median_ms:.2f} ms beyond compute (median of {stats.n}; "
+    logger.info(f"{req.name}: one runtime call costs {stats.median_ms:.2f} ms beyond compute (median of {stats.n}; "
         f"mean {stats.mean_ms:.2f} ms)")
     return stats.to_dict()

@@ -8,12 +8,12 @@ device set's emulated devices on a fresh checkout).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 from shoal.devices.catalog import Board, board
 from shoal.devices.emulation import CpuLimit
@@ -35,6 +35,8 @@ from shoal.profiling.profile import (
 )
 from shoal.profiling.runner import MeasureFn
 from shoal.profiling.settings import SamplerSettings, TimingSettings
+
+logger = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(".shoal") / "profiles"
 DEVICE_SET_SAMPLES = 300  # per device of a set: emulated slow devices take several times longer per shape
@@ -146,8 +148,7 @@ def _profile_problem(device: DeviceSpec, path: Path, config: ViTConfig) -> str |
 def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples: int = DEVICE_SET_SAMPLES,
                     workdir: str | Path | None = None, seed: int = 0, concurrent: bool = False,
                     timing: TimingSettings | None = None, train: TrainSettings = TrainSettings(),
-                    console: Console | None = None, progress: bool | ProgressFn = True,
-                    log: Callable[[str], None] | None = None, measure: MeasureFn | None = None,
+                    progress: ProgressFn | None = None, measure: MeasureFn | None = None,
                     overhead: OverheadFn | None = None) -> DeviceSet:
     """Profile every device of `devices` that lacks a valid profile for this teacher; return the set with paths.
 
@@ -159,13 +160,12 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
     Args:
         concurrent: Measure devices on disjoint cores at the same time (see docs/decisions).
         timing: Repeats and warm-up per shape; threads come from each device.
-        progress: A rich progress bar (True), a (description, done, total) callback, or nothing.
+        progress: Gets (description, done, total) as shapes are timed.
         measure: Replace the timing of a shape (tests; unlimited devices only).
         overhead: Measures each device's runtime-call overhead (`shoal.runtime.overhead.measure_rpc`).
     """
     config, source = (teacher.config, teacher.source) if isinstance(teacher, Teacher) else (teacher, "")
     base = Path(workdir) if workdir is not None else Path.cwd()
-    say = log or (lambda msg: (console or Console(stderr=True)).print(msg, highlight=False))
     updated, requests = [], []
     for device in devices.devices:
         if device.profile is None and device.catalog is not None:
@@ -177,12 +177,12 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
         problem = _profile_problem(device, path, config)
         if problem is not None:
             if problem != "no profile yet":
-                say(f"[yellow]{device.name}:[/] measuring again ({problem})")
+                logger.warning(f"{device.name}: measuring again ({problem})")
             requests.append((device, ProfileRequest(
                 device.name, path, device_limit(device),
                 dataclasses.replace(timing or TimingSettings(), threads=device.threads))))
     if requests:
         profile_devices([r for _, r in requests], config, sampler=SamplerSettings(samples, seed),
                         teacher_source=source, train=train, concurrent=concurrent, restart_mismatched=True,
-                        measure=measure, overhead=overhead, console=console, progress=progress, log=say)
+                        measure=measure, overhead=overhead, progress=progress)
     return DeviceSet(tuple(updated), source=devices.source)

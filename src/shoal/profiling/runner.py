@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ from shoal.profiling.sampling import sample_shapes, shape_to_spec
 from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.profiling.timing import LatencyStats, measure_latency, peak_memory_bytes
 from shoal.utils.jsonl import appender, repair_tail
+
+logger = logging.getLogger(__name__)
 
 REMEASURE_FRACTION = 0.15
 
@@ -118,7 +121,7 @@ def current_marker(dataset: Path) -> Path:
     return dataset.with_name(f".{dataset.name}.current")
 
 
-def _record_crash(dataset: Path, done: set[tuple[str, int]], log: Callable[[str], None]) -> None:
+def _record_crash(dataset: Path, done: set[tuple[str, int]]) -> None:
     """If a run died while timing an item (its marker is left), record that item as a failure."""
     marker = current_marker(dataset)
     try:
@@ -132,7 +135,7 @@ def _record_crash(dataset: Path, done: set[tuple[str, int]], log: Callable[[str]
         with appender(dataset) as out:
             out.write(Failure(item.index, item.pass_, sid, item.shape, "the measuring process died while timing "
                               "this shape (killed for lack of memory?); skipped"))
-        log(f"{dataset}: the last run died while timing shape {item.index} (pass {item.pass_}); "
+        logger.warning(f"{dataset}: the last run died while timing shape {item.index} (pass {item.pass_}); "
             "recorded it as a failure and going on")
     marker.unlink(missing_ok=True)
 
@@ -174,7 +177,7 @@ class MeasurementJob:
 
 def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSettings, timing: TimingSettings,
                 cpu_limit: CpuLimit = CpuLimit(), *, resume: bool = True, teacher_source: str = "",
-                remeasure: float = REMEASURE_FRACTION, log: Callable[[str], None] = lambda _: None) -> MeasurementJob:
+                remeasure: float = REMEASURE_FRACTION) -> MeasurementJob:
     """Sample the shapes, open (or resume) the dataset and list what is left to time.
 
     Args:
@@ -194,7 +197,7 @@ def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSet
     if dataset.is_file() and resume:
         removed = repair_tail(dataset)
         if removed:
-            log(f"{dataset}: dropped a truncated last line ({removed} bytes, a run stopped mid-write)")
+            logger.warning(f"{dataset}: dropped a truncated last line ({removed} bytes, a run stopped mid-write)")
     if dataset.is_file() and dataset.stat().st_size and resume:
         existing = read_dataset(dataset)
         mismatch = header_mismatch(existing.header, header)
@@ -202,14 +205,14 @@ def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSet
             raise DatasetMismatch(f"{dataset} was measured under other conditions ({'; '.join(mismatch)}); "
                                   "pass --no-resume to start over (the old file is kept beside it)")
         if current_marker(dataset).exists():
-            _record_crash(dataset, existing.done(), log)
+            _record_crash(dataset, existing.done())
             existing = read_dataset(dataset)
         done = existing.done() | {(f.id, 2) for f in existing.failures if f.pass_ == 1}
     elif dataset.is_file():
         current_marker(dataset).unlink(missing_ok=True)
         aside = dataset.with_name(f"{dataset.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
         shutil.move(str(dataset), aside)
-        log(f"moved the previous dataset aside to {aside}")
+        logger.info(f"moved the previous dataset aside to {aside}")
     if not dataset.is_file() or not dataset.stat().st_size:
         dataset.parent.mkdir(parents=True, exist_ok=True)
         with appender(dataset) as out:

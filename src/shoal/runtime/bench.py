@@ -12,9 +12,10 @@ aggregation, per request), accuracy on the test split through the runtime
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,8 @@ from shoal.runtime.device import plan_fingerprint
 from shoal.runtime.evaldata import accuracy, resolve_test_data
 from shoal.runtime.status import RemoteError
 from shoal.runtime.timing import time_teacher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,6 @@ def run_bench(
     teacher: bool = True,
     teacher_repeats: int = 100,
     emulate: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Benchmark a plan through the runtime and the teacher alone, side by side (see module docstring).
 
@@ -204,8 +206,7 @@ def run_bench(
     image_bytes = 4 * int(torch.tensor(plan.config.input_shape).prod())
     with ExitStack() as stack:
         if target is None:
-            if log:
-                log("starting a local cluster (one process per device)...")
+            logger.info("starting a local cluster (one process per device)...")
             cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate))
             target = cluster.central_target
             notes.extend(cluster.warnings)
@@ -214,8 +215,7 @@ def run_bench(
         if served != fingerprint:
             raise ConfigError(f"{target} serves plan {served}, but --plan {plan_dir} is plan {fingerprint}")
         prepared = prepare_requests(images[:max(1, min(len(images), requests))])
-        if log:
-            log(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
+        logger.info(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
         run_load(client, prepared, warmup, concurrency)
         results, wall = run_load(client, prepared, requests, concurrency)
         summary = summarise(results)
@@ -224,7 +224,7 @@ def run_bench(
             top1 = accuracy(lambda b: client.predict(b, top_k=1).labels, test)
     teacher_result = None
     if teacher:
-        teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes, log)
+        teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes)
     speedup = None
     if teacher_result is not None:
         speedup = teacher_result["latency"]["median_ms"] / summary.latency.median_ms
@@ -249,10 +249,9 @@ def _ci95(top1: float | None, n: int) -> tuple[float, float] | None:
 
 
 def _teacher_row(plan: Any, data: str | None, repeats: int, emulate: bool, notes: list[str],
-                 log: Callable[[str], None] | None) -> dict[str, Any] | None:
+                 ) -> dict[str, Any] | None:
     central = plan.devices.central
-    if log:
-        log(f"timing the teacher alone on {central.name}'s share of the machine...")
+    logger.info(f"timing the teacher alone on {central.name}'s share of the machine...")
     try:
         result = time_teacher(plan.teacher_source, plan.config.input_shape, repeats=repeats,
                               warmup=max(5, repeats // 10), threads=central.threads,

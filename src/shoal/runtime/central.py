@@ -11,10 +11,11 @@ replied, marked degraded.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -32,6 +33,8 @@ from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
 from shoal.runtime.worker import Identity
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 _REPLY_MARGIN_S = 0.02  # kept back from the client's deadline to send a named error in time
@@ -180,7 +183,6 @@ def start_central(
     connect_timeout: float = 60.0,
     max_batch: int = DEFAULT_MAX_BATCH,
     warmup: int = 10,
-    log: Callable[[str], None] | None = None,
 ) -> tuple[RunningServer, CentralServicer]:
     """Load the central device's part of `plan`, check every worker, and serve (in this process).
 
@@ -202,8 +204,8 @@ def start_central(
     runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name)
     servicer = CentralServicer(identity, runner, plan.build_aggregator(), links,
                                deadline_ms=deadline_ms, degrade=degrade)
-    if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout) and log is not None:
-        log("[yellow]warning:[/] --degrade: this plan's aggregator was not trained with device dropout; "
+    if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
+        logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
     running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(servicer, s), CENTRAL_SERVICE,
                            host=host, port=port, max_message_bytes=message_bytes, threads=16, max_concurrent=128)
@@ -215,8 +217,7 @@ def start_central(
             except RemoteError as exc:
                 if not degrade or exc.code == grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                if log is not None:
-                    log(f"[yellow]warning:[/] {exc.details}; answering degraded until it serves")
+                logger.warning(f"{exc.details}; answering degraded until it serves")
         runner.warm_up(warmup)
         with torch.inference_mode():
             servicer.aggregator([torch.zeros(1, w) for w in servicer._widths])
@@ -242,21 +243,19 @@ def serve_central(
     connect_timeout: float = 60.0,
     grace: float = 5.0,
     watch_parent: bool = False,
-    log: Callable[[str], None] | None = None,
 ) -> None:
     """Process entry point of `shoal serve central`: limit, load, check workers, serve until a signal."""
     plan = load_plan(plan_dir)
     addresses: dict[str, str] | None = None  # "-": a supervisor (LocalCluster) sends them on stdin later
     if workers != "-":
         addresses = parse_workers(workers) if isinstance(workers, str) else dict(workers)
-    with device_process(plan.devices.central, emulate=emulate, threads=threads, log=log):
+    with device_process(plan.devices.central, emulate=emulate, threads=threads):
         if addresses is None:
             addresses = parse_workers(sys.stdin.readline())
         running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
-                                          degrade=degrade, connect_timeout=connect_timeout, log=log)
+                                          degrade=degrade, connect_timeout=connect_timeout)
         announce(running)
-        if log is not None:
-            log(f"central [bold]{plan.devices.central.name}[/] of plan {servicer.identity.plan_fingerprint} "
+        logger.info(f"central {plan.devices.central.name} of plan {servicer.identity.plan_fingerprint} "
                 f"serving on {running.target}; workers {addresses}")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
         servicer.close()

@@ -9,9 +9,10 @@ requests queue and the wait is reported as `queue_ms`), under
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
 from shoal.models.surgery import pooled_features
 from shoal.plan.document import PLAN_FILE
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 64
 
@@ -49,14 +52,13 @@ def apply_device_limit(device: DeviceSpec, pid: int | None = None) -> tuple[Path
 
 
 @contextmanager
-def device_process(device: DeviceSpec, *, emulate: bool, threads: int | None,
-                   log: Callable[[str], None] | None = None) -> Iterator[None]:
+def device_process(device: DeviceSpec, *, emulate: bool, threads: int | None) -> Iterator[None]:
     """Run this process as `device`: its CPU limit (when `emulate`) and torch threads; undone on exit."""
     group = None
     if emulate:
         group, warning = apply_device_limit(device)
-        if warning and log is not None:
-            log(f"[yellow]warning:[/] {warning}")
+        if warning:
+            logger.warning(warning)
     try:
         set_torch_threads(threads or device.threads)
         yield

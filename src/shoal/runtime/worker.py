@@ -8,10 +8,10 @@ disturbs the server.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from shoal.runtime.codec import CodecError, check_images, decode, encode, image_
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process, plan_fingerprint
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
+
+logger = logging.getLogger(__name__)
 
 FAULT_ENV = "SHOAL_TEST_FAULT"
 
@@ -197,18 +199,16 @@ def serve_worker(
     max_batch: int = DEFAULT_MAX_BATCH,
     grace: float = 5.0,
     watch_parent: bool = False,
-    log: Callable[[str], None] | None = None,
 ) -> None:
     """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
     plan = load_plan(plan_dir)
     spec = plan.devices[device]
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
-    with device_process(spec, emulate=emulate, threads=threads, log=log):
+    with device_process(spec, emulate=emulate, threads=threads):
         running, servicer = start_worker(plan, device, host=host, port=port, max_batch=max_batch,
                                          fault=Fault.from_env(), background_warmup=True)
         announce(running)
-        if log is not None:
-            log(f"worker [bold]{device}[/] of plan {servicer.identity.plan_fingerprint} listening on "
+        logger.info(f"worker {device} of plan {servicer.identity.plan_fingerprint} listening on "
                 f"{running.target} ({threads or spec.threads} thread(s)); SERVING after warm-up")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)

@@ -129,19 +129,18 @@ class Fields:
 
     def float_map(self, key: str, default: Any = _MISSING) -> Any:
         """An object {name: number}."""
-        value = self.raw(key, default)
-        if value is default:
-            return value
-        inner = Fields(value, self.path(key))
-        return {name: inner.number(name) for name in list(inner.data)}
+        return self._map(key, default, Fields.number)
 
     def str_map(self, key: str, default: Any = _MISSING) -> Any:
         """An object {name: string}."""
+        return self._map(key, default, Fields.text)
+
+    def _map(self, key: str, default: Any, read: Callable[[Fields, str], Any]) -> Any:
         value = self.raw(key, default)
         if value is default:
             return value
         inner = Fields(value, self.path(key))
-        return {name: inner.text(name) for name in list(inner.data)}
+        return {name: read(inner, name) for name in list(inner.data)}
 
     def scalar_map(self, key: str, default: Any = _MISSING) -> Any:
         """An object {name: string | number | bool | null} (settings recorded for the reader)."""
