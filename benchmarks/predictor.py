@@ -64,7 +64,7 @@ def main() -> None:
         [ProfileRequest("bench", args.workdir, limit, TimingSettings(repeats=args.repeats, threads=args.threads))],
         config, sampler=SamplerSettings(args.samples, args.seed), teacher_source=source,
         train=TrainSettings(epochs=args.epochs, seed=args.seed), resume=not args.no_resume, overhead=measure_rpc)
-    data = prof.data
+    data = prof.document.to_dict()
     dataset = read_dataset(args.workdir / DATASET_FILE)
     targets: dict[str, dict[str, Any]] = {}
     for target in TARGETS:  # the profile trained on the default; the same measurements, other statistics

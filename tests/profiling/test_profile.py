@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 
@@ -11,10 +10,12 @@ from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError, ShoalError
 from shoal.models import SubModelSpec, config_from_timm
 from shoal.predictors.settings import TrainSettings
+from shoal.profiling.document import ProfileDocument
 from shoal.profiling.profile import ProfileRequest, load_profile, profile_devices
 from shoal.profiling.resolve import CatalogPredictor, ensure_profiles, load_device_costs, load_device_latency
 from shoal.profiling.sampling import sample_shapes, shape_to_spec
 from shoal.profiling.settings import SamplerSettings, TimingSettings
+from shoal.profiling.timing import LatencyStats
 from tests.conftest import make_vit
 from tests.profiling.helpers import fake_measure
 
@@ -164,6 +165,9 @@ def test_profile_under_another_cfs_period_is_refused(tiny_config, tmp_path):
 def test_rpc_overhead_uses_the_statistic_the_predictors_learn(tiny_config, tmp_path, target, expected):
     prof = _profile(tiny_config, tmp_path / "dev")
     rpc = {"median_ms": 0.6, "p10_ms": 0.5, "p90_ms": 7.0, "calls": 200, "mean_ms": 2.5}
-    assert dataclasses.replace(prof, data=prof.data | {"target": target, "rpc": rpc}).rpc_ms == expected
+    written = prof.document.to_dict()
+    assert ProfileDocument.from_dict(written | {"target": target, "rpc": rpc}).rpc_ms == expected   # `calls`: before n
     older = {k: v for k, v in rpc.items() if k != "mean_ms"}   # profiles written before the mean was kept
-    assert dataclasses.replace(prof, data=prof.data | {"target": "mean", "rpc": older}).rpc_ms == 0.6
+    assert ProfileDocument.from_dict(written | {"target": "mean", "rpc": older}).rpc_ms == 0.6
+    new = prof.document.to_dict() | {"rpc": LatencyStats.from_times([0.5, 0.6, 0.7]).to_dict()}
+    assert ProfileDocument.from_dict(new).to_dict() == new   # what this shoal writes reads back unchanged

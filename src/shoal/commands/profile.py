@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from shoal.models.config import ViTConfig
     from shoal.profiling.profile import DeviceProfile
 
-DEFAULT_SAMPLES = 600
+DEFAULT_SAMPLES = 600   # `shoal profile` of one device (a device set profiled by `shoal plan`: 300)
+_TIMING = TimingSettings()
 ModelOpt = Annotated[str | None, typer.Option(
     help="timm model name or checkpoint (default: the shipped digits ViT); random weights are enough to time it")]
 CheckpointOpt = Annotated[str | None, typer.Option(help="local weights for --model")]
@@ -57,12 +58,13 @@ def profile(
     checkpoint: CheckpointOpt = None,
     device_name: Annotated[str, typer.Option(help="name of this device (profile directory name)")] = "local",
     samples: Annotated[int, typer.Option(min=10, help="sub-model shapes to time")] = DEFAULT_SAMPLES,
-    threads: ThreadsOpt = 1,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    threads: ThreadsOpt = _TIMING.threads,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = _TIMING.device,
     cpu_quota: QuotaOpt = None,
     cpus: CpusOpt = None,
-    repeats: Annotated[int, typer.Option(min=3, help="timed calls per shape (median, mean, p10, p90 kept)")] = 25,
-    seed: Annotated[int, typer.Option(help="seed of the shape sample and the split")] = 0,
+    repeats: Annotated[int, typer.Option(min=3, help="timed calls per shape (median, mean, p10, p90 kept)")
+                       ] = _TIMING.repeats,
+    seed: Annotated[int, typer.Option(help="seed of the shape sample and the split")] = SamplerSettings.seed,
     target: Annotated[str, typer.Option(
         help="statistic of the timed calls to learn per shape: auto (mean under --cpu-quota, else p10), median, "
              "mean, p10 or min")] = DEFAULT_TARGET,
@@ -98,32 +100,31 @@ def profile(
                       "run the same command again to resume")
         raise typer.Exit(130) from None
     if as_json:
-        print_json(result.data)
+        print_json(result.document.to_dict())
         return
     _print_profile(result)
 
 
 def _print_profile(result: DeviceProfile) -> None:
-    data = result.data
-    m = data["measurements"]
+    doc = result.document
+    m = doc.measurements
     console.print(f"[bold]{result.name}[/]: {result.probe.describe()}; {result.cpu_limit.describe()}", highlight=False)
-    console.print(f"measured {m['measured']} shapes, re-measured {m['remeasured']}, failed {m['failed']}",
-                  highlight=False)
-    table = Table(title=f"latency predictors ({data['target']} per shape), {data['split']['test']} "
+    console.print(f"measured {m.measured} shapes, re-measured {m.remeasured}, failed {m.failed}", highlight=False)
+    table = Table(title=f"latency predictors ({doc.target} per shape), {doc.split.get('test', 0)} "
                         "held-out shapes; noise floor: pass 1 vs re-measurement")
     for col in ("predictor", "val MAPE", "test RMSE ms", "test MAPE", "±10%", ""):
         table.add_column(col, justify="left" if col in ("predictor", "") else "right", no_wrap=col == "predictor")
     noise = result.noise_floor
     if noise:
-        table.add_row("noise floor", "", f"{noise['rmse_ms']:.3f}", f"{noise['mape']:.1%}",
-                      f"{noise['within_10']:.0%}", f"n={noise['n']}", style="dim")
-    for kind, r in data["predictors"].items():
-        t = r["test"]
-        table.add_row(kind, f"{r['val']['mape']:.1%}", f"{t['rmse_ms']:.3f}", f"{t['mape']:.1%}",
-                      f"{t['within_10']:.0%}", "chosen" if kind == result.chosen else "",
+        table.add_row("noise floor", "", f"{noise.rmse_ms:.3f}", f"{noise.mape:.1%}",
+                      f"{noise.within_10:.0%}", f"n={noise.n}", style="dim")
+    for kind, r in doc.predictors.items():
+        t = r.test
+        table.add_row(kind, f"{r.val.mape:.1%}", f"{t.rmse_ms:.3f}", f"{t.mape:.1%}",
+                      f"{t.within_10:.0%}", "chosen" if kind == result.chosen else "",
                       style="bold green" if kind == result.chosen else None)
     console.print(table)
-    console.print(f"chosen: {result.chosen} ({data['reason']}); profile written to {result.path}", highlight=False)
+    console.print(f"chosen: {result.chosen} ({doc.reason}); profile written to {result.path}", highlight=False)
 
 
 def read_specs(path: Path) -> list[SubModelSpec]:
