@@ -8,6 +8,9 @@
    (they should agree within noise: every random number is drawn on the host).
 2. `shoal plan --device cuda` end to end on the default problem (profiles carried in
    `.shoal/profiles`), its phases and its plan.json.
+3. Serving that plan: `shoal bench` through a local cluster (no CPU emulation) with every
+   device on the CPU, then with every device's `accelerator: cuda`; top-1 on the test split
+   must be the same, and the served latency of each is reported.
 
 Writes DIR/gpu_check.json (and the plan under DIR/plan-cuda). `scripts/gpu_check.sh` runs it
 on the device machine; run it with `--skip-cuda` here for the 2-core CPU baseline.
@@ -99,6 +102,33 @@ def plan_cli(out: Path, device: str) -> dict[str, Any]:
     return result
 
 
+def bench_cli(plan_dir: Path, out: Path, accelerator: str) -> dict[str, Any]:
+    """`shoal bench` of a copy of `plan_dir` whose devices all say `accelerator`."""
+    import shutil
+
+    copy = out / f"plan-{accelerator}-served"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(plan_dir, copy)
+    doc = json.loads((copy / "plan.json").read_text())
+    for device in doc["devices"]:
+        if accelerator == "cpu":
+            device.pop("accelerator", None)
+        else:
+            device["accelerator"] = accelerator
+    (copy / "plan.json").write_text(json.dumps(doc))
+    done = subprocess.run([sys.executable, "-m", "shoal.cli", "-q", "bench", "--plan", str(copy), "--requests", "100",
+                           "--no-teacher", "--no-emulate", "--json"], capture_output=True, text=True, timeout=600)
+    result: dict[str, Any] = {"accelerator": accelerator, "exit": done.returncode}
+    if done.returncode != 0:
+        result["stderr"] = done.stderr[-3000:]
+        return result
+    bench = json.loads(done.stdout)
+    result.update(median_ms=bench["latency"]["median_ms"], p95_ms=bench["latency"]["p95_ms"],
+                  top1=bench["accuracy"], n=bench["accuracy_n"],
+                  devices={d["device"]: d["compute_ms"] for d in bench.get("devices", [])})
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -130,6 +160,10 @@ def main() -> None:
     if not args.skip_cli and not args.skip_cuda:
         summary["plan_cli"] = plan_cli(args.out / "plan-cuda", "cuda")
         print(json.dumps(summary["plan_cli"]), flush=True)
+        save()
+        if summary["plan_cli"].get("exit") == 0:
+            summary["serve"] = {a: bench_cli(args.out / "plan-cuda", args.out, a) for a in ("cpu", "cuda")}
+            print(json.dumps(summary["serve"]), flush=True)
     save()
 
 

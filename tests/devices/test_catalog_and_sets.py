@@ -55,3 +55,18 @@ def test_own_device_file_resolves_profiles_against_its_directory(tmp_path):
     path.write_text("devices:\n  - {name: a, central: true, memory_mb: 8, profile: p/a, catalog: tx2}\n")
     assert load_device_set(path)["a"].profile == str(tmp_path / "sets" / "p" / "a")
     assert DeviceSpec("b", 1 << 20, catalog="jetson-nano").catalog == "jetson-nano"
+
+
+def test_an_accelerator_is_read_from_yaml_and_written_only_when_not_the_cpu(tmp_path):
+    from shoal.devices.spec import load_device_set
+
+    path = tmp_path / "set.yaml"
+    path.write_text("devices:\n  - {name: hub, central: true, memory_mb: 64}\n"
+                    "  - {name: jetson, memory_mb: 64, accelerator: cuda}\n")
+    devices = load_device_set(path)
+    assert [d.accelerator for d in devices.devices] == ["cpu", "cuda"]
+    assert "accelerator" not in devices.devices[0].to_dict()      # as sets and plans before accelerators
+    assert DeviceSpec.from_dict(devices.devices[1].to_dict()) == devices.devices[1]
+    path.write_text("devices:\n  - {name: hub, central: true, memory_mb: 64, accelerator: tpu}\n")
+    with pytest.raises(ConfigError, match=r"device 'hub': accelerator must be one of \['cpu', 'cuda'\], got 'tpu'"):
+        load_device_set(path)

@@ -171,3 +171,10 @@ def test_rpc_overhead_uses_the_statistic_the_predictors_learn(tiny_config, tmp_p
     assert ProfileDocument.from_dict(written | {"target": "mean", "rpc": older}).rpc_ms == 0.6
     new = prof.document.to_dict() | {"rpc": LatencyStats.from_times([0.5, 0.6, 0.7]).to_dict()}
     assert ProfileDocument.from_dict(new).to_dict() == new   # what this shoal writes reads back unchanged
+
+
+def test_a_cuda_device_needs_a_profile_measured_on_cuda(tiny_config, tmp_path):
+    out = tmp_path / "dev"
+    _profile(tiny_config, out)   # measured on the CPU
+    with pytest.raises(ConfigError, match=r"measured on cpu but the device runs on cuda .*--device cuda"):
+        load_device_latency(_device(out, accelerator="cuda"), tiny_config)

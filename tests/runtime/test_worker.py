@@ -159,3 +159,22 @@ def test_fault_from_env(monkeypatch):
         Fault.from_env()
     monkeypatch.delenv(FAULT_ENV)
     assert Fault.from_env() is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_a_cuda_device_without_a_gpu_is_refused_in_one_line(plan):
+    from shoal.errors import PlatformError
+
+    with pytest.raises(PlatformError, match=r"no CUDA device is visible here") as info:
+        start_worker(plan, "edge-a", accelerator="cuda")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_worker_on_cuda_answers_what_the_cpu_answers(plan):
+    x = torch.randn(3, *plan.config.input_shape)
+    on_cpu = SubModelRunner(plan.build_submodel("edge-a"), plan.config.input_shape, "edge-a")(x)
+    on_gpu = SubModelRunner(plan.build_submodel("edge-a"), plan.config.input_shape, "edge-a", "cuda")(x)
+    assert on_gpu.features.device.type == "cpu"   # features leave on the host, ready to encode
+    torch.testing.assert_close(on_gpu.features, on_cpu.features, rtol=1e-3, atol=1e-3)

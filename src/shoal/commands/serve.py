@@ -26,6 +26,8 @@ PortOpt = Annotated[int, typer.Option(help="port (0: a free one, printed on stdo
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default: the device's threads)")]
 DeadlineOpt = Annotated[float, typer.Option(help="deadline of every call to a worker, ms")]
 DegradeOpt = Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")]
+AcceleratorOpt = Annotated[str | None, typer.Option(
+    help="cpu | cuda: where the sub-model runs (default: the device's `accelerator` in the plan)")]
 
 
 @app.command("worker")
@@ -39,12 +41,13 @@ def worker(
     emulate: EmulateOpt = True,
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
+    accelerator: AcceleratorOpt = None,
 ) -> None:
     """Serve one device's sub-model (health SERVING after warm-up)."""
     from shoal.runtime.worker import serve_worker
 
     serve_worker(plan, device, host=host, port=port, threads=threads, emulate=emulate, grace=grace,
-                 watch_parent=watch_parent)
+                 watch_parent=watch_parent, accelerator=accelerator)
 
 
 @app.command("central")
@@ -61,12 +64,14 @@ def central(
     emulate: EmulateOpt = True,
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
+    accelerator: AcceleratorOpt = None,
 ) -> None:
     """Serve the central node: fan out to the workers, compute locally, aggregate, answer."""
     from shoal.runtime.central import serve_central
 
     serve_central(plan, workers, host=host, port=port, threads=threads, emulate=emulate, deadline_ms=deadline_ms,
-                  degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent)
+                  degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent,
+                  accelerator=accelerator)
 
 
 @app.command("local")

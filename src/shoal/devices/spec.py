@@ -32,6 +32,9 @@ from shoal.errors import ConfigError
 MIB = 1 << 20
 
 
+ACCELERATORS = ("cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """One device of a plan.
@@ -48,6 +51,8 @@ class DeviceSpec:
         cpus: Emulation: cores the device's process is pinned to.
         threads: Torch intra-op threads the device uses.
         catalog: Name of a catalog board for an analytic estimate when no profile exists.
+        accelerator: Where the device runs its sub-model: "cpu" or "cuda" (its profile is then
+            a CUDA profile; `shoal serve` puts the sub-model on the GPU).
     """
 
     name: str
@@ -61,6 +66,7 @@ class DeviceSpec:
     cpus: tuple[int, ...] | None = None
     threads: int = 1
     catalog: str | None = None
+    accelerator: str = "cpu"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -79,6 +85,8 @@ class DeviceSpec:
                 raise ConfigError(f"{where}: cpus must be a non-empty list of core numbers, got {list(cpus)!r}")
             object.__setattr__(self, "cpus", cpus)
         _positive_int(self.threads, f"{where}: threads")
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"{where}: accelerator must be one of {list(ACCELERATORS)}, got {self.accelerator!r}")
         if not isinstance(self.central, bool):
             raise ConfigError(f"{where}: central must be true or false, got {self.central!r}")
         if self.catalog is not None:
@@ -98,6 +106,8 @@ class DeviceSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["cpus"] = list(self.cpus) if self.cpus is not None else None
+        if self.accelerator == "cpu":   # as every device set and plan before accelerators wrote it
+            del data["accelerator"]
         return data
 
     @classmethod
@@ -178,7 +188,7 @@ _YAML_FIELDS = {
     "name": "name", "central": "central", "memory_mb": None, "memory_bytes": "memory_bytes",
     "compute_mflops": None, "compute_flops": "compute_flops", "link_mbps": "link_mbps",
     "link_latency_ms": "link_latency_ms", "profile": "profile", "cpu_quota": "cpu_quota", "cpus": "cpus",
-    "threads": "threads", "catalog": "catalog",
+    "threads": "threads", "catalog": "catalog", "accelerator": "accelerator",
 }
 
 

@@ -70,6 +70,8 @@ def profile_command(device: DeviceSpec, out: str | Path) -> str:
         cmd += f" --cpu-quota {device.cpu_quota:g}"
     if device.cpus is not None:
         cmd += f" --cpus {','.join(map(str, device.cpus))}"
+    if device.accelerator != "cpu":
+        cmd += f" --device {device.accelerator}"
     return cmd
 
 
@@ -100,6 +102,10 @@ def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: Vi
     if profile.threads != device.threads:
         raise ConfigError(f"{where} was measured with {profile.threads} thread(s) but the device uses "
                           f"{device.threads}; profile it again: {profile_command(device, profile.path)}")
+    measured_on = profile.document.device.device
+    if measured_on != device.accelerator:
+        raise ConfigError(f"{where} was measured on {measured_on} but the device runs on {device.accelerator} "
+                          f"(`accelerator:`); profile it there: {profile_command(device, profile.path)}")
 
 
 def load_device_latency(device: DeviceSpec, config: ViTConfig) -> LatencyPredictor:
@@ -180,7 +186,8 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
                 logger.warning(f"{device.name}: measuring again ({problem})")
             requests.append((device, ProfileRequest(
                 device.name, path, device_limit(device),
-                dataclasses.replace(timing or TimingSettings(), threads=device.threads))))
+                dataclasses.replace(timing or TimingSettings(), threads=device.threads,
+                                    device="cuda" if device.accelerator == "cuda" else "cpu"))))
     if requests:
         profile_devices([r for _, r in requests], config, sampler=SamplerSettings(samples, seed),
                         teacher_source=source, train=train, concurrent=concurrent, restart_mismatched=True,

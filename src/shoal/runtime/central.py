@@ -33,6 +33,7 @@ from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
 from shoal.runtime.worker import Identity
+from shoal.utils.accel import compute_device
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def start_central(
     connect_timeout: float = 60.0,
     max_batch: int = DEFAULT_MAX_BATCH,
     warmup: int = 10,
+    accelerator: str | None = None,
 ) -> tuple[RunningServer, CentralServicer]:
     """Load the central device's part of `plan`, check every worker, and serve (in this process).
 
@@ -201,7 +203,8 @@ def start_central(
     message_bytes = image_message_bytes(identity.input_shape, max_batch)
     widths = dict(zip(plan.policy.devices, (s.width for s in plan.policy.specs)))
     links = [WorkerLink(name, workers[name], widths[name], message_bytes) for name in expected]
-    runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name)
+    compute = compute_device(accelerator or central.accelerator)   # the aggregator stays on the host
+    runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name, compute)
     servicer = CentralServicer(identity, runner, plan.build_aggregator(), links,
                                deadline_ms=deadline_ms, degrade=degrade)
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
@@ -243,6 +246,7 @@ def serve_central(
     connect_timeout: float = 60.0,
     grace: float = 5.0,
     watch_parent: bool = False,
+    accelerator: str | None = None,
 ) -> None:
     """Process entry point of `shoal serve central`: limit, load, check workers, serve until a signal."""
     plan = load_plan(plan_dir)
@@ -253,7 +257,7 @@ def serve_central(
         if addresses is None:
             addresses = parse_workers(sys.stdin.readline())
         running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
-                                          degrade=degrade, connect_timeout=connect_timeout)
+                                          degrade=degrade, connect_timeout=connect_timeout, accelerator=accelerator)
         announce(running)
         logger.info(f"central {plan.devices.central.name} of plan {servicer.identity.plan_fingerprint} "
                 f"serving on {running.target}; workers {addresses}")

@@ -99,10 +99,14 @@ class SubModelRunner:
         model: The sub-model (eval mode).
         input_shape: (C, H, W) of one image.
         name: Device name (messages).
+        compute: Where it runs (cpu, cuda): inputs arrive and features leave on the host, and
+            `compute_ms` includes the copies (what a caller waits for).
     """
 
-    def __init__(self, model: VisionTransformer, input_shape: tuple[int, int, int], name: str) -> None:
-        self.model = model.eval()
+    def __init__(self, model: VisionTransformer, input_shape: tuple[int, int, int], name: str,
+                 compute: torch.device | str = "cpu") -> None:
+        self.compute = torch.device(compute)
+        self.model = model.to(self.compute).eval()
         self.input_shape = tuple(input_shape)
         self.name = name
         self.feature_width = int(model.embed_dim)
@@ -116,7 +120,7 @@ class SubModelRunner:
         with self._lock:
             t1 = time.perf_counter()
             with torch.inference_mode():
-                features = pooled_features(self.model, x)
+                features = pooled_features(self.model, x.to(self.compute)).cpu()   # .cpu() waits for the GPU
             t2 = time.perf_counter()
         return Timed(features, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 

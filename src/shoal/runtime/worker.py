@@ -27,6 +27,7 @@ from shoal.runtime.codec import CodecError, check_images, decode, encode, image_
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process, plan_fingerprint
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
+from shoal.utils.accel import compute_device
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def start_worker(
     warmup: int = 10,
     fault: Fault | None = None,
     background_warmup: bool = False,
+    accelerator: str | None = None,
 ) -> tuple[RunningServer, WorkerServicer]:
     """Build `device`'s sub-model from `plan` and serve it (in this process).
 
@@ -163,14 +165,18 @@ def start_worker(
     once warm. With `background_warmup` the warm-up runs in a thread and this
     returns at once (tests use it to call before warm-up).
 
+    `accelerator` (cpu, cuda) overrides the device set's.
+
     Raises:
         ConfigError: `device` is not a worker of the plan.
+        PlatformError: its accelerator is cuda and no CUDA device is visible.
     """
     spec = plan.devices[device]
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     identity = Identity.of(plan, device, max_batch)
-    runner = SubModelRunner(plan.build_submodel(device), plan.config.input_shape, device)
+    compute = compute_device(accelerator or spec.accelerator)
+    runner = SubModelRunner(plan.build_submodel(device), plan.config.input_shape, device, compute)
     servicer = WorkerServicer(runner, identity, fault)
     running = start_server(lambda s: pb_grpc.add_WorkerServicer_to_server(servicer, s), WORKER_SERVICE,
                            host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape, max_batch),
@@ -199,6 +205,7 @@ def serve_worker(
     max_batch: int = DEFAULT_MAX_BATCH,
     grace: float = 5.0,
     watch_parent: bool = False,
+    accelerator: str | None = None,
 ) -> None:
     """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
     plan = load_plan(plan_dir)
@@ -207,8 +214,8 @@ def serve_worker(
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     with device_process(spec, emulate=emulate, threads=threads):
         running, servicer = start_worker(plan, device, host=host, port=port, max_batch=max_batch,
-                                         fault=Fault.from_env(), background_warmup=True)
+                                         fault=Fault.from_env(), background_warmup=True, accelerator=accelerator)
         announce(running)
-        logger.info(f"worker {device} of plan {servicer.identity.plan_fingerprint} listening on "
-                f"{running.target} ({threads or spec.threads} thread(s)); SERVING after warm-up")
+        logger.info(f"worker {device} of plan {servicer.identity.plan_fingerprint} listening on {running.target} "
+                    f"({threads or spec.threads} thread(s), {servicer.runner.compute.type}); SERVING after warm-up")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
