@@ -132,8 +132,9 @@ class Runs:
     def run(self, v: Variant, seed: int) -> dict[str, Any]:
         """{"accuracy": plan.json-style accuracy, "correct": {row: bool vector}, "policy_differs": bool}."""
         policy, settings = self.policy_for(v, seed), self.settings_for(v, seed)
-        ident = {"settings": settings.to_dict(), "policy": policy.to_dict(), "data": self.problem.data.summary(),
-                 "teacher": self.problem.teacher.source, "cal_images": self.base.cal_images}
+        ident = {"settings": settings.to_dict(), "policy": policy.to_dict(),
+                 "data": self.problem.data.summary().to_dict(), "teacher": self.problem.teacher.source,
+                 "cal_images": self.base.cal_images}
         key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         folder = self.work / f"{v.name}-s{seed}".replace("=", "-").replace("+", "-")
         done, vectors = folder / "run.json", folder / "correct.safetensors"
@@ -314,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     correct_path = args.out.with_suffix(".correct.safetensors")
     atomic_save_safetensors(correct_path, {k: t.to(torch.uint8).contiguous() for k, t in vectors.items()})
     atomic_write_json(args.out, {
-        "plan": str(args.plan), "policy": policy.to_dict(), "data": problem.data.summary(),
+        "plan": str(args.plan), "policy": policy.to_dict(), "data": problem.data.summary().to_dict(),
         "teacher": {"source": problem.teacher.source, **teacher.to_dict()},
         "n": n, "seeds": args.seeds, "epochs": args.epochs, "aggregator_epochs": args.aggregator_epochs,
         "max_per_split": args.max_per_split, "reference": REFERENCE, "alpha": args.alpha,

@@ -38,7 +38,7 @@ def _write_digits(root: Path, split: str, per_class: int, classes: range = range
 def test_an_image_folder_of_digits_reads_as_the_built_in_split(teacher, tmp_path):
     expected = {s: _write_digits(tmp_path, s, 3) for s in ("train", "val", "test")}
     data = load_task_data(teacher, tmp_path)
-    assert data.summary() == {"name": str(tmp_path), "train": 30, "val": 30, "test": 30, "classes": 10}
+    assert data.summary().to_dict() == {"name": str(tmp_path), "train": 30, "val": 30, "test": 30, "classes": 10}
     for split in ("train", "val", "test"):
         images = getattr(data, split).images
         assert images.shape == (30, 1, 32, 32)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, PlatformError
 from shoal.models import SubModelSpec, build_submodel, spec_cost
 from shoal.profiling.machine import DeviceProbe, probe_device
 from shoal.profiling.timing import LatencyStats, measure_latency, peak_memory_bytes
@@ -54,5 +54,5 @@ def test_probe_round_trip():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_probe_refuses_missing_cuda():
-    with pytest.raises(ConfigError, match="no CUDA device"):
+    with pytest.raises(PlatformError, match="--device cuda: no CUDA device is visible here"):
         probe_device(device="cuda")

@@ -184,11 +184,11 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Print a plan: policy, predicted latency, accuracy."""
-    from shoal.plan.directory import load_plan, read_plan_json
+    from shoal.plan.directory import check_plan, read_plan_json
 
     document = read_plan_json(plan_dir)
     if document.stage != "searched":
-        load_plan(plan_dir)  # verify hashes and shapes; names what does not match
+        check_plan(plan_dir, document)  # hashes and shapes; names what does not match
     if as_json:
         print_json(document.to_dict())
     else:

@@ -27,6 +27,7 @@ from shoal.data import fashion_mnist
 from shoal.data.digits import TensorDataset, augment, load_digits_split
 from shoal.errors import DataError
 from shoal.models.teacher import DEFAULT_TEACHER, FASHION_TEACHER, Teacher
+from shoal.utils.fields import FlatRecord
 
 # built-in task -> the shipped teacher trained on it
 BUILTIN_TASKS = {"digits": DEFAULT_TEACHER, fashion_mnist.NAME: FASHION_TEACHER}
@@ -43,6 +44,18 @@ def default_teacher_for(data: str | Path | None) -> str:
     return DEFAULT_TEACHER
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataSummary(FlatRecord):
+    """The task data the plan was made with: its name and split sizes."""
+
+    name: str
+    train: int
+    val: int
+    test: int
+    classes: int
+
 
 
 @dataclass(frozen=True)
@@ -63,9 +76,8 @@ class TaskData:
     test: TensorDataset
     augment: Augment | None = None
 
-    def summary(self) -> dict[str, object]:
-        return {"name": self.name, "train": len(self.train), "val": len(self.val), "test": len(self.test),
-                "classes": len(self.train.classes)}
+    def summary(self) -> DataSummary:
+        return DataSummary(self.name, len(self.train), len(self.val), len(self.test), len(self.train.classes))
 
 
 def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_split: int | None = None,

@@ -171,7 +171,15 @@ def load_plan(root: str | Path, *, verify: bool = True) -> Plan:
     if doc.stage == "searched":
         raise DataError(f"plan {root} holds a searched policy only (no weights); calibrate it with "
                         f"`shoal plan --from-policy {root / PLAN_FILE}`")
-    if verify:
+    check_plan(root, doc, files=verify)
+    return Plan(root, doc)
+
+
+def check_plan(root: str | Path, doc: PlanDocument, *, files: bool = True) -> None:
+    """Check that `doc` (the plan.json of `root`) can be served: every listed file there with its
+    recorded sha256 (`files`), every spec fits the teacher family, a compatible shoal wrote it."""
+    root = Path(root)
+    if files:
         for rel, digest in doc.files.items():
             path = root / rel
             if not path.is_file():
@@ -181,7 +189,6 @@ def load_plan(root: str | Path, *, verify: bool = True) -> Plan:
     doc.policy.check_against(doc.config)
     if doc.versions.shoal.split(".")[0] != shoal.__version__.split(".")[0]:
         raise DataError(f"plan {root} was written by shoal {doc.versions.shoal}; this is shoal {shoal.__version__}")
-    return Plan(root, doc)
 
 
 def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config: ViTConfig, policy: Policy,

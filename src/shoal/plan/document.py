@@ -25,11 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shoal.data.datasets import DataSummary
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy
-from shoal.utils.fields import Fields
+from shoal.utils.fields import Fields, FlatRecord
 from shoal.utils.stats import McNemar, wilson_interval
 
 FORMAT_VERSION = 1
@@ -40,21 +41,13 @@ Scalar = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
-class Versions:
+class Versions(FlatRecord):
     """Versions of the software that wrote the plan."""
 
     shoal: str
     torch: str
     timm: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"shoal": self.shoal, "torch": self.torch, "timm": self.timm}
-
-    @classmethod
-    def read(cls, f: Fields) -> Versions:
-        out = cls(f.text("shoal"), f.text("torch"), f.text("timm"))
-        f.done()
-        return out
 
 
 @dataclass(frozen=True)
@@ -245,27 +238,7 @@ class TeacherInfo:
 
 
 @dataclass(frozen=True)
-class DataSummary:
-    """The task data the plan was made with: its name and split sizes."""
-
-    name: str
-    train: int
-    val: int
-    test: int
-    classes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "train": self.train, "val": self.val, "test": self.test, "classes": self.classes}
-
-    @classmethod
-    def read(cls, f: Fields) -> DataSummary:
-        out = cls(f.text("name"), f.integer("train"), f.integer("val"), f.integer("test"), f.integer("classes"))
-        f.done()
-        return out
-
-
-@dataclass(frozen=True)
-class Objective:
+class Objective(FlatRecord):
     """Ψ = L + δ·T of the chosen policy (CoFormer eq. 8) and how δ was set."""
 
     delta_per_ms: float
@@ -275,20 +248,10 @@ class Objective:
     latency_ms: float
     delta_rule: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"delta_per_ms": self.delta_per_ms, "proxy": self.proxy, "psi": self.psi, "loss": self.loss,
-                "latency_ms": self.latency_ms, "delta_rule": self.delta_rule}
-
-    @classmethod
-    def read(cls, f: Fields) -> Objective:
-        out = cls(f.number("delta_per_ms"), f.text("proxy"), f.number("psi"), f.number("loss"),
-                  f.number("latency_ms"), f.text("delta_rule"))
-        f.done()
-        return out
 
 
 @dataclass(frozen=True)
-class DevicePrediction:
+class DevicePrediction(FlatRecord):
     """One device's row of the predicted latency: t1, t2, its sub-model's size and the predictor."""
 
     compute_ms: float
@@ -299,17 +262,6 @@ class DevicePrediction:
     predictor: str
     estimate: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"compute_ms": self.compute_ms, "transfer_ms": self.transfer_ms, "flops": self.flops,
-                "memory_bytes": self.memory_bytes, "shape": self.shape, "predictor": self.predictor,
-                "estimate": self.estimate}
-
-    @classmethod
-    def read(cls, f: Fields) -> DevicePrediction:
-        out = cls(f.number("compute_ms"), f.number("transfer_ms"), f.integer("flops"), f.integer("memory_bytes"),
-                  f.text("shape"), f.text("predictor"), f.flag("estimate"))
-        f.done()
-        return out
 
 
 @dataclass(frozen=True)
@@ -418,21 +370,13 @@ class SearchSummary:
 
 
 @dataclass(frozen=True)
-class DeviceCalibration:
+class DeviceCalibration(FlatRecord):
     """One sub-model's calibration: final training loss and the range of its sample weights."""
 
     train_loss: float
     weight_max: float
     weight_min: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"train_loss": self.train_loss, "weight_max": self.weight_max, "weight_min": self.weight_min}
-
-    @classmethod
-    def read(cls, f: Fields) -> DeviceCalibration:
-        out = cls(f.number("train_loss"), f.number("weight_max"), f.number("weight_min"))
-        f.done()
-        return out
 
 
 @dataclass(frozen=True)
@@ -464,20 +408,12 @@ class CalibrationSummary:
 
 
 @dataclass(frozen=True)
-class PhaseTime:
+class PhaseTime(FlatRecord):
     """Seconds one phase of `shoal plan` took."""
 
     phase: str
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "seconds": self.seconds}
-
-    @classmethod
-    def read(cls, f: Fields) -> PhaseTime:
-        out = cls(f.text("phase"), f.number("seconds"))
-        f.done()
-        return out
 
 
 @dataclass(frozen=True)

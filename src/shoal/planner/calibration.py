@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from shoal.data.datasets import TaskData
 from shoal.errors import DataError
+from shoal.models.surgery import batched
 from shoal.planner.settings import CalibrationSettings, Weighting
 from shoal.utils.accel import device_of
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, load_optimizer_tensors, optimizer_tensors
@@ -78,13 +79,11 @@ class Booster:
         self.data, self.settings, self.workdir = data, settings, Path(workdir)
         self.state_path = self.workdir / "state.json"
         self._views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._train_decisions: torch.Tensor | None = None   # on the plain training set: one per run
 
     def teacher_decisions(self, images: torch.Tensor) -> torch.Tensor:
         """(N,) hard decisions ŷ_t of the teacher on (N, C, H, W) images."""
-        dev = device_of(self.teacher)
-        with torch.no_grad():  # not inference_mode: the labels meet autograd in the loss
-            return torch.cat([self.teacher(images[i:i + 256].to(dev)).argmax(1).cpu()
-                              for i in range(0, len(images), 256)])
+        return batched(self.teacher, images).argmax(1)
 
     def run(self, progress: Progress | None = None, resume: bool = True) -> dict[str, Any]:
         """Calibrate every sub-model; returns a summary (per-device final loss, weight statistics)."""
@@ -165,11 +164,9 @@ class Booster:
 
     def _per_sample_losses(self, model: nn.Module) -> torch.Tensor:
         train = self.data.train
-        teacher_labels = self.teacher_decisions(train.images)
-        dev = device_of(model)
-        with torch.inference_mode():
-            logits = torch.cat([model(train.images[i:i + 256].to(dev)).cpu() for i in range(0, len(train), 256)])
-        return distillation_losses(logits, train.labels, teacher_labels)
+        if self._train_decisions is None:   # the same for every sub-model
+            self._train_decisions = self.teacher_decisions(train.images)
+        return distillation_losses(batched(model, train.images), train.labels, self._train_decisions)
 
     # -- checkpoints ------------------------------------------------------------------
     def _checkpoint(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

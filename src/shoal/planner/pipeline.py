@@ -31,7 +31,6 @@ from shoal.plan.document import (
     AblationScores,
     AggregatorInfo,
     CalibrationSummary,
-    DataSummary,
     DeviceCalibration,
     DevicePrediction,
     Objective,
@@ -301,10 +300,6 @@ def write_search_outputs(problem: Problem, result: SearchResult | None, policy: 
     return summary
 
 
-def _data_summary(data: TaskData) -> DataSummary:
-    return DataSummary(data.name, len(data.train), len(data.val), len(data.test), len(data.train.classes))
-
-
 def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
              predictors: Sequence[LatencyPredictor] | None = None, devices: DeviceSet | None = None,
              ) -> PlanDocument:
@@ -335,7 +330,7 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
                                        "metrics": problem.teacher.meta.get("metrics", {})}, "teacher"))
     document = PlanDocument(
         stage="searched", versions=versions(), config=problem.teacher.config, devices=used, policy=policy,
-        teacher=teacher, data=_data_summary(problem.data),
+        teacher=teacher, data=problem.data.summary(),
         objective=Objective(problem.evaluator.delta, request.proxy, evaluation.psi, evaluation.loss,
                             evaluation.latency.total_ms,
                             "given" if request.delta is not None else "1 / teacher latency on central"),

@@ -11,16 +11,16 @@ since its targets carry that noise.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from shoal.errors import ConfigError
+from shoal.utils.fields import FlatRecord
 
 
 @dataclass(frozen=True)
-class ErrorMetrics:
+class ErrorMetrics(FlatRecord):
     """Errors of predictions against measurements.
 
     Attributes:
@@ -38,9 +38,6 @@ class ErrorMetrics:
     median_ape: float
     within_10: float
     p95_ape: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def error_metrics(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> ErrorMetrics:

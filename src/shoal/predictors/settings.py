@@ -38,6 +38,7 @@ class TrainSettings:
     target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "candidates", tuple(self.candidates))   # a JSON list reads back equal
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         for name in ("test_share", "val_share"):

@@ -30,7 +30,7 @@ from shoal.predictors.settings import TrainSettings
 from shoal.profiling.machine import DeviceProbe
 from shoal.profiling.settings import SamplerSettings, TimingSettings
 from shoal.profiling.timing import LatencyStats
-from shoal.utils.fields import Fields
+from shoal.utils.fields import Fields, FlatRecord
 
 FORMAT = "shoal-device-profile"
 VERSION = 1
@@ -38,12 +38,8 @@ VERSION = 1
 
 def _settings(f: Fields, key: str, cls: Any) -> Any:
     """A settings dataclass from its `to_dict` (its own validation applies)."""
-    raw = f.raw(key)
     try:
-        value = dict(raw)
-        if "candidates" in value:
-            value["candidates"] = tuple(value["candidates"])
-        return cls(**value)
+        return cls(**f.raw(key))
     except (TypeError, ValueError, ConfigError) as exc:
         raise DataError(f"{f.path(key)}: {exc}") from None
 
@@ -104,7 +100,7 @@ class ProfiledTeacher:
 
 
 @dataclass(frozen=True)
-class MeasurementSummary:
+class MeasurementSummary(FlatRecord):
     """The measurement file the predictors were trained on."""
 
     file: str
@@ -113,20 +109,10 @@ class MeasurementSummary:
     remeasured: int
     failed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "measured": self.measured, "remeasured": self.remeasured,
-                "failed": self.failed}
-
-    @classmethod
-    def read(cls, f: Fields) -> MeasurementSummary:
-        out = cls(f.text("file"), f.text("sha256"), f.integer("measured"), f.integer("remeasured"),
-                  f.integer("failed"))
-        f.done()
-        return out
 
 
 @dataclass(frozen=True)
-class Conditions:
+class Conditions(FlatRecord):
     """How busy the machine was: load average, and wall / CPU time per call against what the
     quota alone explains (`busy` when it is over 1.25× that)."""
 
@@ -135,23 +121,6 @@ class Conditions:
     wall_over_cpu_expected: float
     busy: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"loadavg_mean": self.loadavg_mean, "wall_over_cpu_median": self.wall_over_cpu_median,
-                "wall_over_cpu_expected": self.wall_over_cpu_expected, "busy": self.busy}
-
-    @classmethod
-    def read(cls, f: Fields) -> Conditions:
-        out = cls(f.number("loadavg_mean", None), f.number("wall_over_cpu_median", None),
-                  f.number("wall_over_cpu_expected"), f.flag("busy"))
-        f.done()
-        return out
-
-
-def _metrics(f: Fields) -> ErrorMetrics:
-    out = ErrorMetrics(f.integer("n"), f.number("rmse_ms"), f.number("mape"), f.number("median_ape"),
-                       f.number("within_10"), f.number("p95_ape"))
-    f.done()
-    return out
 
 
 @dataclass(frozen=True)
@@ -170,8 +139,8 @@ class PredictorEntry:
 
     @classmethod
     def read(cls, f: Fields) -> PredictorEntry:
-        out = cls(f.text("kind"), f.strs("files"), f.record("val", _metrics), f.record("test", _metrics),
-                  f.number("fit_s"))
+        out = cls(f.text("kind"), f.strs("files"), f.record("val", ErrorMetrics.read),
+                  f.record("test", ErrorMetrics.read), f.number("fit_s"))
         f.done()
         return out
 
@@ -238,17 +207,15 @@ class ProfileDocument:
         if f.raw("version", None) != VERSION:
             raise DataError(f"{where} has profile version {f.data.get('version')!r}; this shoal reads version "
                             f"{VERSION}; profile the device again")
-        split = f.raw("split")
-        if not isinstance(split, dict) or any(isinstance(v, bool) or not isinstance(v, int) for v in split.values()):
-            raise DataError(f"{where}.split must be an object of counts, got {split!r}")
         out = cls(
             created=f.text("created"), shoal_version=f.text("shoal_version"),
             device=f.record("device", ProfiledDevice.read), teacher=f.record("teacher", ProfiledTeacher.read),
             sampler=_settings(f, "sampler", SamplerSettings), timing=_settings(f, "timing", TimingSettings),
             training=_settings(f, "training", TrainSettings),
             measurements=f.record("measurements", MeasurementSummary.read),
-            conditions=f.record("conditions", Conditions.read), noise_floor=f.record("noise_floor", _metrics, None),
-            target=f.text("target"), split=dict(split), predictors=f.records("predictors", PredictorEntry.read),
+            conditions=f.record("conditions", Conditions.read),
+            noise_floor=f.record("noise_floor", ErrorMetrics.read, None),
+            target=f.text("target"), split=f.int_map("split"), predictors=f.records("predictors", PredictorEntry.read),
             chosen=f.text("chosen"), reason=f.text("reason"), rpc=f.record("rpc", _rpc, None))
         f.done()
         return out

@@ -17,6 +17,7 @@ import torch
 
 from shoal.errors import ConfigError
 from shoal.profiling.settings import DeviceKind
+from shoal.utils.accel import compute_device
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,9 @@ def probe_device(threads: int | None = None, device: DeviceKind = "cpu") -> Devi
         device: "cpu" or "cuda".
 
     Raises:
-        ConfigError: "cuda" was asked for but no CUDA device is available.
+        PlatformError: "cuda" was asked for but no CUDA device is visible.
     """
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA device on this machine")
+    compute_device(device)
     cpu_model, physical = _cpuinfo()
     cuda_name, cuda_memory = None, None
     if torch.cuda.is_available():

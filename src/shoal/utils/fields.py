@@ -9,16 +9,22 @@ record's `from_dict` reads like its field list:
     f = Fields(data, "predicted")
     out = Predicted(total_ms=f.number("total_ms"), straggler=f.text("straggler"), ...)
     f.done()
+
+A record of scalars alone (str, int, float, bool, optionally None) derives both directions
+from its annotations: subclass `FlatRecord`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from shoal.errors import DataError
 
 T = TypeVar("T")
+R = TypeVar("R", bound="FlatRecord")
 _MISSING: Any = object()
 
 
@@ -135,6 +141,10 @@ class Fields:
         """An object {name: string}."""
         return self._map(key, default, Fields.text)
 
+    def int_map(self, key: str, default: Any = _MISSING) -> Any:
+        """An object {name: integer}."""
+        return self._map(key, default, Fields.integer)
+
     def _map(self, key: str, default: Any, read: Callable[[Fields, str], Any]) -> Any:
         value = self.raw(key, default)
         if value is default:
@@ -155,3 +165,44 @@ class Fields:
                 raise inner._bad(name, "a string, number, boolean or null", v)
             out[name] = v
         return out
+
+
+_READERS: dict[Any, Callable[[Fields, str, Any], Any]] = {
+    str: Fields.text, int: Fields.integer, float: Fields.number, bool: Fields.flag,
+}
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A record class's resolved annotations (once per class: plans read hundreds of rows)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+class FlatRecord:
+    """Base of a frozen dataclass whose fields are all scalars (str, int, float, bool, or one of
+    them or None): `to_dict` is its fields in order, `read` reads each field by its annotation
+    (an optional field, or one with a default, may be absent) and refuses unknown keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def read(cls: type[R], f: Fields) -> R:
+        hints = _hints(cls)
+        values = {}
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            kind = hints[field.name]
+            args = typing.get_args(kind)
+            optional = type(None) in args
+            base = next((a for a in args if a is not type(None)), kind) if args else kind
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            else:
+                default = None if optional else _MISSING
+            values[field.name] = _READERS[base](f, field.name, default)
+        f.done()
+        return cls(**values)
