@@ -57,7 +57,6 @@ class DataSummary(FlatRecord):
     classes: int
 
 
-
 @dataclass(frozen=True)
 class TaskData:
     """Train / validation / test splits of one classification task.

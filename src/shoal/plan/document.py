@@ -49,7 +49,6 @@ class Versions(FlatRecord):
     timm: str
 
 
-
 @dataclass(frozen=True)
 class AggregatorInfo:
     """Shape of `aggregator.safetensors`: the feature width per device, the fused width, and
@@ -249,7 +248,6 @@ class Objective(FlatRecord):
     delta_rule: str
 
 
-
 @dataclass(frozen=True)
 class DevicePrediction(FlatRecord):
     """One device's row of the predicted latency: t1, t2, its sub-model's size and the predictor."""
@@ -261,7 +259,6 @@ class DevicePrediction(FlatRecord):
     shape: str
     predictor: str
     estimate: bool
-
 
 
 @dataclass(frozen=True)
@@ -378,7 +375,6 @@ class DeviceCalibration(FlatRecord):
     weight_min: float
 
 
-
 @dataclass(frozen=True)
 class CalibrationSummary:
     """How the sub-models were calibrated.
@@ -413,7 +409,6 @@ class PhaseTime(FlatRecord):
 
     phase: str
     seconds: float
-
 
 
 @dataclass(frozen=True)

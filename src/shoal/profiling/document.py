@@ -110,7 +110,6 @@ class MeasurementSummary(FlatRecord):
     failed: int
 
 
-
 @dataclass(frozen=True)
 class Conditions(FlatRecord):
     """How busy the machine was: load average, and wall / CPU time per call against what the
@@ -120,7 +119,6 @@ class Conditions(FlatRecord):
     wall_over_cpu_median: float | None
     wall_over_cpu_expected: float
     busy: bool
-
 
 
 @dataclass(frozen=True)
