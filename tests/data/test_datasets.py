@@ -85,3 +85,33 @@ def test_bad_image_folders_are_one_clear_line(teacher, tmp_path, breakage, messa
     with pytest.raises(DataError, match=message) as info:
         load_task_data(teacher, root)
     assert "\n" not in str(info.value)
+
+
+def test_a_built_in_task_fits_a_random_weight_teacher_of_another_input_size(tmp_path):
+    """A real-scale teacher timed on digits: the images are resized and their grey channel repeated."""
+    from shoal.data.datasets import fit_input, task_classes
+
+    assert task_classes(None) == task_classes("digits") == task_classes("fashion-mnist") == 10
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "b").mkdir(parents=True)
+    assert task_classes(tmp_path) == 2 and task_classes(tmp_path / "missing") is None
+    big = load_teacher("vit_tiny_patch16_224", pretrained=False,
+                       model_kwargs={"img_size": 64, "num_classes": task_classes("digits")})
+    assert big.random_weights and big.config.input_shape == (3, 64, 64)
+    data = load_task_data(big, "digits", max_per_split=16)
+    assert data.train.images.shape == (16, 3, 64, 64) and data.test.labels.shape == (16,)
+    assert torch.equal(data.train.images[:, 0], data.train.images[:, 2])   # one grey channel, repeated
+    native = load_digits_split("train").subset(16)
+    assert fit_input(native, (1, 32, 32)) is native
+    # resizing back down recovers the native images closely (bilinear both ways)
+    back = torch.nn.functional.interpolate(data.train.images[:, :1], size=(32, 32), mode="bilinear",
+                                           align_corners=False, antialias=True)
+    assert (back - native.images).abs().mean() < 0.1
+    assert data.augment is not None and data.augment(data.train.images[:4], None).shape == (4, 3, 64, 64)
+
+
+def test_a_thousand_class_head_on_a_ten_class_task_is_refused():
+    imagenet_head = load_teacher("vit_tiny_patch16_224", pretrained=False, model_kwargs={"img_size": 32})
+    assert imagenet_head.random_weights and imagenet_head.config.num_classes == 1000
+    with pytest.raises(DataError, match="10 classes but teacher .* has a head of 1000"):
+        load_task_data(imagenet_head, "digits", max_per_split=4)

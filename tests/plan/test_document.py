@@ -76,3 +76,11 @@ def test_score_interval_without_a_recorded_count():
     s = Score(top1=0.5, loss=1.0, n=100)
     assert s.ci95[0] < 0.5 < s.ci95[1]
     assert "ci95" not in s.to_dict()
+
+
+def test_a_random_weight_teacher_is_recorded_and_read_back():
+    data = json.loads(json.dumps(WRITTEN["calibrated"]))
+    assert not PlanDocument.from_dict(data).random_weights and "random_weights" not in data["teacher"]
+    data["teacher"]["random_weights"] = True
+    doc = PlanDocument.from_dict(data)
+    assert doc.random_weights and doc.to_dict()["teacher"]["random_weights"] is True

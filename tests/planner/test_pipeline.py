@@ -99,3 +99,24 @@ def test_calibration_on_cuda_means_what_it_means_on_the_cpu(tiny_digits_teacher,
     a, b = cpu.accuracy, cuda.accuracy
     assert a is not None and b is not None and a.n == b.n
     assert abs(a.ensemble.top1 - b.ensemble.top1) <= 3 / a.n + 0.02
+
+
+@pytest.mark.slow
+def test_a_balanced_split_is_calibrated_written_and_served_from_the_plan(tiny_digits_teacher, three_devices,
+                                                                         three_predictors, tmp_path):
+    """--split balanced: no search, every device keeps every block and channel, the plan loads."""
+    out = tmp_path / "plan"
+    written = run_plan(_request(tiny_digits_teacher, out, split="balanced", precision="bf16"),
+                       predictors=three_predictors, devices=three_devices)
+    assert written.stage == "calibrated" and written.policy.shared_channels
+    assert written.search is not None and written.search.strategy == "balanced" and written.search.evaluations == 1
+    assert not (out / "journal.jsonl").exists()
+    names = [p.phase for p in written.phases]
+    assert names[2].startswith("balanced split")
+    plan = load_plan(out)   # hashes and shapes check; the policy's shared channels are read back
+    assert plan.document.policy.shared_channels
+    x = torch.randn(2, 1, 32, 32)
+    feats = [plan.build_submodel(n).forward_head(plan.build_submodel(n).forward_features(x), pre_logits=True)
+             for n in plan.devices.names]
+    assert [f.shape[1] for f in feats] == [48, 48, 48]   # every device the teacher's width
+    assert plan.build_aggregator()(feats).shape == (2, 10)

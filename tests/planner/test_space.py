@@ -11,7 +11,7 @@ from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import InfeasibleError
 from shoal.models import ImportanceScores, check_disjoint, spec_cost
 from shoal.models.config import ViTConfig
-from shoal.planner.space import SearchSpace, _apportion
+from shoal.planner.space import SearchSpace, apportion
 
 CONFIG = ViTConfig(img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=6,
                    num_heads=6, head_dim=32, mlp_hidden=768)
@@ -83,7 +83,7 @@ def test_uniform_scale_is_sized_to_the_weakest_device():
 @pytest.mark.parametrize("requests, cap, minimum", [
     ([1.2, 2.7, 0.1], 6, 0), ([5.0, 5.0, 5.0], 6, 0), ([0.0, 0.0], 4, 0), ([1.0, 100.0], 50, 8)])
 def test_apportion_never_exceeds_cap(requests, cap, minimum):
-    counts = _apportion(requests, cap, minimum)
+    counts = apportion(requests, cap, minimum)
     assert sum(counts) <= cap and all(c >= 0 for c in counts)
     if sum(requests) <= cap and minimum == 0:
         assert all(abs(c - r) < 1 for c, r in zip(counts, requests))

@@ -56,3 +56,29 @@ def test_probe_round_trip():
 def test_probe_refuses_missing_cuda():
     with pytest.raises(PlatformError, match="--device cuda: no CUDA device is visible here"):
         probe_device(device="cuda")
+
+
+def test_a_time_budget_cuts_the_repeats_but_never_below_the_minimum():
+    import time as _time
+
+    from shoal.profiling.timing import MIN_TIMED
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            _time.sleep(0.02)
+            return x
+
+    stats = measure_latency(Slow(), (1, 4, 4), repeats=50, warmup=20, budget_ms=100.0)
+    assert MIN_TIMED <= stats.n < 50 and 1 <= stats.warmup < 20   # 50 calls of 20 ms would take 1 s
+    assert measure_latency(Slow(), (1, 4, 4), repeats=3, warmup=0, budget_ms=1.0).n == 3   # fewer asked: all
+    full = measure_latency(Slow(), (1, 4, 4), repeats=6, warmup=1)
+    assert full.n == 6
+
+
+def test_timing_settings_write_the_budget_only_when_set():
+    from shoal.profiling.settings import TimingSettings
+
+    assert "budget_ms" not in TimingSettings().to_dict()
+    assert TimingSettings(**TimingSettings(budget_ms=1500.0).to_dict()).budget_ms == 1500.0
+    with pytest.raises(ConfigError, match="budget_ms must be a positive"):
+        TimingSettings(budget_ms=0)

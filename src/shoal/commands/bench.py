@@ -53,7 +53,7 @@ def print_tables(r: BenchResult) -> None:
     cmp = Table(title=f"shoal vs teacher ({r.requests} requests, concurrency {r.concurrency}, plan {r.fingerprint})")
     for column in ("", "median ms", "p95 ms", "throughput /s", "top-1"):
         cmp.add_column(column, justify="right")
-    acc = _top1(r.accuracy, r.accuracy_ci95, r.accuracy_n)
+    acc = _top1(r.accuracy, r.accuracy_ci95, r.accuracy_n) + (" (random weights)" if r.random_weights else "")
     cmp.add_row("shoal (end to end)", f"{r.latency.median_ms:.2f}", f"{r.latency.p95_ms:.2f}",
                 f"{r.throughput_rps:.1f}", acc)
     if r.teacher is not None:

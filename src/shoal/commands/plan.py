@@ -140,6 +140,8 @@ def plan(
     device_dropout: Annotated[float, typer.Option(help="train the aggregator to answer without devices")
                               ] = _CAL.device_dropout,
     profile_samples: Annotated[int | None, typer.Option(help="samples when a device still needs profiling")] = None,
+    profile_budget_ms: Annotated[float | None, typer.Option(
+        help="when profiling: stop timing a shape after this many ms of calls (real-scale teachers)")] = None,
     max_per_split: Annotated[int | None, typer.Option(help="use at most this many images per split")] = None,
     cal_images: Annotated[int, typer.Option(help="training images for importance and the proxy's fits")
                           ] = _REQUEST.cal_images,
@@ -147,6 +149,13 @@ def plan(
     device: Annotated[str, typer.Option(
         help="where the models run while planning: cpu | cuda (importance, proxy, calibration, evaluation)")
                       ] = _REQUEST.device,
+    precision: Annotated[str, typer.Option(
+        help="fp32 | bf16: the search's accuracy proxy under bf16 autocast (about 3x faster on CPUs with AMX)")
+                         ] = _REQUEST.precision,
+    split: Annotated[str, typer.Option(
+        help="search: BO over decompositions (CoFormer); balanced: no search, every device keeps every block "
+             "and channel and a share of each block's heads and neurons in proportion to its speed")
+                     ] = _REQUEST.split,
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Search the decomposition (BO), calibrate the sub-models and write a deployable plan directory."""
@@ -163,9 +172,11 @@ def plan(
                                         aggregator_epochs=aggregator_epochs, joint_epochs=joint_epochs,
                                         device_dropout=device_dropout, seed=seed),
         search_only=search_only, from_policy=from_policy, resume=resume, profile_samples=profile_samples,
+        profile_budget_ms=profile_budget_ms,
         allow_leave_out=not use_all_devices, importance=importance,  # type: ignore[arg-type]
-        max_per_split=max_per_split, cal_images=cal_images, val_images=val_images, device=device)
-    with LiveSearch(request.search.budget if not from_policy else 0, quiet=as_json) as ui:
+        max_per_split=max_per_split, cal_images=cal_images, val_images=val_images, device=device,
+        split=split, precision=precision)  # type: ignore[arg-type]
+    with LiveSearch(request.search.budget if not from_policy and split == "search" else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))
         except KeyboardInterrupt:
@@ -197,6 +208,8 @@ def show(
 
 def show_document(doc: PlanDocument, where: Path) -> None:
     """Rich tables of a plan.json document."""
+    from shoal.plan.document import RANDOM_WEIGHTS_NOTE
+
     predicted = doc.predicted
     table = Table(title=f"plan {where} ({doc.stage}, teacher {doc.teacher_source})", title_justify="left")
     for col in ("device", "sub-model", "MFLOPs", "memory MiB", "t1 ms", "t2 ms", "teacher ms", "predictor"):
@@ -219,7 +232,10 @@ def show_document(doc: PlanDocument, where: Path) -> None:
     console.print(table)
     accuracy = doc.accuracy
     if accuracy is not None:
-        acc = Table(title=f"top-1 on the test split (n={accuracy.n})", title_justify="left")
+        title = f"top-1 on the test split (n={accuracy.n})"
+        if doc.random_weights:
+            title += f"; [bold yellow]{RANDOM_WEIGHTS_NOTE}[/]"
+        acc = Table(title=title, title_justify="left")
         acc.add_column("model")
         acc.add_column("top-1", justify="right")
         acc.add_column("95% CI", justify="right")

@@ -29,6 +29,9 @@ ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch intra-op threads whi
 QuotaOpt = Annotated[float | None, typer.Option(help="emulate a slower device: share of one core (cgroup quota)")]
 CpusOpt = Annotated[str | None, typer.Option(help="emulation: cores to pin to, e.g. 0 or 0,1")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+BudgetOpt = Annotated[float | None, typer.Option(
+    help="stop timing a shape after this many ms of calls (at least 5 timed); for real-scale teachers on slow "
+         "devices")]
 
 
 def teacher_family(model: str | None, checkpoint: str | None) -> tuple[ViTConfig, str]:
@@ -70,6 +73,7 @@ def profile(
              "mean, p10 or min")] = DEFAULT_TARGET,
     out: Annotated[Path | None, typer.Option(help="profile directory (default: .shoal/profiles/<device-name>)")] = None,
     resume: Annotated[bool, typer.Option(help="keep what an earlier, interrupted run measured")] = True,
+    budget_ms: BudgetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure this device on sampled sub-models of the teacher and train its latency predictor."""
@@ -88,7 +92,8 @@ def profile(
     out = out or Path(".shoal") / "profiles" / device_name
     console.print(f"profiling [bold]{device_name}[/] ({limit.describe()}, {threads} thread(s), {device}) for "
                   f"{source} (family {config.fingerprint()}): {samples} shapes -> {out}", highlight=False)
-    request = ProfileRequest(device_name, out, limit, TimingSettings(repeats=repeats, threads=threads, device=kind))
+    request = ProfileRequest(device_name, out, limit, TimingSettings(repeats=repeats, threads=threads, device=kind,
+                                                                    budget_ms=budget_ms))
     try:
         with progress_bars() as bars:
             [result] = profile_devices([request], config, sampler=SamplerSettings(samples, seed),

@@ -13,6 +13,10 @@ Images are preprocessed once with the teacher's own eval transform (timm
 `resolve_data_config` of the teacher) and held in memory as tensors;
 `max_per_split` bounds that memory. Without a test split, the validation
 split is halved into val and test (fixed seed).
+
+A built-in task given to a teacher of another input size (a DeiT at 224² with
+random weights, timed on digits) is resized to it: bilinear, its grey channel
+repeated, its own normalisation kept (`fit_input`). Only the class count must match.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from shoal.data import fashion_mnist
 from shoal.data.digits import TensorDataset, augment, load_digits_split
@@ -44,6 +49,40 @@ def default_teacher_for(data: str | Path | None) -> str:
     return DEFAULT_TEACHER
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+BUILTIN_CLASSES = 10   # both built-in tasks
+
+
+def task_classes(data: str | Path | None) -> int | None:
+    """How many classes the task `data` has, without reading its images (None: cannot tell).
+
+    A teacher with random weights gets a head of this many classes.
+    """
+    if data is None or str(data) in BUILTIN_TASKS:
+        return BUILTIN_CLASSES
+    root = Path(data)
+    if root.is_dir() and not (root / "train").is_dir() and fashion_mnist.available(root):
+        return len(fashion_mnist.CLASSES)
+    train = root / "train"
+    if train.is_dir():
+        return sum(1 for p in train.iterdir() if p.is_dir()) or None
+    return None
+
+
+def fit_input(dataset: TensorDataset, input_shape: tuple[int, int, int]) -> TensorDataset:
+    """A built-in task's images at another teacher input shape: bilinear resize, channels repeated.
+
+    Shapes: (N, 1, h, w) -> (N, C, H, W); the normalisation of the task is kept.
+    """
+    c, h, w = input_shape
+    if tuple(dataset.images.shape[1:]) == (c, h, w):
+        return dataset
+    if dataset.images.shape[1] not in (1, c):
+        raise DataError(f"cannot fit {dataset.images.shape[1]}-channel images to a {c}-channel teacher")
+    chunks = [F.interpolate(dataset.images[i:i + 256], size=(h, w), mode="bilinear", align_corners=False)
+              for i in range(0, len(dataset), 256)]
+    images = torch.cat(chunks).expand(-1, c, -1, -1).contiguous()
+    return TensorDataset(images, dataset.labels, dataset.classes)
 
 
 @dataclass(frozen=True)
@@ -93,26 +132,29 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
     Raises:
         DataError: missing/empty/corrupt folder, or classes that do not match the teacher's head.
     """
+    shape = teacher.config.input_shape
     if data is None or str(data) == "digits":
-        if teacher.config.input_shape != (1, 32, 32) or teacher.config.num_classes != 10:
-            raise DataError(
-                f"the built-in digits data (1x32x32, 10 classes) does not fit teacher {teacher.source} "
-                f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); pass --data DIR")
-        train, val, test = (load_digits_split(s).subset(max_per_split) for s in ("train", "val", "test"))
+        _check_classes("the built-in digits data", teacher, "pass --data DIR")
+        train, val, test = (fit_input(load_digits_split(s).subset(max_per_split), shape)
+                            for s in ("train", "val", "test"))
         return TaskData("sklearn-digits", train, val, test, augment=augment)
     idx_folder = Path(data).is_dir() and not (Path(data) / "train").is_dir() and fashion_mnist.available(data)
     if str(data) == fashion_mnist.NAME or idx_folder:
         path = None if str(data) == fashion_mnist.NAME else data
-        if teacher.config.input_shape != (1, fashion_mnist.IMG_SIZE, fashion_mnist.IMG_SIZE) \
-                or teacher.config.num_classes != len(fashion_mnist.CLASSES):
-            raise DataError(
-                f"Fashion-MNIST (1x28x28, 10 classes) does not fit teacher {teacher.source} "
-                f"(input {teacher.config.input_shape}, {teacher.config.num_classes} classes); "
-                f"leave out --model to use its shipped teacher {FASHION_TEACHER}")
-        train, val, test = (fashion_mnist.load_split(s, path).subset(max_per_split)
+        _check_classes("Fashion-MNIST", teacher, f"leave out --model to use its shipped teacher {FASHION_TEACHER}")
+        train, val, test = (fit_input(fashion_mnist.load_split(s, path).subset(max_per_split), shape)
                             for s in ("train", "val", "test"))
-        return TaskData(fashion_mnist.NAME, train, val, test, augment=fashion_mnist.augment)
+        native = shape == (1, fashion_mnist.IMG_SIZE, fashion_mnist.IMG_SIZE)
+        chosen = fashion_mnist.augment if native else _flip_augment   # its crop is 28x28-specific
+        return TaskData(fashion_mnist.NAME, train, val, test, augment=chosen)
     return _image_folder(teacher, Path(data), max_per_split)
+
+
+def _check_classes(what: str, teacher: Teacher, hint: str) -> None:
+    if teacher.config.num_classes != BUILTIN_CLASSES:
+        raise DataError(f"{what} has {BUILTIN_CLASSES} classes but teacher {teacher.source} has a head of "
+                        f"{teacher.config.num_classes}; {hint} (a teacher with random weights gets a head "
+                        "of the task's classes)")
 
 
 def _image_folder(teacher: Teacher, root: Path, max_per_split: int | None) -> TaskData:

@@ -252,7 +252,11 @@ def load_device_set(path: str | Path, *, base: str | Path | None = None) -> Devi
 DEFAULT_DEVICE_SET = Path(__file__).with_name("default.yaml")
 
 
-def default_device_set(workdir: str | Path | None = None, family: str | None = None) -> DeviceSet:
+DEFAULT_SET_TEACHER_BYTES = 11_248_936   # weights + activations of the shipped digits teacher (default.yaml's scale)
+
+
+def default_device_set(workdir: str | Path | None = None, family: str | None = None,
+                       teacher_bytes: int | None = None) -> DeviceSet:
     """The packaged default set: three emulated devices on this machine (see default.yaml).
 
     Its relative profile paths (`.shoal/profiles/<name>`) resolve against `workdir`
@@ -260,15 +264,20 @@ def default_device_set(workdir: str | Path | None = None, family: str | None = N
     With `family` (a teacher family's fingerprint) they become `.shoal/profiles/<family>/<name>`,
     so the profiles of several teachers (digits, Fashion-MNIST) live side by side instead of
     each plan measuring the devices again for its own teacher.
+    With `teacher_bytes` (a larger teacher's weights + activations) the memory budgets grow in
+    proportion, so they keep meaning what they mean for the digits teacher: the hub holds the
+    teacher several times over, each edge device only a part of it.
     """
     base = Path(workdir) if workdir is not None else Path.cwd()
     devices = load_device_set(DEFAULT_DEVICE_SET, base=base)
     if family is None:
         return devices
+    scale = max(1.0, (teacher_bytes or 0) / DEFAULT_SET_TEACHER_BYTES)
     moved = []
     for d in devices.devices:
         path = Path(d.profile) if d.profile is not None else base / ".shoal" / "profiles" / d.name
-        moved.append(replace(d, profile=str(path.parent / family / path.name)))
+        moved.append(replace(d, profile=str(path.parent / family / path.name),
+                             memory_bytes=int(d.memory_bytes * scale)))
     return DeviceSet(tuple(moved), source=devices.source)
 
 

@@ -131,16 +131,24 @@ def decompose(
     shapes: Sequence[SubModelShape],
     scores: ImportanceScores,
     rule: DealRule = "fair",
+    *,
+    shared_channels: bool = False,
 ) -> Policy:
     """Turn per-device shapes into a `Policy` of disjoint specs.
+
+    `shared_channels`: every shape keeps all residual channels (its width must be the
+    teacher's), only heads and neurons are dealt (`Policy.shared_channels`).
 
     Raises:
         ConfigError: the shapes break C1-C4 (too many channels, heads or neurons in a block).
     """
     if len(devices) != len(shapes):
         raise ConfigError(f"{len(devices)} devices but {len(shapes)} shapes")
-    _check_budgets(config, devices, shapes)
-    channel_sets = deal(scores.channels, [s.width for s in shapes], rule)
+    _check_budgets(config, devices, shapes, shared_channels)
+    if shared_channels:
+        channel_sets = [tuple(range(config.embed_dim))] * len(shapes)
+    else:
+        channel_sets = deal(scores.channels, [s.width for s in shapes], rule)
     head_sets: list[dict[int, tuple[int, ...]]] = [{} for _ in shapes]
     neuron_sets: list[dict[int, tuple[int, ...]]] = [{} for _ in shapes]
     for block in range(config.depth):
@@ -158,12 +166,16 @@ def decompose(
             layers=tuple(kept), channels=channel_sets[n],
             heads=tuple(head_sets[n][b] for b in kept), neurons=tuple(neuron_sets[n][b] for b in kept),
             family=config.fingerprint()))
-    return Policy(tuple(devices), tuple(specs))
+    return Policy(tuple(devices), tuple(specs), shared_channels)
 
 
-def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[SubModelShape]) -> None:
+def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[SubModelShape],
+                   shared_channels: bool = False) -> None:
     widths = [s.width for s in shapes]
-    if sum(widths) > config.embed_dim:
+    if shared_channels:
+        if any(w != config.embed_dim for w in widths):
+            raise ConfigError(f"shared channels: every width must be embed_dim {config.embed_dim}, got {widths}")
+    elif sum(widths) > config.embed_dim:
         raise ConfigError(f"C2: channel counts {widths} sum to {sum(widths)} > embed_dim {config.embed_dim}")
     for name, shape in zip(devices, shapes):
         if any(b < 0 or b >= config.depth for b in shape.layers) or list(shape.layers) != sorted(set(shape.layers)):

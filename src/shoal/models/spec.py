@@ -182,10 +182,14 @@ class Policy:
     Attributes:
         devices: Device names, unique, in the order of `specs`.
         specs: One `SubModelSpec` per device.
+        shared_channels: Residual channels may be kept by several sub-models (C2 relaxed; heads
+            and neurons stay partitioned): the balanced split, where every device keeps every
+            channel and the work of each block is divided, not pruned.
     """
 
     devices: tuple[str, ...]
     specs: tuple[SubModelSpec, ...]
+    shared_channels: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", tuple(self.devices))
@@ -220,12 +224,21 @@ class Policy:
         check_disjoint(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"devices": {name: spec.to_dict() for name, spec in zip(self.devices, self.specs)}}
+        out: dict[str, Any] = {"devices": {name: spec.to_dict() for name, spec in zip(self.devices, self.specs)}}
+        if self.shared_channels:   # written only when set: older policies read unchanged
+            out["shared_channels"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Policy:
         if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
             raise ConfigError("a Policy must be a JSON object {\"devices\": {name: spec, ...}}")
+        unknown = sorted(set(data) - {"devices", "shared_channels"})
+        if unknown:
+            raise ConfigError(f"a Policy has no field(s) {unknown}")
+        shared = data.get("shared_channels", False)
+        if not isinstance(shared, bool):
+            raise ConfigError(f"Policy.shared_channels must be true or false, got {shared!r}")
         names, specs = [], []
         for name, spec in data["devices"].items():
             try:
@@ -233,7 +246,7 @@ class Policy:
             except ConfigError as exc:
                 raise ConfigError(f"device {name!r}: {exc}") from None
             names.append(name)
-        return cls(tuple(names), tuple(specs))
+        return cls(tuple(names), tuple(specs), shared)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -248,11 +261,12 @@ class Policy:
 
 
 def check_disjoint(policy: Policy) -> None:
-    """Raise `ConfigError` if two sub-models share a channel, or a head or neuron of one block."""
+    """Raise `ConfigError` if two sub-models share a channel (unless the policy shares channels),
+    or a head or neuron of one block."""
     seen_channels: dict[int, str] = {}
     seen_units: dict[tuple[str, int, int], str] = {}
     for name, spec in zip(policy.devices, policy.specs):
-        for c in spec.channels:
+        for c in () if policy.shared_channels else spec.channels:
             if c in seen_channels:
                 raise ConfigError(f"C2: channel {c} is given to both {seen_channels[c]!r} and {name!r}")
             seen_channels[c] = name

@@ -44,6 +44,11 @@ class Teacher:
     def is_default(self) -> bool:
         return self.source == DEFAULT_TEACHER
 
+    @property
+    def random_weights(self) -> bool:
+        """A timm model created without pretrained weights or a checkpoint: fit for timing only."""
+        return self.meta.get("weights") == "random"
+
 
 def default_teacher_paths(name: str = DEFAULT_TEACHER) -> tuple[Path, Path]:
     """Paths of a shipped teacher's weights and JSON description (`BUILTIN_TEACHERS`)."""
@@ -210,7 +215,9 @@ def load_teacher(
     embed = getattr(net, "patch_embed", None)
     if embed is not None and hasattr(embed, "img_size"):  # the pretrained cfg may name another size
         data_config["input_size"] = [int(embed.proj.in_channels), *map(int, embed.img_size)]
-    return _finish(net, model, data_config, {"timm_model": model, "checkpoint": str(checkpoint or "")})
+    kind = "checkpoint" if checkpoint is not None else "pretrained" if pretrained else "random"
+    return _finish(net, model, data_config, {"timm_model": model, "checkpoint": str(checkpoint or ""),
+                                             "weights": kind, "timm_kwargs": kwargs})
 
 
 def _load_described(weights: Path, source: str, extra_kwargs: dict[str, Any] | None = None) -> Teacher:

@@ -215,6 +215,10 @@ class PlanAccuracy:
         return out
 
 
+RANDOM_WEIGHTS_NOTE = ("the teacher has random weights: every accuracy of this plan means nothing "
+                       "(latency and speed-up do)")
+
+
 @dataclass(frozen=True)
 class TeacherInfo:
     """The teacher: what `shoal.models.load_teacher` reloads it from, and the metrics its
@@ -222,16 +226,19 @@ class TeacherInfo:
 
     source: str
     metrics: dict[str, Score] | None = None
+    random_weights: bool = False   # created without trained weights: fit for timing only, accuracy means nothing
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source}
         if self.metrics is not None:
             out["metrics"] = {k: v.to_dict() for k, v in self.metrics.items()}
+        if self.random_weights:   # written only when set: older plans read unchanged
+            out["random_weights"] = True
         return out
 
     @classmethod
     def read(cls, f: Fields) -> TeacherInfo:
-        out = cls(f.text("source"), f.records("metrics", Score.read, None))
+        out = cls(f.text("source"), f.records("metrics", Score.read, None), f.flag("random_weights", False))
         f.done()
         return out
 
@@ -468,6 +475,11 @@ class PlanDocument:
     @property
     def teacher_source(self) -> str:
         return self.teacher.source if self.teacher is not None else "?"
+
+    @property
+    def random_weights(self) -> bool:
+        """The teacher had random weights: every accuracy of this plan means nothing."""
+        return self.teacher is not None and self.teacher.random_weights
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -29,6 +29,7 @@ from shoal.plan.latency import LatencyBreakdown, transfer_ms
 from shoal.planner.proxy import Augment, ProxySettings, prior_loss, readout_loss, short_distill
 from shoal.planner.settings import ProxyKind
 from shoal.predictors.features import Shape
+from shoal.utils.accel import autocast, device_of
 
 
 class LatencyPredictor(Protocol):
@@ -181,8 +182,9 @@ class Evaluator:
         kind, floor = self.settings.kind, self.prior_loss
         models = [build_submodel(self.config, s, self.teacher) for s in policy.specs]
         if kind == "sliced":
-            losses = tuple(min(floor, F.cross_entropy(batched(m, self.val_images, self.batch_size),
-                                                      self.val_labels).item()) for m in models)
+            with autocast(device_of(self.teacher), self.settings.precision):
+                logits = [batched(m, self.val_images, self.batch_size).float() for m in models]
+            losses = tuple(min(floor, F.cross_entropy(z, self.val_labels).item()) for z in logits)
             return sum(losses) / len(losses), losses
         if kind == "probe":
             cal, val = self._features(models)
@@ -203,9 +205,11 @@ class Evaluator:
         return loss, ()
 
     def _features(self, models: Sequence[torch.nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Pooled features of every sub-model on the calibration and the validation images."""
-        return (submodel_features(models, self.cal_images, self.batch_size),
-                submodel_features(models, self.val_images, self.batch_size))
+        """Pooled features of every sub-model on the calibration and the validation images (float32)."""
+        with autocast(device_of(self.teacher), self.settings.precision):
+            cal = submodel_features(models, self.cal_images, self.batch_size)
+            val = submodel_features(models, self.val_images, self.batch_size)
+        return [f.float() for f in cal], [f.float() for f in val]
 
     # -- Ψ --------------------------------------------------------------------------
     def evaluate(self, policy: Policy) -> Evaluation:

@@ -8,6 +8,7 @@ calibration checkpoints), so an interrupted plan resumes with `resume=True`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,14 +18,15 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from shoal.data.datasets import TaskData, default_teacher_for, load_task_data
+from shoal.data.datasets import TaskData, default_teacher_for, load_task_data, task_classes
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError, DataError
+from shoal.models.accounting import spec_cost
 from shoal.models.aggregator import Aggregator
 from shoal.models.importance import ImportanceScores, compute_importance
-from shoal.models.spec import Policy
+from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel
-from shoal.models.teacher import Teacher, load_teacher
+from shoal.models.teacher import BUILTIN_TEACHERS, Teacher, load_teacher
 from shoal.plan.directory import read_plan_json, versions, write_document, write_plan
 from shoal.plan.document import (
     PLAN_FILE,
@@ -43,6 +45,7 @@ from shoal.plan.document import (
     TeacherInfo,
 )
 from shoal.planner.aggregation import joint_finetune, train_aggregator
+from shoal.planner.balanced import balanced_policy
 from shoal.planner.calibration import Booster
 from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
@@ -55,6 +58,8 @@ from shoal.planner.space import SearchSpace
 from shoal.utils.accel import compute_device
 from shoal.utils.fields import Fields
 from shoal.utils.io import atomic_save_safetensors
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
@@ -114,14 +119,18 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
     """The device set, one latency predictor and one runtime-call overhead per device (profiling those lacking one)."""
     from shoal.devices.spec import default_device_set, load_device_set
     from shoal.profiling.resolve import DEVICE_SET_SAMPLES, ensure_profiles, load_device_costs
+    from shoal.profiling.settings import TimingSettings
     from shoal.runtime.overhead import measure_rpc
 
     # the default set keeps the shipped digits teacher's profiles where they always were; any
     # other teacher's profiles go beside them, in a folder of their family
     family = None if teacher.is_default else teacher.config.fingerprint()
-    devices = load_device_set(request.devices) if request.devices else default_device_set(family=family)
+    teacher_bytes = spec_cost(teacher.config, SubModelSpec.full(teacher.config)).memory_bytes
+    devices = (load_device_set(request.devices) if request.devices
+               else default_device_set(family=family, teacher_bytes=teacher_bytes))
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples or DEVICE_SET_SAMPLES,
-                              progress=hooks.progress, overhead=measure_rpc)
+                              progress=hooks.progress, overhead=measure_rpc,
+                              timing=TimingSettings(budget_ms=request.profile_budget_ms))
     costs = [load_device_costs(d, teacher.config) for d in devices.devices]
     return devices, [predictor for predictor, _ in costs], [rpc for _, rpc in costs]
 
@@ -136,7 +145,14 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     model = request.model
     if model is None and request.checkpoint is None:
         model = default_teacher_for(request.data)   # a built-in task brings its shipped teacher
-    teacher = load_teacher(model, checkpoint=request.checkpoint, pretrained=request.pretrained)
+    kwargs: dict[str, Any] = {}
+    if not request.pretrained and request.checkpoint is None and model not in BUILTIN_TEACHERS:
+        classes = task_classes(request.data)   # random weights: the head fits the task
+        kwargs = {"num_classes": classes} if classes is not None else {}
+    teacher = load_teacher(model, checkpoint=request.checkpoint, pretrained=request.pretrained, model_kwargs=kwargs)
+    if teacher.random_weights:
+        log.warning("teacher %s has random weights: its accuracy and the plan's mean nothing; latency does",
+                    teacher.source)
     teacher.model.to(compute)   # data stays on the host; batches move (shoal.utils.accel)
     data = load_task_data(teacher, request.data, max_per_split=request.max_per_split)
     if devices is None or predictors is None:
@@ -154,8 +170,8 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     cal = data.train.subset(request.cal_images)
     val = data.val.subset(request.val_images)
     evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal.images, val.images,
-                          val.labels, delta=0.0, proxy=ProxySettings(kind=request.proxy), rpc_ms=rpc_ms,
-                          cal_labels=cal.labels, augment=data.augment)
+                          val.labels, delta=0.0, proxy=ProxySettings(kind=request.proxy, precision=request.precision),
+                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment)
     delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
     evaluator.delta = delta
     return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
@@ -182,7 +198,8 @@ def _importance(teacher: Teacher, data: TaskData, request: PlanRequest, out: Pat
 def search_header(problem: Problem, request: PlanRequest) -> dict[str, Any]:
     """What identifies a search (a journal made for another header is not resumed)."""
     s = request.search
-    return {"family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
+    precision = {"precision": request.precision} if request.precision != "fp32" else {}   # older journals resume
+    return {**precision, "family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
             "data": problem.data.name, "devices": problem.devices.to_dict(), "delta": problem.evaluator.delta,
             "proxy": request.proxy, "val_images": request.val_images, "strategy": s.strategy, "seed": s.seed,
             "init": s.init, "anchors": s.anchors,
@@ -204,6 +221,14 @@ def search_summary(result: SearchResult) -> SearchSummary:
         best_index=best.index, best_psi=best.psi, best_so_far=tuple(result.best_so_far()),
         psi=tuple(r.psi for r in result.records), phases=tuple(r.phase for r in result.records),
         seconds=sum(r.evaluation.seconds for r in result.records))
+
+
+def balanced_summary(evaluation: Evaluation, request: PlanRequest) -> SearchSummary:
+    """The search record of a balanced split: one evaluation, no search."""
+    psi = evaluation.psi
+    return SearchSummary(strategy="balanced", evaluations=1, init=0, iterations=0, seed=request.search.seed,
+                         acquisition="none", best_index=0, best_psi=psi, best_so_far=(psi,), psi=(psi,),
+                         phases=("balanced",), seconds=evaluation.seconds)
 
 
 def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) -> Predicted:
@@ -319,6 +344,10 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         policy.check_against(problem.teacher.config)
         hooks.phase("evaluating the given policy")
         evaluation = problem.evaluator.evaluate(policy)
+    elif request.split == "balanced":
+        hooks.phase("balanced split on the device profiles (no search)")
+        policy = balanced_policy(problem.teacher.config, problem.evaluator, problem.scores, request.deal_rule)
+        evaluation = problem.evaluator.evaluate(policy)
     else:
         hooks.phase(f"searching ({request.search.strategy}, {request.search.budget} evaluations)")
         result = search(problem, request, hooks)
@@ -327,7 +356,8 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
     predicted = write_search_outputs(problem, result, policy, evaluation, out)
     used = DeviceSet(tuple(problem.devices[n] for n in policy.devices), source=problem.devices.source)
     teacher = TeacherInfo.read(Fields({"source": problem.teacher.source,
-                                       "metrics": problem.teacher.meta.get("metrics", {})}, "teacher"))
+                                       "metrics": problem.teacher.meta.get("metrics", {}),
+                                       "random_weights": problem.teacher.random_weights}, "teacher"))
     document = PlanDocument(
         stage="searched", versions=versions(), config=problem.teacher.config, devices=used, policy=policy,
         teacher=teacher, data=problem.data.summary(),
@@ -335,7 +365,9 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
                             evaluation.latency.total_ms,
                             "given" if request.delta is not None else "1 / teacher latency on central"),
         predicted=predicted,
-        search=search_summary(result) if result is not None else SearchSummary(from_policy=str(request.from_policy)),
+        search=(search_summary(result) if result is not None
+                else balanced_summary(evaluation, request) if request.split == "balanced"
+                else SearchSummary(from_policy=str(request.from_policy))),
         importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
         resumed=request.resume)
     if request.search_only:

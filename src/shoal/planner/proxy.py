@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shoal.planner.settings import PROXY_KINDS, ProxyKind
-from shoal.utils.accel import device_of
+from shoal.utils.accel import PRECISIONS, autocast, device_of
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
@@ -49,6 +49,8 @@ class ProxySettings:
         distill_steps: Optimiser steps of the "distill" proxy per sub-model.
         distill_batch: Their batch size.
         distill_lr: Their learning rate (AdamW, constant).
+        precision: "fp32", or "bf16": the sub-models' forward (and short distillation) passes
+            under bf16 autocast; read-outs are fitted in float64/float32 either way (ADR 012).
     """
 
     kind: ProxyKind = "distill"
@@ -57,10 +59,13 @@ class ProxySettings:
     distill_steps: int = 40
     distill_batch: int = 32
     distill_lr: float = 1e-3
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from shoal.errors import ConfigError
 
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.kind not in PROXY_KINDS:
             raise ConfigError(f"proxy must be one of {', '.join(PROXY_KINDS)}, got {self.kind!r}")
         if not (self.ridge > 0 and self.l2 >= 0 and self.distill_lr > 0):
@@ -161,7 +166,7 @@ def short_distill(models: Sequence[nn.Module], images: torch.Tensor, labels: tor
         gen = torch.Generator().manual_seed(seed * 1009 + n)
         opt = torch.optim.AdamW(model.parameters(), lr=settings.distill_lr, weight_decay=0.0)
         model.train()
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(dev, settings.precision):
             for _ in range(settings.distill_steps):
                 idx = torch.randint(0, len(images), (settings.distill_batch,), generator=gen)
                 x = images[idx] if augment is None else augment(images[idx], gen)   # drawn on the host

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from shoal.models.partition import DealRule, LayerRule
 
 Strategy = Literal["bo", "random", "uniform"]
+Split = Literal["search", "balanced"]
+SPLITS: tuple[Split, ...] = ("search", "balanced")
 Acquisition = Literal["logei", "ei"]
 Surrogate = Literal["policy", "encoding"]
 Weighting = Literal["boost", "printed", "uniform"]
@@ -159,12 +161,18 @@ class PlanRequest:
         from_policy: plan.json whose policy to calibrate (skips the search).
         resume: Continue an interrupted plan in `out`.
         profile_samples: Samples per device when a device of the set still needs profiling.
+        profile_budget_ms: Their timing budget per shape (`TimingSettings.budget_ms`; None: none).
         cal_images: Training images used for importance and the proxy's read-out fits.
         val_images: Validation images the proxy scores (None: the whole split).
         max_per_split: Cap on images per split (a fixed subset; quick runs and big folders).
         device: Where the models run while planning: "cpu" or "cuda" (importance, the proxy,
             calibration, aggregator training, evaluation). Data stays on the host; each batch
             is moved to the device and results come back, so both mean the same.
+        precision: "fp32" or "bf16": the accuracy proxy's forward passes under bf16 autocast
+            (ADR 012: measured to rank policies as fp32 does; calibration stays fp32).
+        split: "search" (BO over decompositions, CoFormer) or "balanced": no search, every device
+            keeps every block and channel and a share of each block's heads and neurons in
+            proportion to its speed (`shoal.planner.balanced`): the teacher's work spread, not pruned.
     """
 
     model: str | None = None
@@ -185,12 +193,21 @@ class PlanRequest:
     from_policy: str | None = None
     resume: bool = False
     profile_samples: int | None = None
+    profile_budget_ms: float | None = None
     cal_images: int = 512
     val_images: int | None = 1000
     max_per_split: int | None = None
     device: str = "cpu"
+    split: Split = "search"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.split == "balanced" and self.from_policy:
+            raise ConfigError("--split balanced and --from-policy exclude each other")
         if self.delta is not None and not self.delta >= 0:
             raise ConfigError(f"--delta must be >= 0 (per ms), got {self.delta}")
         if self.proxy not in PROXY_KINDS:

@@ -167,15 +167,15 @@ class SearchSpace:
 
     def _reconcile(self, requests: list[_Request]) -> list[SubModelShape]:
         c = self.config
-        widths = _apportion([r.width for r in requests], c.embed_dim, minimum=self.min_width)
+        widths = apportion([r.width for r in requests], c.embed_dim, minimum=self.min_width)
         heads: list[dict[int, int]] = [{} for _ in requests]
         mlp: list[dict[int, int]] = [{} for _ in requests]
         for block in range(c.depth):
             owners = [(n, r.layers.index(block)) for n, r in enumerate(requests) if block in r.layers]
             if not owners:
                 continue
-            h_counts = _apportion([requests[n].heads[k] for n, k in owners], c.num_heads)
-            m_counts = _apportion([requests[n].mlp[k] for n, k in owners], c.mlp_hidden)
+            h_counts = apportion([requests[n].heads[k] for n, k in owners], c.num_heads)
+            m_counts = apportion([requests[n].mlp[k] for n, k in owners], c.mlp_hidden)
             for (n, _), h, m in zip(owners, h_counts, m_counts):
                 heads[n][block], mlp[n][block] = h, m
         return [SubModelShape(r.layers, widths[n], tuple(heads[n][b] for b in r.layers),
@@ -244,7 +244,7 @@ def _shape_multiplier(knots: Sequence[float], k: int, n_layers: int) -> float:
     return 0.5 + knots[i] * (1 - frac) + knots[i + 1] * frac
 
 
-def _apportion(requests: Sequence[float], cap: int, minimum: int = 0) -> list[int]:
+def apportion(requests: Sequence[float], cap: int, minimum: int = 0) -> list[int]:
     """Integers close to `requests` (scaled down to fit `cap` in total), by largest remainders."""
     total_request = sum(requests)
     scale = min(1.0, cap / total_request) if total_request > 0 else 0.0

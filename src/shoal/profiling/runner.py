@@ -65,7 +65,7 @@ def measure_shape(config: ViTConfig, shape: SubModelShape, timing: TimingSetting
     model = build_submodel(config, shape_to_spec(config, shape), device=timing.device)
     weights, activations = peak_memory_bytes(model, config.input_shape, timing.device)
     stats = measure_latency(model, config.input_shape, repeats=timing.repeats, warmup=timing.warmup,
-                            threads=timing.threads, device=timing.device)
+                            threads=timing.threads, device=timing.device, budget_ms=timing.budget_ms)
     return stats, weights, activations
 
 

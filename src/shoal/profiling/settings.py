@@ -23,12 +23,16 @@ class TimingSettings:
         warmup: Untimed calls first.
         threads: Torch intra-op threads.
         device: "cpu" or "cuda".
+        budget_ms: Wall time per shape after which warm-up and timing stop early (at least
+            one warm-up and five timed calls are made); None: no limit. For real-scale
+            teachers on slow devices, where one call takes a third of a second.
     """
 
     repeats: int = 25
     warmup: int = 5
     threads: int = 1
     device: DeviceKind = "cpu"
+    budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1)):
@@ -37,9 +41,14 @@ class TimingSettings:
                 raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.budget_ms is not None and (isinstance(self.budget_ms, bool) or not self.budget_ms > 0):
+            raise ConfigError(f"budget_ms must be a positive number of milliseconds, got {self.budget_ms!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.budget_ms is None:   # written only when set: profiles made without it read unchanged
+            del out["budget_ms"]
+        return out
 
 
 @dataclass(frozen=True)

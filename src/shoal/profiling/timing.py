@@ -98,6 +98,9 @@ def _batch_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+MIN_TIMED = 5   # timed calls a time budget never cuts below
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -106,6 +109,7 @@ def measure_latency(
     warmup: int = 5,
     threads: int = 1,
     device: str | torch.device = "cpu",
+    budget_ms: float | None = None,
 ) -> LatencyStats:
     """Time `model` on random input of `input_shape`, one call at a time.
 
@@ -116,6 +120,10 @@ def measure_latency(
         warmup: Untimed calls first (allocator, caches, lazy kernels).
         threads: Torch intra-op threads for the calls; restored afterwards.
         device: "cpu" or "cuda" (CUDA calls are synchronised around each timed call).
+        budget_ms: Wall time after which warm-up and timing stop early (None: no limit); at
+            least one warm-up and `MIN_TIMED` timed calls are always made. A real-scale sub-model
+            under a small CPU quota takes a third of a second per call: 30 calls of each of
+            hundreds of shapes would take hours.
 
     Returns:
         `LatencyStats` of the per-call wall times.
@@ -130,17 +138,23 @@ def measure_latency(
     times: list[float] = []
     try:
         with torch_threads(threads), torch.inference_mode():
-            for _ in range(warmup):
+            began = time.perf_counter_ns()
+            for i in range(warmup):
                 model(x)
+                if budget_ms is not None and (time.perf_counter_ns() - began) / 1e6 > budget_ms / 4:
+                    warmup = i + 1   # what was made (a quarter of the budget at most, past the first)
+                    break
             sync()
             gc.disable()  # no collection pauses inside the timed calls (a full collect costs ~0.1 s)
             cpu_start = time.process_time_ns()
-            for _ in range(repeats):
+            for i in range(repeats):
                 start = time.perf_counter_ns()
                 model(x)
                 sync()
                 times.append((time.perf_counter_ns() - start) / 1e6)
-            cpu_ms = (time.process_time_ns() - cpu_start) / 1e6 / repeats
+                if budget_ms is not None and i + 1 >= MIN_TIMED and (start - began) / 1e6 + times[-1] > budget_ms:
+                    break
+            cpu_ms = (time.process_time_ns() - cpu_start) / 1e6 / len(times)
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -26,6 +26,7 @@ import torch
 
 from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
 from shoal.plan.directory import load_plan
+from shoal.plan.document import RANDOM_WEIGHTS_NOTE
 from shoal.profiling.timing import LatencyStats
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.client import ShoalClient
@@ -102,6 +103,7 @@ class BenchResult(Summary):
     predicted_speedup: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     accuracy_ci95: tuple[float, float] | None = None
+    random_weights: bool = False   # the plan's teacher had random weights: its accuracy means nothing
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,10 +201,13 @@ def run_bench(
     plan = load_plan(plan_dir)
     fingerprint = plan_fingerprint(plan_dir)
     notes: list[str] = []
-    test, data_note = resolve_test_data(plan.config, plan.teacher_source, data)
+    random_weights = plan.document.random_weights
+    test, data_note = resolve_test_data(plan.config, plan.teacher_source, data, random_weights=random_weights)
     images = test.images if test is not None else torch.randn(64, *plan.config.input_shape)
     if test is None:
         notes.append(f"accuracy skipped: {data_note}")
+    if random_weights:
+        notes.append(RANDOM_WEIGHTS_NOTE)
     image_bytes = 4 * int(torch.tensor(plan.config.input_shape).prod())
     with ExitStack() as stack:
         if target is None:
@@ -236,7 +241,7 @@ def run_bench(
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
         speedup=speedup, predicted_ms=predicted.total_ms if predicted else None,
         predicted_speedup=predicted.speedup_vs_teacher_on_central if predicted else None, notes=tuple(notes),
-        accuracy_ci95=_ci95(top1, len(test) if test is not None else 0))
+        accuracy_ci95=_ci95(top1, len(test) if test is not None else 0), random_weights=random_weights)
 
 
 def _ci95(top1: float | None, n: int) -> tuple[float, float] | None:
@@ -255,7 +260,8 @@ def _teacher_row(plan: Any, data: str | None, repeats: int, emulate: bool, notes
     try:
         result = time_teacher(plan.teacher_source, plan.config.input_shape, repeats=repeats,
                               warmup=max(5, repeats // 10), threads=central.threads,
-                              limit=central if emulate else None, data=data)
+                              limit=central if emulate else None, data=data,
+                              random_classes=plan.config.num_classes if plan.document.random_weights else None)
     except ShoalError as exc:
         notes.append(f"teacher row skipped: {exc}")
         return None

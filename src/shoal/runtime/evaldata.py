@@ -18,14 +18,15 @@ from shoal.models.config import ViTConfig
 DIGITS_SHAPE = (1, 32, 32)
 
 
-def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None = None
-                      ) -> tuple[TensorDataset | None, str]:
+def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None = None, *,
+                      random_weights: bool = False) -> tuple[TensorDataset | None, str]:
     """The test split for a plan of family `config`, or None and why not.
 
     Args:
         config: The plan's teacher family.
         teacher_source: How to load the teacher (needed to preprocess a folder).
         data: None / "digits", or an ImageFolder tree (DATA/test/<class>/*.png).
+        random_weights: The teacher was created with random weights (re-created so, to read a folder).
 
     Returns:
         (dataset or None, a short description or the reason accuracy is skipped).
@@ -35,14 +36,20 @@ def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None =
     if data is None and teacher_source == FASHION_TEACHER:
         data = "fashion-mnist"
     if data is None or data == "digits":
-        if config.input_shape == DIGITS_SHAPE and config.num_classes == 10:
-            return load_digits_split("test"), "sklearn digits, test split"
+        if config.num_classes == 10 and config.in_chans in (1, 3):
+            from shoal.data.datasets import fit_input
+
+            resized = "" if config.input_shape == DIGITS_SHAPE else f" resized to {config.img_size}²"
+            return fit_input(load_digits_split("test"), config.input_shape), f"sklearn digits, test split{resized}"
         return None, (f"no test data for input {config.input_shape} with {config.num_classes} classes; "
                       "pass --data DIR (an ImageFolder tree with a test/ split)")
     from shoal.data.datasets import load_task_data
     from shoal.models import load_teacher
 
-    teacher = load_teacher(teacher_source)
+    if random_weights:   # only its preprocessing is needed, and that does not depend on the weights
+        teacher = load_teacher(teacher_source, pretrained=False, model_kwargs={"num_classes": config.num_classes})
+    else:
+        teacher = load_teacher(teacher_source)
     return load_task_data(teacher, data).test, f"{data}, test split"
 
 

@@ -27,8 +27,12 @@ from shoal.runtime.device import cpu_limit_of
 
 
 def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmup: int, threads: int,
-                 limit: DeviceSpec | None, data: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
+                 limit: DeviceSpec | None, data: str | None = None, timeout: float = 600.0,
+                 random_classes: int | None = None) -> dict[str, Any]:
     """Batch-1 latency (and test accuracy, when test data resolves) of the teacher, in a limited child process.
+
+    `random_classes`: the plan's teacher had random weights; the child creates the same
+    architecture with a head of that many classes, times it and scores nothing.
 
     Returns:
         {"latency": LatencyStats dict, "top1": float | None, "n": int, "warning": str | None}.
@@ -38,7 +42,9 @@ def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmu
     """
     command = [sys.executable, "-m", "shoal.runtime.timing", "--source", source, "--threads", str(threads),
                "--repeats", str(repeats), "--warmup", str(warmup), "--shape", ",".join(map(str, input_shape))]
-    if data:
+    if random_classes is not None:
+        command += ["--random-classes", str(random_classes)]
+    elif data:
         command += ["--data", data]
     with LimitedChild(command, cpu_limit_of(limit) if limit is not None else CpuLimit(), who="the teacher's timing",
                       strict=False, stdin=subprocess.PIPE, text=True) as child:
@@ -63,18 +69,24 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--shape", required=True)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--random-classes", type=int, default=None)
     args = parser.parse_args(argv)
     from shoal.models import DEFAULT_TEACHER, load_teacher
     from shoal.runtime.device import set_torch_threads
     from shoal.runtime.evaldata import accuracy, resolve_test_data
 
     set_torch_threads(args.threads)
-    teacher = load_teacher(None if args.source == DEFAULT_TEACHER else args.source)
+    if args.random_classes is not None:
+        teacher = load_teacher(args.source, pretrained=False, model_kwargs={"num_classes": args.random_classes})
+    else:
+        teacher = load_teacher(None if args.source == DEFAULT_TEACHER else args.source)
     shape = tuple(int(s) for s in args.shape.split(","))
     sys.stdin.readline()  # the parent applies the CPU limit, then says go
     stats = measure_latency(teacher.model, shape, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
     with torch.inference_mode():
-        test, _ = resolve_test_data(teacher.config, args.source, args.data)
+        test = None
+        if args.random_classes is None:
+            test, _ = resolve_test_data(teacher.config, args.source, args.data)
         top1 = accuracy(lambda b: teacher.model(b), test) if test is not None else None
     print(json.dumps({"latency": stats.to_dict(), "top1": top1, "n": len(test) if test is not None else 0}))
 

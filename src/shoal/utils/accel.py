@@ -33,3 +33,19 @@ def device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """Mixed precision for forward passes on `device`: bf16 autocast, or off ("fp32").
+
+    On a CPU with AMX or AVX-512 BF16 (Sapphire Rapids and later), bf16 runs a DeiT-S
+    forward about 3× faster than fp32; elsewhere it may be slower. Where it is used is
+    decided by measurement (ADR 012), never by default.
+    """
+    if precision not in PRECISIONS:
+        raise PlatformError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")
