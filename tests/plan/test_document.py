@@ -84,3 +84,25 @@ def test_a_random_weight_teacher_is_recorded_and_read_back():
     data["teacher"]["random_weights"] = True
     doc = PlanDocument.from_dict(data)
     assert doc.random_weights and doc.to_dict()["teacher"]["random_weights"] is True
+
+
+def test_the_prediction_follows_the_input_bytes_actually_sent():
+    doc = PlanDocument.from_dict(WRITTEN["calibrated"])
+    predicted = doc.predicted
+    assert predicted is not None
+    same = predicted.total_ms_for_input(doc.devices, 4096, 4096)
+    assert same == pytest.approx(predicted.total_ms)
+    fewer = predicted.total_ms_for_input(doc.devices, 4096, 1024)
+    assert fewer <= same
+    worker = next(d for d in doc.devices.devices if not d.central)
+    assert same - fewer <= (4096 - 1024) * 8 / (worker.link_mbps * 1e6) * 1e3 + 1e-9
+
+
+def test_the_input_spec_reads_back_and_refuses_a_bad_format():
+    from shoal.plan.document import InputSpec
+    from shoal.utils.fields import Fields
+
+    spec = InputSpec((0.5,), (0.25,), "jpeg", 5123)
+    assert InputSpec.read(Fields(spec.to_dict(), "input")) == spec
+    with pytest.raises(DataError, match="input.format must be one of"):
+        InputSpec.read(Fields({**spec.to_dict(), "format": "gif"}, "input"))

@@ -250,3 +250,20 @@ def test_known_latency_changes_what_bo_proposes_but_not_what_it_may_propose(prob
     assert [r.x for r in known.records[:4]] == [r.x for r in whole.records[:4]]   # same initial design
     assert [r.x for r in known.records[4:]] != [r.x for r in whole.records[4:]]
     assert known.wasted == 0 and len({r.key for r in known.records}) == 8
+
+
+def test_the_latency_model_charges_the_input_bytes_clients_send(problem):
+    """--input: a worker's t2 carries the image as sent (float32, uint8, or PNG/JPEG's mean size)."""
+    space, evaluator = problem
+    policy = space.decode([0.5] * space.dim)
+    saved = evaluator.input_bytes
+    try:
+        as_float = evaluator.latency(policy)
+        evaluator.input_bytes = saved // 4   # uint8 pixels
+        as_uint8 = evaluator.latency(policy)
+    finally:
+        evaluator.input_bytes = saved
+    slow = evaluator.devices.devices[2]
+    assert as_float.compute_ms == as_uint8.compute_ms and as_float.transfer_ms[0] == as_uint8.transfer_ms[0] == 0
+    saved_ms = as_float.transfer_ms[2] - as_uint8.transfer_ms[2]
+    assert saved_ms == pytest.approx((saved - saved // 4) * 8 / (slow.link_mbps * 1e6) * 1e3)

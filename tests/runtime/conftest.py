@@ -21,6 +21,7 @@ from tests.conftest import make_vit
 
 DEVICES = [("hub", 1.0, (0,)), ("edge-a", 0.5, (1,)), ("edge-b", 0.5, (1,))]
 WORKERS = ("edge-a", "edge-b")
+NORMALISATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))   # the plan's: compact inputs are normalised so
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +47,13 @@ def plan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plan")
     teacher = make_vit()
     checkpoint = save_teacher_checkpoint(root / "teacher.safetensors", teacher, *TINY_TIMM)
-    return write_even_plan(root / "plan", teacher, device_set(DEVICES), str(checkpoint))
+    return write_even_plan(root / "plan", teacher, device_set(DEVICES), str(checkpoint), NORMALISATION)
 
 
 @pytest.fixture(scope="session")
 def other_plan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same devices, another model (other weights): another plan fingerprint."""
+    """The same devices, another model (other weights): another plan fingerprint; no recorded
+    normalisation (a plan made before compact inputs: float32 only)."""
     return write_even_plan(tmp_path_factory.mktemp("other") / "plan", make_vit(seed=1), device_set(DEVICES), "tiny1")
 
 

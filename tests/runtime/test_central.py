@@ -152,3 +152,67 @@ def test_parse_workers():
 def test_an_empty_worker_list_is_refused_for_a_plan_with_workers(plan):
     with pytest.raises(ConfigError, match=r"missing \['edge-a', 'edge-b'\]"):
         start_central(plan, parse_workers(""))
+
+
+@pytest.mark.parametrize("fmt", ["uint8", "png", "jpeg"])
+def test_compact_inputs_are_normalised_by_every_device(plan, in_process, fmt):
+    """uint8 pixels / PNG / JPEG: the central node fans the bytes out as sent, each device applies the
+    plan's normalisation; lossless formats answer exactly as the float32 input they stand for."""
+    from shoal.data.imagecodec import normalise
+
+    cluster = in_process()
+    mean, std = plan.document.input.mean, plan.document.input.std
+    pixels = (torch.rand(2, *plan.config.input_shape) * 255).round().to(torch.uint8)
+    expected = reference_logits(plan, normalise(pixels, mean, std))
+    with ShoalClient(cluster.central.target) as client:
+        p = client.predict(pixels, top_k=1, input_format=fmt)
+        assert all(t.ok for t in p.timings)
+        if fmt == "jpeg":   # lossy: close, not equal
+            assert (p.logits - expected).abs().max() < 0.5
+        else:
+            assert torch.allclose(p.logits, expected, atol=1e-5)
+        # normalised float images are turned back into the same pixels on the client
+        again = client.predict(normalise(pixels, mean, std), top_k=1, input_format=fmt, normalisation=(mean, std))
+        assert torch.allclose(again.logits, p.logits, atol=1e-5)
+
+
+def _images(fmt: str, data: list[bytes]) -> pb.PredictRequest:
+    return pb.PredictRequest(images=pb.EncodedImages(format=fmt, images=data))
+
+
+def test_bad_compact_inputs_are_one_precise_status_and_the_server_stays_up(plan, in_process):
+    import struct
+    import zlib
+
+    from shoal.data.imagecodec import PNG_SIGNATURE, encode_image
+
+    cluster = in_process()
+    c, h, w = plan.config.input_shape
+    good = torch.randint(0, 256, (c, h, w), dtype=torch.uint8)
+    jpeg, png = encode_image(good, "jpeg"), encode_image(good, "png")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = (PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 200_000)) + chunk(b"IEND", b""))
+    bigger = encode_image(torch.zeros(c, h * 2, w * 2, dtype=torch.uint8), "png")
+    cases = [
+        (_images("jpeg", [jpeg[:len(jpeg) // 2]]), "corrupt or truncated JPEG"),
+        (_images("png", [png[:len(png) // 2]]), "corrupt or truncated PNG"),
+        (_images("png", [bomb]), "the PNG is 60000x60000; this plan takes 16x16"),
+        (_images("png", [bigger]), "the PNG is 32x32; this plan takes 16x16"),
+        (_images("jpeg", [b"\xff\xd8" + b"\0" * 100_000]), "encoded bytes exceed the limit"),
+        (_images("gif", [png]), "image format 'gif' is not one of png, jpeg"),
+        (_images("png", [jpeg]), "not a PNG"),
+        (_images("png", [png] * 65), "batch of 65 images"),
+        (pb.PredictRequest(input=pb.Tensor(data=bytes(c * h * w), dtype="uint8", shape=[1, c, h + 1, w])),
+         "bytes"),
+    ]
+    with ShoalClient(cluster.central.target, image_bytes=4 * c * h * w * 200) as client:
+        for request, message in cases:
+            with pytest.raises(RemoteError) as excinfo:
+                client.call(request)
+            assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT, message
+            assert message in excinfo.value.details
+        assert client.predict(good, input_format="png").logits.shape == (1, 5)   # still serving

@@ -135,6 +135,13 @@ def test_cli_serve_local_then_bench_then_sigterm_leaves_no_process(plan_dir):
         assert result["overhead_ms"] >= 0 and result["overhead_ratio"] >= 1.0
         assert result["teacher"]["latency"]["n"] > 0 and result["speedup"] > 0
         assert result["accuracy"] is None and any("accuracy skipped" in n for n in result["notes"])
+        assert result["input_format"] == "float32" and result["input_bytes"] == 4 * 3 * 16 * 16
+        png = subprocess.run([*shoal, "bench", "--plan", str(plan_dir), "--target", target, "--requests", "10",
+                              "--warmup", "1", "--no-teacher", "--input", "png", "--json"],
+                             capture_output=True, text=True, env=env, timeout=180)
+        assert png.returncode == 0, png.stderr
+        compact = json.loads(png.stdout)
+        assert compact["input_format"] == "png" and 0 < compact["input_bytes"] and compact["errors"] == {}
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
         assert not any(_alive(pid) for pid in children)

@@ -70,3 +70,34 @@ def test_check_images():
 def test_message_limit_fits_the_largest_batch_with_margin():
     limit = image_message_bytes((3, 16, 16), max_batch=4)
     assert limit > 4 * 3 * 16 * 16 * 4 + 1024
+
+
+def test_compact_input_needs_the_plans_normalisation_and_one_kind_of_payload():
+    from shoal.runtime.codec import decode_input
+
+    shape, norm = (3, 8, 8), ((0.5,), (0.25,))
+    pixels = torch.full((1, *shape), 255, dtype=torch.uint8)
+    msg = encode(pixels)
+    with pytest.raises(CodecError, match="records no input normalisation"):
+        decode_input(msg, pb.EncodedImages(), shape, 4, None)
+    x = decode_input(msg, pb.EncodedImages(), shape, 4, norm)
+    assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, 2.0))   # (1 - 0.5) / 0.25
+    with pytest.raises(CodecError, match="either a tensor or encoded images"):
+        decode_input(msg, pb.EncodedImages(format="png", images=[b"x"]), shape, 4, norm)
+    floats = encode(torch.randn(2, *shape))
+    assert decode_input(floats, pb.EncodedImages(), shape, 4, None).shape == (2, *shape)   # float32 needs none
+    with pytest.raises(CodecError, match="dtype 'int64' is not accepted"):
+        decode_input(encode(torch.zeros(1, *shape, dtype=torch.int64)), pb.EncodedImages(), shape, 4, norm)
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_no_byte_string_crashes_the_image_header_parsers(data):
+    from shoal.data.imagecodec import ImageCodecError, header_size
+
+    for fmt in ("png", "jpeg"):
+        try:
+            h, w = header_size(data, fmt)
+        except ImageCodecError:
+            continue
+        assert h >= 0 and w >= 0

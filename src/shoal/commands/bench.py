@@ -27,13 +27,20 @@ def main(
                                           help="also time the teacher alone on the central device's share")] = True,
     emulate: Annotated[bool, typer.Option("--emulate/--no-emulate",
                                           help="run devices (and the teacher) under their CPU limits")] = True,
+    input_format: Annotated[str, typer.Option(
+        "--input", help="what the requests carry: float32 | raw (uint8 pixels) | png | jpeg; every device "
+                        "normalises compact inputs itself")] = "float32",
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Latency (median, p95), throughput and accuracy through the runtime; the teacher alone beside it."""
+    from shoal.errors import ConfigError
     from shoal.runtime.bench import run_bench
 
+    formats = {"float32": "float32", "raw": "uint8", "uint8": "uint8", "png": "png", "jpeg": "jpeg"}
+    if input_format not in formats:
+        raise ConfigError(f"--input must be float32, raw, png or jpeg, got {input_format!r}")
     result = run_bench(plan, target=target, requests=requests, concurrency=concurrency, warmup=warmup, data=data,
-                       teacher=teacher, emulate=emulate)
+                       teacher=teacher, emulate=emulate, input_format=formats[input_format])
     if as_json:
         print_json(result.to_dict())
         return
@@ -50,7 +57,8 @@ def _top1(top1: float | None, ci95: tuple[float, float] | None, n: int) -> str:
 
 def print_tables(r: BenchResult) -> None:
     """The comparison, the per-device breakdown and the notes, on the console."""
-    cmp = Table(title=f"shoal vs teacher ({r.requests} requests, concurrency {r.concurrency}, plan {r.fingerprint})")
+    cmp = Table(title=f"shoal vs teacher ({r.requests} requests, concurrency {r.concurrency}, plan {r.fingerprint}; "
+                      f"input {r.input_format}, {r.input_bytes / 1024:.1f} KiB per image)")
     for column in ("", "median ms", "p95 ms", "throughput /s", "top-1"):
         cmp.add_column(column, justify="right")
     acc = _top1(r.accuracy, r.accuracy_ci95, r.accuracy_n) + (" (random weights)" if r.random_weights else "")

@@ -149,6 +149,9 @@ def plan(
     device: Annotated[str, typer.Option(
         help="where the models run while planning: cpu | cuda (importance, proxy, calibration, evaluation)")
                       ] = _REQUEST.device,
+    input_format: Annotated[str, typer.Option(
+        "--input", help="what clients will send: float32 | uint8 | png | jpeg (the latency model charges its bytes)")
+                            ] = _REQUEST.input_format,
     precision: Annotated[str, typer.Option(
         help="fp32 | bf16: the search's accuracy proxy under bf16 autocast (about 3x faster on CPUs with AMX)")
                          ] = _REQUEST.precision,
@@ -175,7 +178,7 @@ def plan(
         profile_budget_ms=profile_budget_ms,
         allow_leave_out=not use_all_devices, importance=importance,  # type: ignore[arg-type]
         max_per_split=max_per_split, cal_images=cal_images, val_images=val_images, device=device,
-        split=split, precision=precision)  # type: ignore[arg-type]
+        split=split, precision=precision, input_format=input_format)  # type: ignore[arg-type]
     with LiveSearch(request.search.budget if not from_policy and split == "search" else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))
@@ -230,6 +233,10 @@ def show_document(doc: PlanDocument, where: Path) -> None:
         for name in predicted.left_out:
             table.add_row(name, "[dim]left out: its compute does not pay for its call[/]", "", "", "", "", "", "")
     console.print(table)
+    if doc.input is not None:
+        console.print(f"input: T charges {doc.input.format} ({doc.input.bytes / 1024:.1f} KiB per image to each "
+                      f"worker); devices normalise uint8/PNG/JPEG with mean {list(doc.input.mean)}, "
+                      f"std {list(doc.input.std)}", highlight=False)
     accuracy = doc.accuracy
     if accuracy is not None:
         title = f"top-1 on the test split (n={accuracy.n})"

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shoal.data import fashion_mnist
+from shoal.data import digits, fashion_mnist
 from shoal.data.digits import TensorDataset, augment, load_digits_split
 from shoal.errors import DataError
 from shoal.models.teacher import DEFAULT_TEACHER, FASHION_TEACHER, Teacher
@@ -106,6 +106,8 @@ class TaskData:
         val: Validation data (the search's accuracy proxy, checkpoint selection).
         test: Held-out data (reported accuracy only).
         augment: Train-time augmentation of a (B, C, H, W) batch, or None.
+        mean, std: The normalisation the images were given (per channel, or one for all):
+            pixels x in [0, 1] became (x - mean) / std. Devices given compact inputs apply it.
     """
 
     name: str
@@ -113,6 +115,8 @@ class TaskData:
     val: TensorDataset
     test: TensorDataset
     augment: Augment | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
     def summary(self) -> DataSummary:
         return DataSummary(self.name, len(self.train), len(self.val), len(self.test), len(self.train.classes))
@@ -137,7 +141,7 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
         _check_classes("the built-in digits data", teacher, "pass --data DIR")
         train, val, test = (fit_input(load_digits_split(s).subset(max_per_split), shape)
                             for s in ("train", "val", "test"))
-        return TaskData("sklearn-digits", train, val, test, augment=augment)
+        return TaskData("sklearn-digits", train, val, test, augment=augment, mean=(digits.MEAN,), std=(digits.STD,))
     idx_folder = Path(data).is_dir() and not (Path(data) / "train").is_dir() and fashion_mnist.available(data)
     if str(data) == fashion_mnist.NAME or idx_folder:
         path = None if str(data) == fashion_mnist.NAME else data
@@ -146,7 +150,8 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
                             for s in ("train", "val", "test"))
         native = shape == (1, fashion_mnist.IMG_SIZE, fashion_mnist.IMG_SIZE)
         chosen = fashion_mnist.augment if native else _flip_augment   # its crop is 28x28-specific
-        return TaskData(fashion_mnist.NAME, train, val, test, augment=chosen)
+        return TaskData(fashion_mnist.NAME, train, val, test, augment=chosen, mean=(fashion_mnist.MEAN,),
+                        std=(fashion_mnist.STD,))
     return _image_folder(teacher, Path(data), max_per_split)
 
 
@@ -176,7 +181,10 @@ def _image_folder(teacher: Teacher, root: Path, max_per_split: int | None) -> Ta
             raise DataError(f"{found['val']} has too few images to also serve as a test split; add {root}/test")
         val, test = (TensorDataset(val.images[idx], val.labels[idx], val.classes)
                      for idx in (order[:half], order[half:]))
-    return TaskData(str(root), train, val, test, augment=_flip_augment)
+    c = teacher.config.in_chans
+    mean = tuple(float(v) for v in teacher.data_config.get("mean", (0.0,) * c))[:c]
+    std = tuple(float(v) for v in teacher.data_config.get("std", (1.0,) * c))[:c]
+    return TaskData(str(root), train, val, test, augment=_flip_augment, mean=mean, std=std)
 
 
 def _read_split(teacher: Teacher, folder: Path, limit: int | None,

@@ -26,6 +26,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}   # colour type -> channels once 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...); not DHT (C4), JPG (C8), DAC (CC)
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}   # markers without a length field (TEM, RSTn)
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 
 
 class ImageCodecError(DataError):
@@ -89,7 +90,10 @@ def decode_image(data: bytes, fmt: str, shape: Sequence[int]) -> torch.Tensor:
     Raises:
         ImageCodecError: too many bytes, another size than `shape`, corrupt or truncated data.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    import io
+
+    import numpy as np
+    from PIL import Image
 
     c, h, w = shape
     if not data:
@@ -101,42 +105,62 @@ def decode_image(data: bytes, fmt: str, shape: Sequence[int]) -> torch.Tensor:
     if declared != (h, w):
         raise ImageCodecError(f"the {fmt.upper()} is {declared[0]}x{declared[1]}; this plan takes {h}x{w} images "
                               "(resize on the client)")
-    mode = ImageReadMode.GRAY if c == 1 else ImageReadMode.RGB
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        image = decode_png(buffer, mode=mode) if fmt == "png" else decode_jpeg(buffer, mode=mode)
-    except RuntimeError as exc:
-        # torchvision's message is "function, source path:line, reason": keep the reason
-        reason = str(exc).splitlines()[0].split(", ")[-1][:160] if str(exc) else type(exc).__name__
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as image:
+            if image.size != (w, h):   # Pillow's own reading of the header must agree with ours
+                raise ImageCodecError(f"the {fmt.upper()} header is inconsistent ({image.size[1]}x{image.size[0]})")
+            pixels = np.asarray(image.convert("L" if c == 1 else "RGB"))   # decodes; truncation raises here
+    except ImageCodecError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ImageCodecError(f"corrupt or truncated {fmt.upper()}: {reason}") from None
-    if tuple(image.shape) != (c, h, w) or image.dtype != torch.uint8:
-        raise ImageCodecError(f"the {fmt.upper()} decoded to {tuple(image.shape)} {image.dtype}, "
-                              f"expected ({c}, {h}, {w}) uint8")
-    return image
+    out = torch.from_numpy(pixels.copy())
+    return (out.unsqueeze(0) if c == 1 else out.permute(2, 0, 1)).contiguous()
 
 
 def encode_image(image: torch.Tensor, fmt: str, quality: int = 90) -> bytes:
     """A (C, H, W) uint8 image as PNG or JPEG bytes (what a client would send)."""
-    from torchvision.io import encode_jpeg, encode_png
+    import io
 
-    if fmt == "png":
-        return bytes(encode_png(image.contiguous()).numpy().tobytes())
-    if fmt == "jpeg":
-        return bytes(encode_jpeg(image.contiguous(), quality=quality).numpy().tobytes())
-    raise ImageCodecError(f"unknown image format {fmt!r}; use one of {', '.join(FORMATS)}")
+    from PIL import Image
+
+    if fmt not in FORMATS:
+        raise ImageCodecError(f"unknown image format {fmt!r}; use one of {', '.join(FORMATS)}")
+    array = image.permute(1, 2, 0).contiguous().numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    out = io.BytesIO()
+    picture.save(out, format=_PIL_FORMATS[fmt], **({"quality": quality} if fmt == "jpeg" else {}))
+    return out.getvalue()
+
+
+def _per_channel(values: Sequence[float], c: int) -> torch.Tensor:
+    """(1, C, 1, 1) of one value per channel, or of one value for all."""
+    if len(values) not in (1, c):
+        raise ImageCodecError(f"a normalisation of {len(values)} values cannot apply to {c} channels")
+    return torch.tensor(list(values) * (c if len(values) == 1 else 1), dtype=torch.float32).view(1, c, 1, 1)
 
 
 def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(B, C, H, W) uint8 -> the teacher's float32 input: x / 255, then (x - mean) / std per channel."""
     c = images.shape[1]
-    m = torch.tensor(list(mean) * (c if len(mean) == 1 else 1), dtype=torch.float32).view(1, c, 1, 1)
-    s = torch.tensor(list(std) * (c if len(std) == 1 else 1), dtype=torch.float32).view(1, c, 1, 1)
-    return (images.float().div_(255.0) - m) / s
+    return (images.float().div_(255.0) - _per_channel(mean, c)) / _per_channel(std, c)
 
 
 def to_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """The inverse of `normalise`, rounded and clamped: the pixels a user's camera would have given."""
     c = images.shape[1]
-    m = torch.tensor(list(mean) * (c if len(mean) == 1 else 1), dtype=torch.float32).view(1, c, 1, 1)
-    s = torch.tensor(list(std) * (c if len(std) == 1 else 1), dtype=torch.float32).view(1, c, 1, 1)
-    return ((images * s + m) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return ((images * _per_channel(std, c) + _per_channel(mean, c)) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def mean_encoded_bytes(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], fmt: str,
+                       limit: int = 64) -> int:
+    """Bytes of one image as a client would send it: "float32", "uint8", or the mean PNG/JPEG size
+    of up to `limit` of the normalised (N, C, H, W) `images` (what the latency model charges)."""
+    per_image = int(images[0].numel())
+    if fmt == "float32":
+        return 4 * per_image
+    if fmt == "uint8":
+        return per_image
+    pixels = to_uint8(images[:limit], mean, std)
+    return round(sum(len(encode_image(p, fmt)) for p in pixels) / len(pixels))

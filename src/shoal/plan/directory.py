@@ -30,7 +30,7 @@ from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel
-from shoal.plan.document import PLAN_FILE, AggregatorInfo, PlanDocument, TeacherInfo, Versions
+from shoal.plan.document import PLAN_FILE, AggregatorInfo, InputSpec, PlanDocument, TeacherInfo, Versions
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 
 
@@ -193,7 +193,7 @@ def check_plan(root: str | Path, doc: PlanDocument, *, files: bool = True) -> No
 
 def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config: ViTConfig, policy: Policy,
                             devices: DeviceSet, teacher_source: str = "?", decomposition: str | None = None,
-                            ) -> PlanDocument:
+                            input_spec: InputSpec | None = None) -> PlanDocument:
     """A plan straight from decomposition: sliced sub-models, scatter-initialised aggregator.
 
     Useful to deploy a policy before calibration (and as the "decompose only" row of the
@@ -205,5 +205,5 @@ def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config
         num_prefix_tokens=config.num_prefix_tokens)
     document = PlanDocument(stage="decomposed", versions=versions(), config=config, devices=devices, policy=policy,
                             aggregator=AggregatorInfo(tuple(aggregator.widths), aggregator.fuse.out_features),
-                            teacher=TeacherInfo(teacher_source), decomposition=decomposition)
+                            teacher=TeacherInfo(teacher_source), decomposition=decomposition, input=input_spec)
     return write_plan(root, document, submodels, aggregator)

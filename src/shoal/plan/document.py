@@ -215,6 +215,41 @@ class PlanAccuracy:
         return out
 
 
+INPUT_FORMATS = ("float32", "uint8", "png", "jpeg")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a client sends a plan, and how every device turns pixels into the teacher's input.
+
+    Attributes:
+        mean, std: The normalisation of the plan's data, per channel (or one for all):
+            a device given uint8 pixels or PNG/JPEG bytes computes (x / 255 - mean) / std.
+        format: The input format the plan's latency was predicted for (`INPUT_FORMATS`).
+        bytes: Bytes of one image in that format (PNG/JPEG: the mean over the validation images).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    format: str = "float32"
+    bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in INPUT_FORMATS:
+            raise ConfigError(f"input format must be one of {', '.join(INPUT_FORMATS)}, got {self.format!r}")
+        if not self.mean or len(self.mean) != len(self.std) or any(not s > 0 for s in self.std):
+            raise ConfigError(f"input normalisation needs one positive std per mean, got {self.mean}, {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "format": self.format, "bytes": self.bytes}
+
+    @classmethod
+    def read(cls, f: Fields) -> InputSpec:
+        out = cls(f.floats("mean"), f.floats("std"), f.choice("format", INPUT_FORMATS), f.integer("bytes"))
+        f.done()
+        return out
+
+
 RANDOM_WEIGHTS_NOTE = ("the teacher has random weights: every accuracy of this plan means nothing "
                        "(latency and speed-up do)")
 
@@ -325,6 +360,16 @@ class Predicted:
                 "speedup_vs_teacher_on_central": self.speedup_vs_teacher_on_central,
                 "slowest_device_ratio": self.slowest_device_ratio.to_dict()}
 
+    def total_ms_for_input(self, devices: DeviceSet, planned_bytes: int, sent_bytes: float) -> float:
+        """T when each worker is sent `sent_bytes` per image instead of the `planned_bytes` it
+        was predicted for (what `shoal bench --input` sends): only the input's share of t2 changes."""
+        ends = []
+        for name, d in self.devices.items():
+            device = devices[name]
+            extra = device.transfer_ms(round(sent_bytes)) - device.transfer_ms(planned_bytes)
+            ends.append(d.compute_ms + d.transfer_ms + extra)
+        return max(ends) + self.aggregate_ms + self.request_ms
+
     @classmethod
     def read(cls, f: Fields) -> Predicted:
         out = cls(f.number("total_ms"), f.number("aggregate_ms"), f.number("request_ms", 0.0), f.text("straggler"),
@@ -434,6 +479,8 @@ class PlanDocument:
         decomposition: How a decomposed plan was made without a search ("even"), else None.
         importance, layer_rule, deal_rule: The decomposition rules of the search.
         resumed: The search resumed a journal.
+        input: What clients send and the normalisation every device applies (None: a plan made
+            before compact inputs; it takes float32 only).
         files: sha256 of every other file of the directory.
     """
 
@@ -456,6 +503,7 @@ class PlanDocument:
     accuracy: PlanAccuracy | None = None
     phases: tuple[PhaseTime, ...] = ()
     resumed: bool | None = None
+    input: InputSpec | None = None
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -491,7 +539,8 @@ class PlanDocument:
             "predicted": self.predicted, "search": self.search, "importance": self.importance,
             "layer_rule": self.layer_rule, "deal_rule": self.deal_rule, "decomposition": self.decomposition,
             "calibration": self.calibration, "accuracy": self.accuracy,
-            "phases": [p.to_dict() for p in self.phases] if self.phases else None, "resumed": self.resumed}
+            "phases": [p.to_dict() for p in self.phases] if self.phases else None, "resumed": self.resumed,
+            "input": self.input}
         for key, value in optional.items():
             if value is not None:
                 out[key] = value.to_dict() if hasattr(value, "to_dict") else value
@@ -535,7 +584,8 @@ class PlanDocument:
                 calibration=f.record("calibration", CalibrationSummary.read, None),
                 accuracy=f.record("accuracy", PlanAccuracy.read, None),
                 phases=tuple(PhaseTime.read(Fields(p, f"{where}.phases[{i}]")) for i, p in enumerate(phases)),
-                resumed=f.flag("resumed", None), files=f.str_map("files", {}))
+                resumed=f.flag("resumed", None), input=f.record("input", InputSpec.read, None),
+                files=f.str_map("files", {}))
         except ConfigError as exc:
             raise DataError(f"{where}: {exc}") from None
         f.done()

@@ -98,13 +98,16 @@ class Evaluator:
         cal_labels: (M,) labels of the calibration images (the "distill" proxy's loss; without
             them the teacher's decisions stand in).
         augment: Train-time augmentation for the "distill" proxy.
+        input_bytes: Bytes of one image as clients send it (None: float32), charged on every
+            worker's link (`shoal.data.imagecodec.mean_encoded_bytes`).
     """
 
     def __init__(self, teacher: torch.nn.Module, config: ViTConfig, devices: DeviceSet,
                  predictors: Sequence[LatencyPredictor], cal_images: torch.Tensor, val_images: torch.Tensor,
                  val_labels: torch.Tensor, delta: float, proxy: ProxySettings | ProxyKind = "distill",
                  batch_size: int = 256, rpc_ms: Sequence[float | None] | None = None,
-                 cal_labels: torch.Tensor | None = None, augment: Augment | None = None) -> None:
+                 cal_labels: torch.Tensor | None = None, augment: Augment | None = None,
+                 input_bytes: int | None = None) -> None:
         if len(predictors) != len(devices):
             raise ConfigError(f"{len(devices)} devices but {len(predictors)} predictors")
         self.teacher, self.config, self.devices = teacher, config, devices
@@ -113,6 +116,7 @@ class Evaluator:
         self.delta, self.batch_size = float(delta), batch_size
         self.settings = proxy if isinstance(proxy, ProxySettings) else ProxySettings(kind=proxy)
         self.augment = augment
+        self.input_bytes = input_bytes if input_bytes is not None else BYTES_PER_VALUE * math.prod(config.input_shape)
         self.rpc_ms = [float(r or 0.0) for r in (rpc_ms or [None] * len(devices))]
         self.cal_targets = batched(teacher, cal_images, batch_size)      # (M, classes) teacher logits
         self.teacher_val_logits = batched(teacher, val_images, batch_size)
@@ -156,7 +160,7 @@ class Evaluator:
             raise ConfigError(f"each policy needs one entry per device ({len(self.devices)})")
         predicted = [iter(predictor.predict_ms([s for p in policies if (s := p[i]) is not None]))
                      for i, predictor in enumerate(self.predictors)]
-        input_bytes = BYTES_PER_VALUE * math.prod(self.config.input_shape)
+        input_bytes = self.input_bytes
         out = []
         for p in policies:
             compute, transfer, d_agg = [], [], 0

@@ -19,6 +19,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.datasets import TaskData, default_teacher_for, load_task_data, task_classes
+from shoal.data.imagecodec import mean_encoded_bytes
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError, DataError
 from shoal.models.accounting import spec_cost
@@ -35,6 +36,7 @@ from shoal.plan.document import (
     CalibrationSummary,
     DeviceCalibration,
     DevicePrediction,
+    InputSpec,
     Objective,
     PhaseTime,
     PlanAccuracy,
@@ -169,9 +171,10 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     space.check_feasible()
     cal = data.train.subset(request.cal_images)
     val = data.val.subset(request.val_images)
+    input_bytes = mean_encoded_bytes(val.images, data.mean, data.std, request.input_format)
     evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal.images, val.images,
                           val.labels, delta=0.0, proxy=ProxySettings(kind=request.proxy, precision=request.precision),
-                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment)
+                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment, input_bytes=input_bytes)
     delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
     evaluator.delta = delta
     return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
@@ -369,7 +372,8 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
                 else balanced_summary(evaluation, request) if request.split == "balanced"
                 else SearchSummary(from_policy=str(request.from_policy))),
         importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
-        resumed=request.resume)
+        resumed=request.resume,
+        input=InputSpec(problem.data.mean, problem.data.std, request.input_format, problem.evaluator.input_bytes))
     if request.search_only:
         document = replace(document, phases=clock.finish())
         write_document(out, document)

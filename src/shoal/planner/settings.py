@@ -168,6 +168,8 @@ class PlanRequest:
         device: Where the models run while planning: "cpu" or "cuda" (importance, the proxy,
             calibration, aggregator training, evaluation). Data stays on the host; each batch
             is moved to the device and results come back, so both mean the same.
+        input_format: What clients will send: "float32", "uint8" pixels, "png" or "jpeg"; the
+            latency model charges its bytes (PNG/JPEG: the mean size of validation images).
         precision: "fp32" or "bf16": the accuracy proxy's forward passes under bf16 autocast
             (ADR 012: measured to rank policies as fp32 does; calibration stays fp32).
         split: "search" (BO over decompositions, CoFormer) or "balanced": no search, every device
@@ -200,8 +202,11 @@ class PlanRequest:
     device: str = "cpu"
     split: Split = "search"
     precision: str = "fp32"
+    input_format: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.input_format not in ("float32", "uint8", "png", "jpeg"):
+            raise ConfigError(f"--input must be float32, uint8, png or jpeg, got {self.input_format!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if self.split not in SPLITS:

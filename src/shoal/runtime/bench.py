@@ -31,7 +31,7 @@ from shoal.profiling.timing import LatencyStats
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
-from shoal.runtime.codec import encode
+from shoal.runtime.codec import encode_input
 from shoal.runtime.device import plan_fingerprint
 from shoal.runtime.evaldata import accuracy, resolve_test_data
 from shoal.runtime.status import RemoteError
@@ -104,19 +104,27 @@ class BenchResult(Summary):
     notes: tuple[str, ...] = field(default_factory=tuple)
     accuracy_ci95: tuple[float, float] | None = None
     random_weights: bool = False   # the plan's teacher had random weights: its accuracy means nothing
+    input_format: str = "float32"  # what the requests carried
+    input_bytes: float = 0.0       # image bytes per request (mean), sent to every worker again
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def prepare_requests(images: torch.Tensor, top_k: int = 1) -> list[pb.PredictRequest]:
-    """One encoded batch-1 request per image (encoded once, sent many times)."""
+def prepare_requests(images: torch.Tensor, top_k: int = 1, input_format: str = "float32",
+                     normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> list[pb.PredictRequest]:
+    """One encoded batch-1 request per image, as `input_format` (encoded once, sent many times)."""
     out = []
     for i in range(images.shape[0]):
         request = pb.PredictRequest(top_k=top_k)
-        encode(images[i:i + 1].contiguous(), request.input)
+        encode_input(images[i:i + 1].contiguous(), input_format, request, normalisation)
         out.append(request)
     return out
+
+
+def payload_bytes(request: pb.PredictRequest) -> int:
+    """The image bytes a request carries (what every worker is sent again)."""
+    return len(request.input.data) + sum(len(b) for b in request.images.images)
 
 
 def run_load(client: ShoalClient, requests: Sequence[pb.PredictRequest], total: int, concurrency: int
@@ -189,6 +197,7 @@ def run_bench(
     teacher: bool = True,
     teacher_repeats: int = 100,
     emulate: bool = True,
+    input_format: str = "float32",
 ) -> BenchResult:
     """Benchmark a plan through the runtime and the teacher alone, side by side (see module docstring).
 
@@ -208,6 +217,11 @@ def run_bench(
         notes.append(f"accuracy skipped: {data_note}")
     if random_weights:
         notes.append(RANDOM_WEIGHTS_NOTE)
+    spec = plan.document.input
+    normalisation = (spec.mean, spec.std) if spec is not None else None
+    if input_format != "float32" and normalisation is None:
+        raise ConfigError(f"--input {input_format}: plan {plan_dir} records no input normalisation (made before "
+                          "compact inputs); plan it again, or send float32")
     image_bytes = 4 * int(torch.tensor(plan.config.input_shape).prod())
     with ExitStack() as stack:
         if target is None:
@@ -219,7 +233,8 @@ def run_bench(
         served = client.info().plan_fingerprint
         if served != fingerprint:
             raise ConfigError(f"{target} serves plan {served}, but --plan {plan_dir} is plan {fingerprint}")
-        prepared = prepare_requests(images[:max(1, min(len(images), requests))])
+        prepared = prepare_requests(images[:max(1, min(len(images), requests))], 1, input_format, normalisation)
+        sent_bytes = sum(payload_bytes(r) for r in prepared) / len(prepared)
         logger.info(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
         run_load(client, prepared, warmup, concurrency)
         results, wall = run_load(client, prepared, requests, concurrency)
@@ -227,9 +242,10 @@ def run_bench(
         top1 = None
         if test is not None:
             # batches the plan answers well within any fan-out deadline (~0.5 s by its prediction)
-            predicted_ms = plan.document.predicted.total_ms if plan.document.predicted else 10.0
-            batch = max(1, min(32, int(500.0 / max(predicted_ms, 1e-3))))
-            top1 = accuracy(lambda b: client.predict(b, top_k=1).labels, test, batch=batch)
+            per_call = plan.document.predicted.total_ms if plan.document.predicted else 10.0
+            batch = max(1, min(32, int(500.0 / max(per_call, 1e-3))))
+            top1 = accuracy(lambda b: client.predict(b, top_k=1, input_format=input_format,
+                                                     normalisation=normalisation).labels, test, batch=batch)
     teacher_result = None
     if teacher:
         teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes)
@@ -237,13 +253,19 @@ def run_bench(
     if teacher_result is not None:
         speedup = teacher_result["latency"]["median_ms"] / summary.latency.median_ms
     predicted = plan.document.predicted
+    predicted_ms: float | None = None
+    if predicted is not None:   # T for the bytes this run sent, not the format the plan assumed
+        planned = spec.bytes if spec is not None and spec.bytes else image_bytes
+        predicted_ms = predicted.total_ms_for_input(plan.devices, planned, sent_bytes)
     return BenchResult(
         plan=str(plan_dir), fingerprint=fingerprint, target=target, requests=requests, concurrency=concurrency,
         **vars(summary), throughput_rps=len(results) / wall,
         overhead_ratio=summary.latency.median_ms / summary.critical_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
-        speedup=speedup, predicted_ms=predicted.total_ms if predicted else None,
-        predicted_speedup=predicted.speedup_vs_teacher_on_central if predicted else None, notes=tuple(notes),
+        speedup=speedup, predicted_ms=predicted_ms,
+        predicted_speedup=(predicted.teacher_ms[plan.devices.central.name] / predicted_ms
+                           if predicted is not None and predicted_ms else None), notes=tuple(notes),
+        input_format=input_format, input_bytes=sent_bytes,
         accuracy_ci95=_ci95(top1, len(test) if test is not None else 0), random_weights=random_weights)
 
 

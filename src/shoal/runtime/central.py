@@ -75,7 +75,7 @@ class CentralServicer(pb_grpc.CentralServicer):
         t_start = time.perf_counter()
         if not self.ready:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the central node is starting; retry when it reports SERVING")
-        x = self.identity.decode_images(request.input, context)
+        x = self.identity.decode_images(request, context)
         budget = self.deadline_s
         remaining = context.time_remaining()
         if remaining is not None:
@@ -84,7 +84,7 @@ class CentralServicer(pb_grpc.CentralServicer):
         request_id = request.request_id or next(self._ids)
 
         done: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
-        calls = [link.start(i, request_id, request.input, self.identity.plan_fingerprint, deadline, done)
+        calls = [link.start(i, request_id, request, self.identity.plan_fingerprint, deadline, done)
                  for i, link in enumerate(self.links)]
         local = self.runner(x)  # the central device computes while the workers do
         features: list[torch.Tensor | None] = [local.features] + [None] * len(calls)

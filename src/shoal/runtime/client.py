@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -10,7 +11,7 @@ import torch
 from shoal.errors import ConfigError
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
-from shoal.runtime.codec import decode, encode
+from shoal.runtime.codec import decode, encode_input
 from shoal.runtime.device import DEFAULT_MAX_BATCH
 from shoal.runtime.status import channel_options, error_from_rpc
 
@@ -109,15 +110,25 @@ class ShoalClient:
         self._stub = pb_grpc.CentralStub(self._channel)
 
     def predict(self, images: torch.Tensor, *, top_k: int = 5, request_id: int = 0,
-                timeout_s: float | None = None) -> Prediction:
+                timeout_s: float | None = None, input_format: str = "float32",
+                normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> Prediction:
         """Classify `images` (B, C, H, W) or one image (C, H, W).
+
+        Args:
+            images: Normalised float images, or uint8 pixels (then sent as "uint8" unless
+                `input_format` says "png" or "jpeg").
+            input_format: "float32", "uint8", "png" or "jpeg": what travels (compact formats
+                are normalised by every device; float images are turned back into pixels with
+                `normalisation`, the plan's (mean, std)).
 
         Raises:
             RemoteError: the central node refused or failed the call (status code and device named).
         """
         x = images.unsqueeze(0) if images.dim() == 3 else images
         request = pb.PredictRequest(top_k=top_k, request_id=request_id)
-        encode(x.float() if x.dtype != torch.float32 else x, request.input)
+        if x.dtype == torch.uint8 and input_format == "float32":
+            input_format = "uint8"
+        encode_input(x, input_format, request, normalisation)
         return Prediction.from_reply(self.call(request, timeout_s))
 
     def call(self, request: pb.PredictRequest, timeout_s: float | None = None) -> pb.PredictReply:

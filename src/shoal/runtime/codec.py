@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Sequence
 
 import torch
 
+from shoal.data.imagecodec import FORMATS, ImageCodecError, decode_image, encode_image, normalise
 from shoal.errors import DataError
 from shoal.runtime import shoal_pb2 as pb
 
@@ -126,7 +128,7 @@ def check_images(x: torch.Tensor, input_shape: tuple[int, ...], max_batch: int, 
                          f"got {list(x.shape)}")
     if not 1 <= x.shape[0] <= max_batch:
         raise CodecError(f"{what}: batch of {x.shape[0]} images; this server accepts 1 to {max_batch}")
-    if not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise CodecError(f"{what}: contains NaN or infinite values")
 
 
@@ -137,3 +139,65 @@ def image_message_bytes(input_shape: tuple[int, ...], max_batch: int, margin: in
     precise INVALID_ARGUMENT; only far larger messages are cut by gRPC (RESOURCE_EXHAUSTED).
     """
     return 2 * max_batch * math.prod(input_shape) * 4 + margin
+
+
+def decode_input(tensor: pb.Tensor, images: pb.EncodedImages, input_shape: tuple[int, int, int], max_batch: int,
+                 normalisation: tuple[Sequence[float], Sequence[float]] | None, what: str = "input") -> torch.Tensor:
+    """The (B, C, H, W) float32 batch of a request: float32 as sent, or uint8 pixels / PNG / JPEG
+    bytes normalised with the plan's (mean, std). Everything is checked before it is decoded.
+
+    Raises:
+        CodecError: malformed, refused or oversized input, or compact input for a plan that
+            records no normalisation.
+    """
+    if len(images.images):
+        if tensor.data or tensor.shape:
+            raise CodecError(f"{what}: send either a tensor or encoded images, not both")
+        if images.format not in FORMATS:
+            raise CodecError(f"{what}: image format {images.format!r} is not one of {', '.join(FORMATS)}")
+        if not 1 <= len(images.images) <= max_batch:
+            raise CodecError(f"{what}: batch of {len(images.images)} images; this server accepts 1 to {max_batch}")
+        spec = _normalisation(normalisation, what)
+        try:
+            pixels = torch.stack([decode_image(data, images.format, input_shape) for data in images.images])
+        except ImageCodecError as exc:
+            raise CodecError(f"{what}: {exc}") from None
+        return normalise(pixels, *spec)
+    per_image = math.prod(input_shape)
+    x = decode(tensor, what=what, max_elements=max_batch * per_image, dtypes=("float32", "uint8"), ndim=4)
+    if x.dtype == torch.uint8:
+        spec = _normalisation(normalisation, what)
+        check_images(x, input_shape, max_batch, what)
+        return normalise(x, *spec)
+    check_images(x, input_shape, max_batch, what)
+    return x
+
+
+def _normalisation(normalisation: tuple[Sequence[float], Sequence[float]] | None, what: str
+                   ) -> tuple[Sequence[float], Sequence[float]]:
+    if normalisation is None:
+        raise CodecError(f"{what}: this plan records no input normalisation (made before compact inputs); "
+                         "send float32, or plan it again")
+    return normalisation
+
+
+def encode_input(images: torch.Tensor, fmt: str, request: pb.PredictRequest | pb.FeaturesRequest,
+                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None, quality: int = 90) -> None:
+    """Fill a request's input with a (B, C, H, W) batch as `fmt`: "float32" (as given), or "uint8",
+    "png", "jpeg" from normalised images (`normalisation` undoes it) or from uint8 pixels."""
+    from shoal.data.imagecodec import to_uint8
+
+    if fmt == "float32":
+        encode(images.float(), request.input)
+        return
+    if images.dtype != torch.uint8:
+        if normalisation is None:
+            raise CodecError(f"cannot send {fmt}: the plan records no input normalisation")
+        images = to_uint8(images, *normalisation)
+    if fmt == "uint8":
+        encode(images.contiguous(), request.input)
+        return
+    if fmt not in FORMATS:
+        raise CodecError(f"unknown input format {fmt!r}; use float32, uint8, png or jpeg")
+    request.images.format = fmt
+    request.images.images.extend(encode_image(image, fmt, quality) for image in images)

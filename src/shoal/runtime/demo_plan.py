@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.models import SubModelShape, compute_importance, config_from_timm, decompose
 from shoal.plan.directory import write_uncalibrated_plan
+from shoal.plan.document import InputSpec
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 
 MIB = 1 << 20
@@ -31,6 +32,7 @@ def write_even_plan(
     teacher: VisionTransformer,
     devices: DeviceSet,
     teacher_source: str | None = None,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Path:
     """Decompose `teacher` evenly over `devices` (all blocks kept by all) and write the plan.
 
@@ -39,6 +41,8 @@ def write_even_plan(
         teacher: A timm ViT.
         devices: The device set (its order decides the policy order; the central node first).
         teacher_source: What `shoal.models.load_teacher` accepts to reload the teacher, if anything.
+        normalisation: The (mean, std) of the teacher's input: recorded so the plan takes uint8
+            pixels and PNG/JPEG bytes too (None: float32 only).
 
     Returns:
         The plan directory.
@@ -53,7 +57,11 @@ def write_even_plan(
     shapes = [SubModelShape(layers, widths[i], (heads[i],) * config.depth, (mlp[i],) * config.depth)
               for i in range(n)]
     policy = decompose(config, devices.names, shapes, scores)
-    write_uncalibrated_plan(root, teacher, config, policy, devices, teacher_source or "?", "even")
+    spec = None
+    if normalisation is not None:
+        c, h, w = config.input_shape
+        spec = InputSpec(*normalisation, "float32", 4 * c * h * w)
+    write_uncalibrated_plan(root, teacher, config, policy, devices, teacher_source or "?", "even", spec)
     return Path(root)
 
 

@@ -74,11 +74,15 @@ class WorkerLink:
         self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self.stub = pb_grpc.WorkerStub(self.channel)
 
-    def start(self, index: int, request_id: int, tensor: pb.Tensor, fingerprint: str, deadline: float,
+    def start(self, index: int, request_id: int, source: pb.PredictRequest, fingerprint: str, deadline: float,
               done: queue.SimpleQueue[tuple[int, float]]) -> PendingCall:
-        """Issue `Features` without waiting; `(index, completion time)` goes to `done` when it ends."""
-        request = pb.FeaturesRequest(request_id=request_id, input=tensor, plan_fingerprint=fingerprint,
-                                     device=self.name)
+        """Issue `Features` with the client's input as sent (a tensor, or the PNG/JPEG bytes) without
+        waiting; `(index, completion time)` goes to `done` when it ends."""
+        request = pb.FeaturesRequest(request_id=request_id, plan_fingerprint=fingerprint, device=self.name)
+        if len(source.images.images):
+            request.images.CopyFrom(source.images)
+        else:
+            request.input.CopyFrom(source.input)
         t0 = time.perf_counter()
         future = self.stub.Features.future(request, timeout=max(0.001, deadline - t0))
         future.add_done_callback(partial(_completed, done, index))

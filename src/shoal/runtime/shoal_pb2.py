@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bshoal.proto\x12\x08shoal.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\r\n\x0bInfoRequest\"\xc9\x01\n\tInfoReply\x12\x18\n\x10plan_fingerprint\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x15\n\rfeature_width\x18\x05 \x01(\x03\x12\x11\n\tmax_batch\x18\x06 \x01(\x03\x12\x0c\n\x04role\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x0f\n\x07\x64\x65vices\x18\t \x03(\t\x12\x15\n\rshoal_version\x18\n \x01(\t\"p\n\x0f\x46\x65\x61turesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\x18\n\x10plan_fingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\x90\x01\n\rFeaturesReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\"\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08queue_ms\x18\x04 \x01(\x01\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\"T\n\x0ePredictRequest\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\x8b\x01\n\x0c\x44\x65viceTiming\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x15\n\rround_trip_ms\x18\x04 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x05 \x01(\x01\x12\n\n\x02ok\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xf1\x01\n\x0cPredictReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12 \n\x06logits\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\x13\n\x0btop_indices\x18\x03 \x03(\x03\x12\x11\n\ttop_probs\x18\x04 \x03(\x02\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\'\n\x07timings\x18\x06 \x03(\x0b\x32\x16.shoal.v1.DeviceTiming\x12\x16\n\x0e\x61ggregation_ms\x18\x07 \x01(\x01\x12\x10\n\x08total_ms\x18\x08 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x0f\n\x07missing\x18\n \x03(\t2|\n\x06Worker\x12\x32\n\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x13.shoal.v1.InfoReply\x12>\n\x08\x46\x65\x61tures\x12\x19.shoal.v1.FeaturesRequest\x1a\x17.shoal.v1.FeaturesReply2z\n\x07\x43\x65ntral\x12\x32\n\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x13.shoal.v1.InfoReply\x12;\n\x07Predict\x12\x18.shoal.v1.PredictRequest\x1a\x16.shoal.v1.PredictReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bshoal.proto\x12\x08shoal.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"/\n\rEncodedImages\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"\r\n\x0bInfoRequest\"\xc9\x01\n\tInfoReply\x12\x18\n\x10plan_fingerprint\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x15\n\rfeature_width\x18\x05 \x01(\x03\x12\x11\n\tmax_batch\x18\x06 \x01(\x03\x12\x0c\n\x04role\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x0f\n\x07\x64\x65vices\x18\t \x03(\t\x12\x15\n\rshoal_version\x18\n \x01(\t\"\x99\x01\n\x0f\x46\x65\x61turesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\x18\n\x10plan_fingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\'\n\x06images\x18\x05 \x01(\x0b\x32\x17.shoal.v1.EncodedImages\"\x90\x01\n\rFeaturesReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\"\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08queue_ms\x18\x04 \x01(\x01\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\"}\n\x0ePredictRequest\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\x12\'\n\x06images\x18\x04 \x01(\x0b\x32\x17.shoal.v1.EncodedImages\"\x8b\x01\n\x0c\x44\x65viceTiming\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x15\n\rround_trip_ms\x18\x04 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x05 \x01(\x01\x12\n\n\x02ok\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xf1\x01\n\x0cPredictReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12 \n\x06logits\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Tensor\x12\x13\n\x0btop_indices\x18\x03 \x03(\x03\x12\x11\n\ttop_probs\x18\x04 \x03(\x02\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\'\n\x07timings\x18\x06 \x03(\x0b\x32\x16.shoal.v1.DeviceTiming\x12\x16\n\x0e\x61ggregation_ms\x18\x07 \x01(\x01\x12\x10\n\x08total_ms\x18\x08 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x0f\n\x07missing\x18\n \x03(\t2|\n\x06Worker\x12\x32\n\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x13.shoal.v1.InfoReply\x12>\n\x08\x46\x65\x61tures\x12\x19.shoal.v1.FeaturesRequest\x1a\x17.shoal.v1.FeaturesReply2z\n\x07\x43\x65ntral\x12\x32\n\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x13.shoal.v1.InfoReply\x12;\n\x07Predict\x12\x18.shoal.v1.PredictRequest\x1a\x16.shoal.v1.PredictReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=25
   _globals['_TENSOR']._serialized_end=77
-  _globals['_INFOREQUEST']._serialized_start=79
-  _globals['_INFOREQUEST']._serialized_end=92
-  _globals['_INFOREPLY']._serialized_start=95
-  _globals['_INFOREPLY']._serialized_end=296
-  _globals['_FEATURESREQUEST']._serialized_start=298
-  _globals['_FEATURESREQUEST']._serialized_end=410
-  _globals['_FEATURESREPLY']._serialized_start=413
-  _globals['_FEATURESREPLY']._serialized_end=557
-  _globals['_PREDICTREQUEST']._serialized_start=559
-  _globals['_PREDICTREQUEST']._serialized_end=643
-  _globals['_DEVICETIMING']._serialized_start=646
-  _globals['_DEVICETIMING']._serialized_end=785
-  _globals['_PREDICTREPLY']._serialized_start=788
-  _globals['_PREDICTREPLY']._serialized_end=1029
-  _globals['_WORKER']._serialized_start=1031
-  _globals['_WORKER']._serialized_end=1155
-  _globals['_CENTRAL']._serialized_start=1157
-  _globals['_CENTRAL']._serialized_end=1279
+  _globals['_ENCODEDIMAGES']._serialized_start=79
+  _globals['_ENCODEDIMAGES']._serialized_end=126
+  _globals['_INFOREQUEST']._serialized_start=128
+  _globals['_INFOREQUEST']._serialized_end=141
+  _globals['_INFOREPLY']._serialized_start=144
+  _globals['_INFOREPLY']._serialized_end=345
+  _globals['_FEATURESREQUEST']._serialized_start=348
+  _globals['_FEATURESREQUEST']._serialized_end=501
+  _globals['_FEATURESREPLY']._serialized_start=504
+  _globals['_FEATURESREPLY']._serialized_end=648
+  _globals['_PREDICTREQUEST']._serialized_start=650
+  _globals['_PREDICTREQUEST']._serialized_end=775
+  _globals['_DEVICETIMING']._serialized_start=778
+  _globals['_DEVICETIMING']._serialized_end=917
+  _globals['_PREDICTREPLY']._serialized_start=920
+  _globals['_PREDICTREPLY']._serialized_end=1161
+  _globals['_WORKER']._serialized_start=1163
+  _globals['_WORKER']._serialized_end=1287
+  _globals['_CENTRAL']._serialized_start=1289
+  _globals['_CENTRAL']._serialized_end=1411
 # @@protoc_insertion_point(module_scope)

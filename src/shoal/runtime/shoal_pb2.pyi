@@ -16,6 +16,14 @@ class Tensor(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, data: _Optional[bytes] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class EncodedImages(_message.Message):
+    __slots__ = ("format", "images")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, format: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -45,16 +53,18 @@ class InfoReply(_message.Message):
     def __init__(self, plan_fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., family: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_width: _Optional[int] = ..., max_batch: _Optional[int] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ..., devices: _Optional[_Iterable[str]] = ..., shoal_version: _Optional[str] = ...) -> None: ...
 
 class FeaturesRequest(_message.Message):
-    __slots__ = ("request_id", "input", "plan_fingerprint", "device")
+    __slots__ = ("request_id", "input", "plan_fingerprint", "device", "images")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     PLAN_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     input: Tensor
     plan_fingerprint: str
     device: str
-    def __init__(self, request_id: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., plan_fingerprint: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    images: EncodedImages
+    def __init__(self, request_id: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., plan_fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ...) -> None: ...
 
 class FeaturesReply(_message.Message):
     __slots__ = ("request_id", "features", "compute_ms", "queue_ms", "decode_ms", "device")
@@ -73,14 +83,16 @@ class FeaturesReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("input", "top_k", "request_id")
+    __slots__ = ("input", "top_k", "request_id", "images")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     input: Tensor
     top_k: int
     request_id: int
-    def __init__(self, input: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[int] = ...) -> None: ...
+    images: EncodedImages
+    def __init__(self, input: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[int] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ...) -> None: ...
 
 class DeviceTiming(_message.Message):
     __slots__ = ("device", "compute_ms", "queue_ms", "round_trip_ms", "transfer_ms", "ok", "error")

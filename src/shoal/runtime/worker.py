@@ -23,7 +23,7 @@ from shoal.errors import ConfigError
 from shoal.plan.directory import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
-from shoal.runtime.codec import CodecError, check_images, decode, encode, image_message_bytes
+from shoal.runtime.codec import CodecError, decode_input, encode, image_message_bytes
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process, plan_fingerprint
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
@@ -77,6 +77,7 @@ class Identity:
     family: str
     input_shape: tuple[int, int, int]
     max_batch: int = DEFAULT_MAX_BATCH
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -84,7 +85,9 @@ class Identity:
 
     @classmethod
     def of(cls, plan: Plan, device: str, max_batch: int = DEFAULT_MAX_BATCH) -> Identity:
-        return cls(plan_fingerprint(plan.root), device, plan.config.fingerprint(), plan.config.input_shape, max_batch)
+        spec = plan.document.input
+        return cls(plan_fingerprint(plan.root), device, plan.config.fingerprint(), plan.config.input_shape, max_batch,
+                   (spec.mean, spec.std) if spec is not None else None)
 
     def info(self, role: str, ready: bool, feature_width: int = 0, devices: tuple[str, ...] = ()) -> pb.InfoReply:
         return pb.InfoReply(plan_fingerprint=self.plan_fingerprint, device=self.device, family=self.family,
@@ -92,15 +95,15 @@ class Identity:
                             max_batch=self.max_batch, role=role, ready=ready, devices=list(devices),
                             shoal_version=shoal.__version__)
 
-    def decode_images(self, msg: pb.Tensor, context: grpc.ServicerContext) -> torch.Tensor:
-        """The (B, C, H, W) float32 batch of `msg`, or abort the call with INVALID_ARGUMENT."""
-        per_image = self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
+    def decode_images(self, request: pb.PredictRequest | pb.FeaturesRequest, context: grpc.ServicerContext
+                      ) -> torch.Tensor:
+        """The (B, C, H, W) float32 batch of a request (float32, uint8 pixels or PNG/JPEG bytes,
+        `shoal.runtime.codec.decode_input`), or abort the call with INVALID_ARGUMENT."""
         try:
-            x = decode(msg, what="input", max_elements=self.max_batch * per_image, dtypes=("float32",), ndim=4)
-            check_images(x, self.input_shape, self.max_batch)
+            return decode_input(request.input, request.images, self.input_shape, self.max_batch, self.normalisation)
         except CodecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"device {self.device!r}: {exc}")
-        return x
+            raise  # abort raises; this line only tells type checkers so
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -134,7 +137,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"this worker serves device {ident.device!r}, the request is for {request.device!r}")
         t0 = time.perf_counter()
-        x = ident.decode_images(request.input, context)
+        x = ident.decode_images(request, context)
         decode_ms = (time.perf_counter() - t0) * 1e3
         if self.fault is not None and self.fault.delay_ms:
             until = time.monotonic() + self.fault.delay_ms / 1e3
