@@ -12,7 +12,12 @@
    device on the CPU, then with every device's `accelerator: cuda`; top-1 on the test split
    must be the same, and the served latency of each is reported.
 
-Writes DIR/gpu_check.json (and the plan under DIR/plan-cuda). `scripts/gpu_check.sh` runs it
+4. The real-scale teacher (deit_small_patch16_224, random weights: latency only): `shoal plan
+   --split balanced --device cuda` on a subset (profiles of the default devices for its family
+   carried in `.shoal/profiles/<family>`), then that plan served with every device on the CPU
+   and on CUDA, uint8 inputs (no CPU emulation: the GPU box's own cores).
+
+Writes DIR/gpu_check.json (and the plans under DIR/plan-cuda, DIR/plan-deit). `scripts/gpu_check.sh` runs it
 on the device machine; run it with `--skip-cuda` here for the 2-core CPU baseline.
 """
 
@@ -102,11 +107,36 @@ def plan_cli(out: Path, device: str) -> dict[str, Any]:
     return result
 
 
-def bench_cli(plan_dir: Path, out: Path, accelerator: str) -> dict[str, Any]:
+DEIT_PLAN = ["--model", "deit_small_patch16_224", "--no-pretrained", "--data", "digits", "--split", "balanced",
+             "--proxy", "logistic", "--input", "uint8", "--max-per-split", "512", "--cal-images", "256",
+             "--val-images", "128", "--epochs", "2", "--aggregator-epochs", "10", "--joint-epochs", "0",
+             "--profile-samples", "40", "--profile-budget-ms", "1000"]   # bounded, should the family differ there
+
+
+def plan_deit(out: Path, device: str, precision: str = "fp32") -> dict[str, Any]:
+    """`shoal plan` of the real-scale teacher (balanced split, calibration on a subset) on `device`."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "shoal.cli", "-q", "plan", *DEIT_PLAN, "--device", device,
+                           "--precision", precision, "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    result: dict[str, Any] = {"device": device, "precision": precision, "exit": done.returncode,
+                              "wall_s": round(time.perf_counter() - start, 1)}
+    if done.returncode != 0:
+        result["stderr"] = done.stderr[-3000:]
+        return result
+    doc = json.loads(done.stdout)
+    result.update(phases=doc.get("phases"), predicted_ms=doc["predicted"]["total_ms"],
+                  random_weights=doc["teacher"].get("random_weights", False),
+                  calibration_s=doc["calibration"]["seconds"], test_n=doc["accuracy"]["n"],
+                  ensemble_top1=doc["accuracy"]["ensemble"]["top1"])
+    return result
+
+
+def bench_cli(plan_dir: Path, out: Path, accelerator: str, *extra: str, requests: int = 100) -> dict[str, Any]:
     """`shoal bench` of a copy of `plan_dir` whose devices all say `accelerator`."""
     import shutil
 
-    copy = out / f"plan-{accelerator}-served"
+    copy = out / f"{plan_dir.name}-{accelerator}-served"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(plan_dir, copy)
     doc = json.loads((copy / "plan.json").read_text())
@@ -116,8 +146,9 @@ def bench_cli(plan_dir: Path, out: Path, accelerator: str) -> dict[str, Any]:
         else:
             device["accelerator"] = accelerator
     (copy / "plan.json").write_text(json.dumps(doc))
-    done = subprocess.run([sys.executable, "-m", "shoal.cli", "-q", "bench", "--plan", str(copy), "--requests", "100",
-                           "--no-teacher", "--no-emulate", "--json"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "shoal.cli", "-q", "bench", "--plan", str(copy), "--requests",
+                           str(requests), "--no-teacher", "--no-emulate", "--json", *extra],
+                          capture_output=True, text=True, timeout=600)
     result: dict[str, Any] = {"accelerator": accelerator, "exit": done.returncode}
     if done.returncode != 0:
         result["stderr"] = done.stderr[-3000:]
@@ -136,6 +167,7 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-cuda", action="store_true")
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--skip-deit", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
@@ -164,6 +196,15 @@ def main() -> None:
         if summary["plan_cli"].get("exit") == 0:
             summary["serve"] = {a: bench_cli(args.out / "plan-cuda", args.out, a) for a in ("cpu", "cuda")}
             print(json.dumps(summary["serve"]), flush=True)
+            save()
+    if not args.skip_deit and not args.skip_cuda:
+        summary["deit_plan"] = plan_deit(args.out / "plan-deit", "cuda")
+        print(json.dumps(summary["deit_plan"]), flush=True)
+        save()
+        if summary["deit_plan"].get("exit") == 0:
+            summary["deit_serve"] = {a: bench_cli(args.out / "plan-deit", args.out, a, "--input", "raw", requests=40)
+                                     for a in ("cpu", "cuda")}
+            print(json.dumps(summary["deit_serve"]), flush=True)
     save()
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 11, for the device machine (at most ~8 minutes on one GPU):
-#   run from the repository root with `.whl` (grpcio-health-checking) and `.shoal/profiles/{hub,edge-a,edge-b}`
+#   run from the repository root with `.whl` (grpcio-health-checking), `.shoal/profiles/{hub,edge-a,edge-b}` and
+#   `.shoal/profiles/<deit family>` (the default devices profiled for deit_small_patch16_224)
 #   carried; writes $OUT/gpu_check.json. Here (no GPU): `scripts/gpu_check.py --skip-cuda --out DIR`.
 set -uo pipefail
 OUT=${OUT:-/tmp/shoal-gpu-check}

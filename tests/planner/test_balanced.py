@@ -13,15 +13,18 @@ from shoal.planner.balanced import balanced_policy, shapes_for_shares
 from shoal.planner.objective import Evaluator
 from tests.planner.conftest import FlopsPredictor
 
+FAST_LINKS = DeviceSet((DeviceSpec("hub", 64 << 20, central=True), DeviceSpec("fast", 64 << 20, link_mbps=1e4),
+                        DeviceSpec("slow", 64 << 20, link_mbps=1e4)))
+
 
 @pytest.fixture(scope="module")
-def problem(tiny_digits_teacher, three_devices):
+def problem(tiny_digits_teacher):
     teacher = load_teacher(tiny_digits_teacher)
     train, val = load_digits_split("train"), load_digits_split("val")
     scores = compute_importance(teacher.model, teacher.config, train.images[:64], train.labels[:64])
     # compute-bound devices (no fixed overhead), 4:2.5:1 in speed
     predictors = [FlopsPredictor(teacher.config, speed, overhead_ms=0.0) for speed in (40.0, 25.0, 10.0)]
-    evaluator = Evaluator(teacher.model, teacher.config, three_devices, predictors,
+    evaluator = Evaluator(teacher.model, teacher.config, FAST_LINKS, predictors,
                           train.images[:64], val.images[:48], val.labels[:48], delta=0.05, proxy="ridge")
     return teacher, scores, evaluator
 
@@ -53,6 +56,18 @@ def test_balanced_policy_keeps_the_whole_work_and_equalises_predicted_compute(pr
     # the three predictors run at 40, 25 and 10 MFLOPs/ms: equal shares leave the slow device far behind
     assert max(compute) < 0.75 * max(even)
     assert max(compute) / min(compute) < 1.5
+
+
+def test_a_slow_link_takes_work_off_its_device(problem, three_devices):
+    """Devices are balanced on when their features are back (t1 + t2), not on compute alone."""
+    teacher, scores, fast = problem
+    images = load_digits_split("val").images[:32]
+    slow_link = Evaluator(teacher.model, teacher.config, three_devices, fast.predictors, images, images,
+                          torch.zeros(32, dtype=torch.long), delta=0.0, proxy="ridge")
+    assert three_devices["slow"].link_mbps < 10   # the conftest set: 2 Mbit/s
+    share = [sum(s.mlp_widths) for s in balanced_policy(teacher.config, fast, scores).specs]
+    starved = [sum(s.mlp_widths) for s in balanced_policy(teacher.config, slow_link, scores).specs]
+    assert starved[2] < share[2] and starved[0] > share[0]
 
 
 def balanced_even(config, evaluator, scores):
@@ -90,8 +105,8 @@ def test_shared_channels_round_trip_and_are_refused_without_the_flag(problem):
 
 def test_a_share_over_a_device_budget_is_refused_with_the_way_out(problem, three_predictors):
     teacher, scores, _ = problem
-    tight = DeviceSet((DeviceSpec("hub", 64 << 20, central=True), DeviceSpec("fast", 64 << 20),
-                       DeviceSpec("slow", 64 << 10)))
+    tight = DeviceSet((DeviceSpec("hub", 64 << 20, central=True), DeviceSpec("fast", 64 << 20, link_mbps=1e4),
+                       DeviceSpec("slow", 64 << 10, link_mbps=1e4)))
     images = load_digits_split("val").images[:32]
     evaluator = Evaluator(teacher.model, teacher.config, tight, three_predictors, images, images,
                           torch.zeros(32, dtype=torch.long), delta=0.0, proxy="ridge")

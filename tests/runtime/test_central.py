@@ -216,3 +216,16 @@ def test_bad_compact_inputs_are_one_precise_status_and_the_server_stays_up(plan,
             assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT, message
             assert message in excinfo.value.details
         assert client.predict(good, input_format="png").logits.shape == (1, 5)   # still serving
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_central_node_on_cuda_aggregates_there_and_answers_what_the_cpu_answers(plan, in_process):
+    cluster = in_process(central=False)
+    server, servicer = start_central(plan, cluster.targets, accelerator="cuda", connect_timeout=10.0, warmup=2)
+    cluster.central, cluster.servicer = server, servicer
+    assert next(servicer.aggregator.parameters()).device.type == "cuda"
+    x = torch.randn(2, *plan.config.input_shape)
+    with ShoalClient(server.target) as client:
+        p = client.predict(x, top_k=1)
+    torch.testing.assert_close(p.logits, reference_logits(plan, x), rtol=1e-3, atol=1e-3)

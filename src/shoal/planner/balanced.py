@@ -10,9 +10,10 @@ devices inside each block, which calibration and the aggregator learn back.
 
 Shares start in proportion to each device's speed (1 / its predicted teacher
 latency) and are refined on the devices' own latency predictors until the
-predicted compute times agree (each round scales a device's share by the
-mean time over its time). Heads are few (6 in a DeiT-S), so a block's heads
-are rounded with error diffusion across blocks: a device owed 2.6 heads per
+devices are predicted to finish together: compute plus link and call overhead
+(t1 + t2) alike (each round scales a device's share by the compute time it may
+take, the mean finish time less its t2, over the compute time it takes). Heads
+are few (6 in a DeiT-S), so a block's heads are rounded with error diffusion across blocks: a device owed 2.6 heads per
 block gets 3 in some blocks and 2 in others, 2.6 on average.
 """
 
@@ -72,12 +73,15 @@ def balanced_policy(config: ViTConfig, evaluator: Evaluator, scores: ImportanceS
     best: tuple[float, list[SubModelShape]] | None = None
     for _ in range(rounds + 1):
         shapes = shapes_for_shares(config, shares)
-        compute = evaluator.latencies([shapes])[0].compute_ms
-        slowest = max(compute)
+        latency = evaluator.latencies([shapes])[0]
+        # a device is done when its features are back: compute plus its link and call overhead
+        ends = [c + t for c, t in zip(latency.compute_ms, latency.transfer_ms)]
+        slowest = max(ends)
         if best is None or slowest < best[0]:
             best = (slowest, shapes)
-        mean = sum(compute) / len(compute)
-        shares = [s * mean / max(t, 1e-9) for s, t in zip(shares, compute)]
+        target = sum(ends) / len(ends)
+        shares = [s * max(target - t, 1e-3) / max(c, 1e-9)
+                  for s, c, t in zip(shares, latency.compute_ms, latency.transfer_ms)]
     assert best is not None
     shapes = best[1]
     for device, shape in zip(devices.devices, shapes):
@@ -89,6 +93,7 @@ def balanced_policy(config: ViTConfig, evaluator: Evaluator, scores: ImportanceS
                 f"{cost.flops / 1e6:.0f} MFLOPs, over its budget ({device.memory_bytes / 2**20:.1f} MiB"
                 + (f", {device.compute_flops / 1e6:.0f} MFLOPs" if device.compute_flops is not None else "")
                 + "); use --split search, which may prune")
-    log.info("balanced split: predicted compute %s ms", ", ".join(f"{t:.1f}" for t in
-                                                               evaluator.latencies([shapes])[0].compute_ms))
+    final = evaluator.latencies([shapes])[0]
+    log.info("balanced split: predicted compute + transfer %s ms",
+             ", ".join(f"{c:.1f} + {t:.1f}" for c, t in zip(final.compute_ms, final.transfer_ms)))
     return decompose(config, list(devices.names), shapes, scores, deal_rule, shared_channels=True)

@@ -33,7 +33,7 @@ from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
 from shoal.runtime.worker import Identity
-from shoal.utils.accel import compute_device
+from shoal.utils.accel import compute_device, device_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ class CentralServicer(pb_grpc.CentralServicer):
         present = torch.tensor([f is not None for f in features], dtype=torch.float32)
         full = [f if f is not None else torch.zeros(batch, w) for f, w in zip(features, self._widths)]
         with torch.inference_mode():
-            logits = self.aggregator(full, present=present if errors else None)
+            dev = device_of(self.aggregator)   # on the central node's compute device; features come to it
+            logits = self.aggregator([f.to(dev) for f in full], present=present.to(dev) if errors else None).cpu()
             k = min(request.top_k or DEFAULT_TOP_K, logits.shape[-1])
             probs, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1)
         reply = pb.PredictReply(request_id=request_id, top_indices=indices.reshape(-1).tolist(),
@@ -203,9 +204,9 @@ def start_central(
     message_bytes = image_message_bytes(identity.input_shape, max_batch)
     widths = dict(zip(plan.policy.devices, (s.width for s in plan.policy.specs)))
     links = [WorkerLink(name, workers[name], widths[name], message_bytes) for name in expected]
-    compute = compute_device(accelerator or central.accelerator)   # the aggregator stays on the host
+    compute = compute_device(accelerator or central.accelerator)
     runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name, compute)
-    servicer = CentralServicer(identity, runner, plan.build_aggregator(), links,
+    servicer = CentralServicer(identity, runner, plan.build_aggregator().to(compute), links,
                                deadline_ms=deadline_ms, degrade=degrade)
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
         logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
@@ -223,7 +224,7 @@ def start_central(
                 logger.warning(f"{exc.details}; answering degraded until it serves")
         runner.warm_up(warmup)
         with torch.inference_mode():
-            servicer.aggregator([torch.zeros(1, w) for w in servicer._widths])
+            servicer.aggregator([torch.zeros(1, w, device=compute) for w in servicer._widths])
     except BaseException:
         running.stop(0)
         servicer.close()
