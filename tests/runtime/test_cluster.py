@@ -136,6 +136,7 @@ def test_cli_serve_local_then_bench_then_sigterm_leaves_no_process(plan_dir):
         assert result["teacher"]["latency"]["n"] > 0 and result["speedup"] > 0
         assert result["accuracy"] is None and any("accuracy skipped" in n for n in result["notes"])
         assert result["input_format"] == "float32" and result["input_bytes"] == 4 * 3 * 16 * 16
+        assert set(result["phases"]) == {"warm up", "timed requests", "the teacher alone"}
         png = subprocess.run([*shoal, "bench", "--plan", str(plan_dir), "--target", target, "--requests", "10",
                               "--warmup", "1", "--no-teacher", "--input", "png", "--json"],
                              capture_output=True, text=True, env=env, timeout=180)

@@ -93,3 +93,6 @@ def print_tables(r: BenchResult) -> None:
     for note in r.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"accuracy data: {r.data}", highlight=False)
+    if r.phases:
+        console.print("time per phase: " + " · ".join(f"{k} {v:.1f} s" for k, v in r.phases.items())
+                      + f"; total {sum(r.phases.values()):.1f} s", highlight=False)

@@ -106,6 +106,7 @@ class BenchResult(Summary):
     random_weights: bool = False   # the plan's teacher had random weights: its accuracy means nothing
     input_format: str = "float32"  # what the requests carried
     input_bytes: float = 0.0       # image bytes per request (mean), sent to every worker again
+    phases: dict[str, float] = field(default_factory=dict)   # seconds per phase of the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,12 +224,22 @@ def run_bench(
         raise ConfigError(f"--input {input_format}: plan {plan_dir} records no input normalisation (made before "
                           "compact inputs); plan it again, or send float32")
     image_bytes = 4 * int(torch.tensor(plan.config.input_shape).prod())
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 3)
+        clock = now
+
     with ExitStack() as stack:
         if target is None:
             logger.info("starting a local cluster (one process per device)...")
             cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate))
             target = cluster.central_target
             notes.extend(cluster.warnings)
+            lap("start the cluster")
         client = stack.enter_context(ShoalClient(target, image_bytes=image_bytes, timeout_s=30.0))
         served = client.info().plan_fingerprint
         if served != fingerprint:
@@ -237,8 +248,10 @@ def run_bench(
         sent_bytes = sum(payload_bytes(r) for r in prepared) / len(prepared)
         logger.info(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
         run_load(client, prepared, warmup, concurrency)
+        lap("warm up")
         results, wall = run_load(client, prepared, requests, concurrency)
         summary = summarise(results)
+        lap("timed requests")
         top1 = None
         if test is not None:
             # batches the plan answers well within any fan-out deadline (~0.5 s by its prediction)
@@ -246,9 +259,11 @@ def run_bench(
             batch = max(1, min(32, int(500.0 / max(per_call, 1e-3))))
             top1 = accuracy(lambda b: client.predict(b, top_k=1, input_format=input_format,
                                                      normalisation=normalisation).labels, test, batch=batch)
+            lap("test accuracy")
     teacher_result = None
     if teacher:
         teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes)
+        lap("the teacher alone")
     speedup = None
     if teacher_result is not None:
         speedup = teacher_result["latency"]["median_ms"] / summary.latency.median_ms
@@ -265,7 +280,7 @@ def run_bench(
         speedup=speedup, predicted_ms=predicted_ms,
         predicted_speedup=(predicted.teacher_ms[plan.devices.central.name] / predicted_ms
                            if predicted is not None and predicted_ms else None), notes=tuple(notes),
-        input_format=input_format, input_bytes=sent_bytes,
+        input_format=input_format, input_bytes=sent_bytes, phases=phases,
         accuracy_ci95=_ci95(top1, len(test) if test is not None else 0), random_weights=random_weights)
 
 
