@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from shoal.commands import bench, demo, info, plan, profile, serve
+from shoal.commands import bench, certs, demo, info, plan, profile, serve
 from shoal.commands._common import guard, setup_logging
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ app.command("measure")(guard(profile.measure))
 app.add_typer(plan.app, name="plan")
 app.add_typer(serve.app, name="serve")
 app.command("bench")(guard(bench.main))
+app.command("certs")(guard(certs.main))
 app.command("demo")(guard(demo.main))
 app.command("info")(guard(info.main))
 

@@ -229,3 +229,76 @@ def test_a_central_node_on_cuda_aggregates_there_and_answers_what_the_cpu_answer
     with ShoalClient(server.target) as client:
         p = client.predict(x, top_k=1)
     torch.testing.assert_close(p.logits, reference_logits(plan, x), rtol=1e-3, atol=1e-3)
+
+
+def test_non_finite_and_overflowing_inputs_are_refused_and_no_reply_is_ok_with_nan(plan, in_process):
+    """A finite 1e20 used to come back as NaN logits with status OK."""
+    cluster = in_process()
+    shape = plan.config.input_shape
+    with ShoalClient(cluster.central.target) as client:
+        for value, message in ((float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"),
+                               (1e20, "values beyond"), (-3e4, "values beyond")):
+            x = torch.zeros(1, *shape)
+            x[0, 0, 0, 0] = value
+            with pytest.raises(RemoteError) as info:
+                client.predict(x)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details
+        assert torch.isfinite(client.predict(torch.full((1, *shape), 9e3)).logits).all()   # large but fine
+
+
+def _health(target: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="shoal.v1.Central"),
+                                                           timeout=2.0).status
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+def _eventually(check, timeout: float = 10.0) -> bool:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_impostor_on_a_dead_workers_port_gets_no_image_and_health_tells_the_truth(plan, in_process):
+    """Issue 12: a process that took a dead worker's port used to receive the users' images and set the answer.
+    Now the central node re-checks identity on every reconnection, does not call an unverified worker, and
+    reports NOT_SERVING meanwhile; the real worker back on the port restores SERVING."""
+    cluster = in_process()
+    target = cluster.central.target
+    x = torch.randn(1, *plan.config.input_shape)
+    assert _health(target) == "SERVING"
+    server, _ = cluster.workers["edge-a"]
+    port = server.port
+    server.stop(0)
+    assert _eventually(lambda: _health(target) == "NOT_SERVING")
+    impostor, impostor_servicer = start_worker(plan, "edge-b", port=port, warmup=1)   # another device's sub-model
+    cluster.extra.append(impostor)
+    seen = []
+
+    class Counting:
+        def __init__(self, runner):
+            self.runner, self.feature_width = runner, runner.feature_width
+
+        def __call__(self, batch):
+            seen.append(batch)
+            return self.runner(batch)
+
+    impostor_servicer.runner = Counting(impostor_servicer.runner)
+    with ShoalClient(target) as client:
+        for _ in range(5):
+            with pytest.raises(RemoteError) as info:
+                client.predict(x)
+            assert info.value.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+            time.sleep(0.2)
+        assert "does not serve device 'edge-a'" in info.value.details
+        assert seen == [] and _health(target) == "NOT_SERVING"
+        impostor.stop(0)
+        real, _ = start_worker(plan, "edge-a", port=port, warmup=1)
+        cluster.extra.append(real)
+        assert _eventually(lambda: _health(target) == "SERVING", timeout=15.0)
+        assert torch.allclose(client.predict(x).logits, reference_logits(plan, x), atol=1e-5)

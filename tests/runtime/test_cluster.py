@@ -177,3 +177,25 @@ def test_a_central_only_plan_serves_without_workers(tmp_path):
     with LocalCluster(plan_root) as cluster, ShoalClient(cluster.central_target) as client:
         p = client.predict(x)
     assert torch.allclose(p.logits, reference_logits(solo, x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_certs_then_a_tls_cluster_then_bench_with_the_token(plan_dir, tmp_path):
+    """`shoal certs`, `shoal bench --tls-dir` on a local cluster it starts with TLS: every hop encrypted."""
+    shoal = [sys.executable, "-m", "shoal.cli"]
+    env = {**os.environ, "COLUMNS": "200"}
+    keys = tmp_path / "keys"
+    made = subprocess.run([*shoal, "certs", "--plan", str(plan_dir), "--out", str(keys), "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["devices"] == ["hub", "edge-a", "edge-b"]
+    assert oct((keys / "hub.key").stat().st_mode & 0o777) == "0o600" and oct(keys.stat().st_mode & 0o777) == "0o700"
+    bench = subprocess.run([*shoal, "bench", "--plan", str(plan_dir), "--tls-dir", str(keys), "--requests", "10",
+                            "--warmup", "1", "--no-teacher", "--no-emulate", "--json"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout)
+    assert result["latency"]["n"] == 10 and result["errors"] == {}
+    # the token is never printed, not even in the logs of a failing run
+    token = (keys / "client.token").read_text().strip()
+    assert token not in bench.stdout + bench.stderr + made.stdout + made.stderr

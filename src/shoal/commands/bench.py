@@ -30,6 +30,11 @@ def main(
     input_format: Annotated[str, typer.Option(
         "--input", help="what the requests carry: float32 | raw (uint8 pixels) | png | jpeg; every device "
                         "normalises compact inputs itself")] = "float32",
+    tls_dir: Annotated[Path | None, typer.Option(
+        help="folder written by `shoal certs`: TLS to the central node (its ca.crt) and its client.token; "
+             "a local cluster is started with it too")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help="bearer token file (default: the tls-dir's client.token, else $SHOAL_TOKEN)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Latency (median, p95), throughput and accuracy through the runtime; the teacher alone beside it."""
@@ -39,8 +44,13 @@ def main(
     formats = {"float32": "float32", "raw": "uint8", "uint8": "uint8", "png": "png", "jpeg": "jpeg"}
     if input_format not in formats:
         raise ConfigError(f"--input must be float32, raw, png or jpeg, got {input_format!r}")
+    from shoal.runtime.security import TOKEN_FILE, Security
+
+    if token_file is None and tls_dir is not None and (tls_dir / TOKEN_FILE).is_file():
+        token_file = tls_dir / TOKEN_FILE
     result = run_bench(plan, target=target, requests=requests, concurrency=concurrency, warmup=warmup, data=data,
-                       teacher=teacher, emulate=emulate, input_format=formats[input_format])
+                       teacher=teacher, emulate=emulate, input_format=formats[input_format],
+                       security=Security(tls_dir, token_file))
     if as_json:
         print_json(result.to_dict())
         return

@@ -5,13 +5,16 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from shoal.commands._common import console, guard
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
+
+if TYPE_CHECKING:
+    from shoal.runtime.security import Security
 
 app = typer.Typer(help="Serve a plan: one worker per device, the central node, or all of them locally.",
                   no_args_is_help=True, add_completion=False)
@@ -28,6 +31,20 @@ DeadlineOpt = Annotated[float, typer.Option(help="deadline of every call to a wo
 DegradeOpt = Annotated[bool, typer.Option(help="answer from the devices that replied when some do not")]
 AcceleratorOpt = Annotated[str | None, typer.Option(
     help="cpu | cuda: where the sub-model runs (default: the device's `accelerator` in the plan)")]
+TlsDirOpt = Annotated[Path | None, typer.Option(
+    help="folder written by `shoal certs`: TLS with this device's certificate (mutual TLS between the central "
+         "node and its workers)")]
+TokenOpt = Annotated[Path | None, typer.Option(
+    help="file holding the bearer token clients must send (default: $SHOAL_TOKEN; never on the command line)")]
+InsecureOpt = Annotated[bool, typer.Option(help="allow plaintext on an address other than loopback")]
+RateOpt = Annotated[float | None, typer.Option(help="Predict calls per second per client at the central node")]
+
+
+def _security(tls_dir: Path | None, token_file: Path | None = None, insecure: bool = False,
+              rate_limit: float | None = None) -> Security:
+    from shoal.runtime.security import Security
+
+    return Security(tls_dir, token_file, insecure, rate_limit)
 
 
 @app.command("worker")
@@ -42,12 +59,14 @@ def worker(
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
     accelerator: AcceleratorOpt = None,
+    tls_dir: TlsDirOpt = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Serve one device's sub-model (health SERVING after warm-up)."""
     from shoal.runtime.worker import serve_worker
 
     serve_worker(plan, device, host=host, port=port, threads=threads, emulate=emulate, grace=grace,
-                 watch_parent=watch_parent, accelerator=accelerator)
+                 watch_parent=watch_parent, accelerator=accelerator, security=_security(tls_dir, None, insecure))
 
 
 @app.command("central")
@@ -65,13 +84,17 @@ def central(
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
     accelerator: AcceleratorOpt = None,
+    tls_dir: TlsDirOpt = None,
+    token_file: TokenOpt = None,
+    insecure: InsecureOpt = False,
+    rate_limit: RateOpt = None,
 ) -> None:
     """Serve the central node: fan out to the workers, compute locally, aggregate, answer."""
     from shoal.runtime.central import serve_central
 
     serve_central(plan, workers, host=host, port=port, threads=threads, emulate=emulate, deadline_ms=deadline_ms,
                   degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent,
-                  accelerator=accelerator)
+                  accelerator=accelerator, security=_security(tls_dir, token_file, insecure, rate_limit))
 
 
 @app.command("local")
@@ -83,6 +106,9 @@ def local(
     deadline_ms: DeadlineOpt = DEFAULT_DEADLINE_MS,
     degrade: DegradeOpt = False,
     emulate: EmulateOpt = True,
+    tls_dir: TlsDirOpt = None,
+    token_file: TokenOpt = None,
+    rate_limit: RateOpt = None,
 ) -> None:
     """Start every device of the plan on this machine, one process each, until Ctrl-C."""
     from shoal.runtime.cluster import LocalCluster
@@ -91,8 +117,8 @@ def local(
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with LocalCluster(plan, base_port=base_port, deadline_ms=deadline_ms, degrade=degrade,
-                          emulate=emulate) as cluster:
+        with LocalCluster(plan, base_port=base_port, deadline_ms=deadline_ms, degrade=degrade, emulate=emulate,
+                          security=_security(tls_dir, token_file, False, rate_limit)) as cluster:
             for warning in cluster.warnings:
                 console.print(f"[yellow]warning:[/] {warning}", highlight=False)
             table = Table(title=f"shoal cluster of {plan} (ready)")
@@ -103,7 +129,9 @@ def local(
                 limit = cpu_limit_of(spec).describe() if emulate else "off"
                 table.add_row(child.name, child.role, child.target, str(child.proc.pid), limit, str(spec.threads))
             console.print(table)
-            console.print(f"predict with: shoal bench --plan {plan} --target {cluster.central_target}; Ctrl-C stops")
+            tls = f" --tls-dir {tls_dir}" if tls_dir else ""
+            console.print(f"predict with: shoal bench --plan {plan} --target {cluster.central_target}{tls}; "
+                          "Ctrl-C stops")
             while not stop.wait(0.5):
                 dead = [c.name for c in cluster.children.values() if c.proc.poll() is not None]
                 if dead:

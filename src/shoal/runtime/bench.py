@@ -34,6 +34,7 @@ from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.codec import encode_input
 from shoal.runtime.device import plan_fingerprint
 from shoal.runtime.evaldata import accuracy, resolve_test_data
+from shoal.runtime.security import Security
 from shoal.runtime.status import RemoteError
 from shoal.runtime.timing import time_teacher
 
@@ -199,6 +200,7 @@ def run_bench(
     teacher_repeats: int = 100,
     emulate: bool = True,
     input_format: str = "float32",
+    security: Security = Security(),
 ) -> BenchResult:
     """Benchmark a plan through the runtime and the teacher alone, side by side (see module docstring).
 
@@ -236,11 +238,12 @@ def run_bench(
     with ExitStack() as stack:
         if target is None:
             logger.info("starting a local cluster (one process per device)...")
-            cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate))
+            cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate, security=security))
             target = cluster.central_target
             notes.extend(cluster.warnings)
             lap("start the cluster")
-        client = stack.enter_context(ShoalClient(target, image_bytes=image_bytes, timeout_s=30.0))
+        client = stack.enter_context(ShoalClient(target, image_bytes=image_bytes, timeout_s=30.0, ca=security.ca,
+                                                 server_name=plan.devices.central.name, token=security.token()))
         served = client.info().plan_fingerprint
         if served != fingerprint:
             raise ConfigError(f"{target} serves plan {served}, but --plan {plan_dir} is plan {fingerprint}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import sys
 import time
@@ -29,7 +30,9 @@ from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process
-from shoal.runtime.links import WorkerLink, describe_failure, parse_workers
+from shoal.runtime.links import PendingCall, WorkerLink, describe_failure, parse_workers
+from shoal.runtime.pki import check_signature
+from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
 from shoal.runtime.worker import Identity
@@ -84,16 +87,27 @@ class CentralServicer(pb_grpc.CentralServicer):
         request_id = request.request_id or next(self._ids)
 
         done: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
-        calls = [link.start(i, request_id, request, self.identity.plan_fingerprint, deadline, done)
-                 for i, link in enumerate(self.links)]
+        errors: dict[str, RemoteError] = {}
+        calls: dict[int, PendingCall] = {}
+        for i, link in enumerate(self.links):
+            if link.verified.is_set():   # never send the users' images to a worker not (re)verified
+                calls[i] = link.start(i, request_id, request, self.identity.plan_fingerprint, deadline, done)
+            else:
+                errors[link.name] = link.rejected or RemoteError(
+                    grpc.StatusCode.UNAVAILABLE, "reconnecting; not called until its identity is checked again",
+                    link.name)
+        if errors and not self.degrade:
+            for call in calls.values():
+                call.future.cancel()
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
         local = self.runner(x)  # the central device computes while the workers do
-        features: list[torch.Tensor | None] = [local.features] + [None] * len(calls)
+        features: list[torch.Tensor | None] = [local.features] + [None] * len(self.links)
         timings = [pb.DeviceTiming(device=self.identity.device, compute_ms=local.compute_ms,
                                    queue_ms=local.queue_ms, round_trip_ms=local.compute_ms + local.queue_ms, ok=True)]
         timings += [pb.DeviceTiming(device=link.name, ok=False) for link in self.links]
-        errors: dict[str, RemoteError] = {}
         timed_out = False
-        for _ in calls:
+        for _ in range(len(calls)):
             try:  # gRPC ends every call at its deadline; the extra 0.25 s is only a safety net
                 i, t_done = done.get(timeout=max(0.0, deadline - time.perf_counter()) + 0.25)
             except queue.Empty:
@@ -116,7 +130,7 @@ class CentralServicer(pb_grpc.CentralServicer):
                     transfer_ms=max(0.0, rt - reply.compute_ms - reply.queue_ms - reply.decode_ms), ok=True)
             if errors and not self.degrade:
                 break
-        for i, call in enumerate(calls):
+        for i, call in calls.items():
             if features[i + 1] is None and call.link.name not in errors:
                 call.future.cancel()  # failing fast on another device, or past the deadline
                 if timed_out:
@@ -129,7 +143,12 @@ class CentralServicer(pb_grpc.CentralServicer):
             first = errors[next(iter(errors))]
             context.abort(first.code if first.code in _PASS_THROUGH else grpc.StatusCode.UNAVAILABLE,
                           "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
-        return self._answer(request, request_id, features, timings, errors, t_start)
+        reply = self._answer(request, request_id, features, timings, errors, t_start)
+        if not all(math.isfinite(v) for v in reply.top_probs):
+            # never OK with NaN/Inf: an input inside the codec's bounds that still overflows a sub-model
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the model's output is not finite for this input "
+                          "(values out of the range the plan was made for?)")
+        return reply
 
     def _answer(self, request: pb.PredictRequest, request_id: int, features: list[torch.Tensor | None],
                 timings: list[pb.DeviceTiming], errors: Mapping[str, RemoteError], t_start: float) -> pb.PredictReply:
@@ -157,6 +176,9 @@ class CentralServicer(pb_grpc.CentralServicer):
                        max_elements=batch * link.feature_width)
         except CodecError as exc:
             raise RemoteError(grpc.StatusCode.INTERNAL, str(exc), link.name) from None
+        if not bool(torch.isfinite(f).all()):
+            raise RemoteError(grpc.StatusCode.INVALID_ARGUMENT, f"device {link.name!r} sent non-finite features "
+                              "(the input overflows its sub-model)", link.name)
         if tuple(f.shape) != (batch, link.feature_width):
             raise RemoteError(grpc.StatusCode.INTERNAL, f"device {link.name!r} sent features of shape "
                               f"{list(f.shape)}, expected {[batch, link.feature_width]}", link.name)
@@ -164,6 +186,11 @@ class CentralServicer(pb_grpc.CentralServicer):
 
     def _link(self, name: str) -> WorkerLink:
         return next(link for link in self.links if link.name == name)
+
+    def serving(self) -> bool:
+        """Whether Predict can answer now: every worker verified on its current connection (with
+        --degrade the central device alone suffices: answers are then marked degraded)."""
+        return self.ready and (self.degrade or all(link.verified.is_set() for link in self.links))
 
     def close(self) -> None:
         for link in self.links:
@@ -186,6 +213,7 @@ def start_central(
     max_batch: int = DEFAULT_MAX_BATCH,
     warmup: int = 10,
     accelerator: str | None = None,
+    security: Security = Security(),
 ) -> tuple[RunningServer, CentralServicer]:
     """Load the central device's part of `plan`, check every worker, and serve (in this process).
 
@@ -200,10 +228,18 @@ def start_central(
     if missing or unknown:
         raise ConfigError(f"--workers must name every worker device of the plan {expected} once; "
                           f"missing {missing}, unknown {unknown}")
+    tls = security.tls(central.name)
+    check_bind(host, tls, security.insecure)
+    check_signature(security.tls_dir, plan.root)
+    token = security.token()
     identity = Identity.of(plan, central.name, max_batch)
+    if token is not None and token.plan != identity.plan_fingerprint:
+        raise ConfigError(f"the token is for plan {token.plan}, this is plan {identity.plan_fingerprint}; "
+                          "use the client.token `shoal certs` wrote for this plan")
     message_bytes = image_message_bytes(identity.input_shape, max_batch)
     widths = dict(zip(plan.policy.devices, (s.width for s in plan.policy.specs)))
-    links = [WorkerLink(name, workers[name], widths[name], message_bytes) for name in expected]
+    links = [WorkerLink(name, workers[name], widths[name], message_bytes,
+                        tls.channel_credentials() if tls else None) for name in expected]
     compute = compute_device(accelerator or central.accelerator)
     runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name, compute)
     servicer = CentralServicer(identity, runner, plan.build_aggregator().to(compute), links,
@@ -211,8 +247,12 @@ def start_central(
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
         logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
+    guard = Guard(GuardPolicy(frozenset({f"/{CENTRAL_SERVICE}/Predict"}), token=token,
+                              plan=identity.plan_fingerprint, rate=security.rate))
     running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(servicer, s), CENTRAL_SERVICE,
-                           host=host, port=port, max_message_bytes=message_bytes, threads=16, max_concurrent=128)
+                           host=host, port=port, max_message_bytes=message_bytes, threads=16, max_concurrent=128,
+                           credentials=tls.server_credentials(require_client_cert=False) if tls else None,
+                           interceptors=[guard] if token is not None or security.rate else [])
     try:
         give_up = time.monotonic() + connect_timeout
         for link in links:
@@ -230,7 +270,10 @@ def start_central(
         servicer.close()
         raise
     servicer.ready = True
-    running.set_serving(True)
+    # health tells the truth: NOT_SERVING while a worker is down or unverified (unless --degrade)
+    for link in links:
+        link.watch(identity, lambda: running.set_serving(servicer.serving()))
+    running.set_serving(servicer.serving())
     return running, servicer
 
 
@@ -248,6 +291,7 @@ def serve_central(
     grace: float = 5.0,
     watch_parent: bool = False,
     accelerator: str | None = None,
+    security: Security = Security(),
 ) -> None:
     """Process entry point of `shoal serve central`: limit, load, check workers, serve until a signal."""
     plan = load_plan(plan_dir)
@@ -258,7 +302,8 @@ def serve_central(
         if addresses is None:
             addresses = parse_workers(sys.stdin.readline())
         running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
-                                          degrade=degrade, connect_timeout=connect_timeout, accelerator=accelerator)
+                                          degrade=degrade, connect_timeout=connect_timeout, accelerator=accelerator,
+                                          security=security)
         announce(running)
         logger.info(f"central {plan.devices.central.name} of plan {servicer.identity.plan_fingerprint} "
                 f"serving on {running.target}; workers {addresses}")

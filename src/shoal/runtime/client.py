@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
@@ -13,6 +14,7 @@ from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import decode, encode_input
 from shoal.runtime.device import DEFAULT_MAX_BATCH
+from shoal.runtime.security import Token, client_credentials, name_override
 from shoal.runtime.status import channel_options, error_from_rpc
 
 
@@ -97,16 +99,27 @@ class ShoalClient:
         timeout_s: Deadline of every call.
         max_batch: Largest batch this client sends (sizes the message limit).
         image_bytes: Bytes of one image as sent (float32 C*H*W); sizes the message limit.
+        ca: The plan's CA certificate: connect with TLS and verify the central node (None: plaintext).
+        server_name: The name its certificate must carry (the central device's name; None: the
+            target's host).
+        token: Bearer token sent with every Predict (None: none).
     """
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, max_batch: int = DEFAULT_MAX_BATCH,
-                 image_bytes: int = 3 * 224 * 224 * 4) -> None:
+                 image_bytes: int = 3 * 224 * 224 * 4, ca: str | Path | None = None, server_name: str | None = None,
+                 token: Token | None = None) -> None:
         if timeout_s <= 0:
             raise ConfigError(f"timeout_s must be positive, got {timeout_s!r}")
         self.target = target
         self.timeout_s = timeout_s
+        self._metadata = token.metadata() if token is not None else None
         limit = 2 * max_batch * image_bytes + (1 << 16)
-        self._channel = grpc.insecure_channel(target, options=channel_options(limit))
+        options = channel_options(limit)
+        if ca is not None:
+            self._channel = grpc.secure_channel(target, client_credentials(ca),
+                                                options=options + (name_override(server_name) if server_name else []))
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.CentralStub(self._channel)
 
     def predict(self, images: torch.Tensor, *, top_k: int = 5, request_id: int = 0,
@@ -134,7 +147,7 @@ class ShoalClient:
     def call(self, request: pb.PredictRequest, timeout_s: float | None = None) -> pb.PredictReply:
         """Send a prepared request (bench: encode once, send many times)."""
         try:
-            return self._stub.Predict(request, timeout=timeout_s or self.timeout_s)
+            return self._stub.Predict(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 

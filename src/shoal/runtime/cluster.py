@@ -31,6 +31,7 @@ from shoal.plan.directory import load_plan
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.device import cpu_limit_of
 from shoal.runtime.links import wait_until_serving
+from shoal.runtime.security import Security, is_loopback, name_override
 from shoal.runtime.server import LISTENING_PREFIX
 from shoal.runtime.status import CENTRAL_SERVICE, WORKER_SERVICE, RemoteError
 
@@ -79,6 +80,10 @@ class LocalCluster:
         start_timeout: Seconds to wait for everything to report SERVING.
         log_dir: Where each process's stderr goes (default: a temporary directory).
         grace: Seconds a stopping process gets to finish in-flight calls.
+        security: TLS, token and limits of every process (`shoal serve local --tls-dir ...`). A
+            worker placed in a network namespace of this host (placements) listens on that
+            namespace's private address: without TLS it is started with --insecure, as nothing
+            outside this host reaches it.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class LocalCluster:
         start_timeout: float = 120.0,
         log_dir: str | Path | None = None,
         grace: float = 3.0,
+        security: Security = Security(),
     ) -> None:
         if not 0 <= base_port <= 65535:
             raise ConfigError(f"base_port must be between 0 and 65535, got {base_port!r}")
@@ -107,6 +113,7 @@ class LocalCluster:
         self.worker_env = {k: dict(v) for k, v in (worker_env or {}).items()}
         self.start_timeout = start_timeout
         self.grace = grace
+        self.security = security
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="shoal-cluster-")
         self.log_dir = Path(log_dir or self._tmp.name)  # type: ignore[union-attr]
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +136,8 @@ class LocalCluster:
                 place = self.placements.get(spec.name, Placement())
                 port = place.bind_port or (self.base_port + offset if self.base_port else 0)
                 args = ["worker", "--device", spec.name, "--host", place.bind_host, "--port", str(port)]
+                if self.security.tls_dir is None and not is_loopback(place.bind_host):
+                    args.append("--insecure")   # a namespace of this host: reachable from here only
                 pending.append((self._spawn(spec.name, "worker", args, place.prefix,
                                             self.worker_env.get(spec.name, {})), place))
             args = ["central", "--workers", "-", "--port", str(self.base_port), "--deadline-ms",
@@ -152,7 +161,7 @@ class LocalCluster:
         """Every process answers its health check with SERVING (the central node has checked its workers)."""
         for child in self.children.values():
             service = CENTRAL_SERVICE if child.role == "central" else WORKER_SERVICE
-            channel = grpc.insecure_channel(child.target)
+            channel = self.channel(child.name)
             try:
                 wait_until_serving(channel, service, give_up, f"{child.role} {child.name!r} at {child.target}")
             except RemoteError as exc:
@@ -164,7 +173,7 @@ class LocalCluster:
                env: Mapping[str, str], stdin: bool = False) -> _Child:
         log = self.log_dir / f"{role}-{name}.log"
         command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
-                   "--no-emulate", "--watch-parent"]
+                   "--no-emulate", "--watch-parent", *self.security.args(central=role == "central")]
         limit = cpu_limit_of(self.plan.devices[name]) if self.emulate else CpuLimit()
         with open(log, "wb") as stderr:
             process = LimitedChild(command, limit, who=f"device {name!r}", strict=False, stderr=stderr,
@@ -195,6 +204,15 @@ class LocalCluster:
             self._tmp.cleanup()
 
     # -- access ------------------------------------------------------------------------------
+
+    def channel(self, device: str) -> grpc.Channel:
+        """A channel to one process of the cluster, with the cluster's TLS (as the central node: workers
+        answer nobody else)."""
+        target = self.children[device].target
+        tls = self.security.tls(self.plan.devices.central.name)
+        if tls is None:
+            return grpc.insecure_channel(target)
+        return grpc.secure_channel(target, tls.channel_credentials(), options=name_override(device))
 
     @property
     def central_target(self) -> str:

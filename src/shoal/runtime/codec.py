@@ -30,6 +30,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
 MAX_DIMS = 8
+MAX_ABS_INPUT = 1e4   # |value| of a float input: far beyond any normalised image, far below overflow
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise ImportError("shoal's wire format is little-endian; this host is big-endian")
@@ -128,8 +129,11 @@ def check_images(x: torch.Tensor, input_shape: tuple[int, ...], max_batch: int, 
                          f"got {list(x.shape)}")
     if not 1 <= x.shape[0] <= max_batch:
         raise CodecError(f"{what}: batch of {x.shape[0]} images; this server accepts 1 to {max_batch}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise CodecError(f"{what}: contains NaN or infinite values")
+    if x.is_floating_point() and not bool((x.abs() <= MAX_ABS_INPUT).all()):
+        if not bool(torch.isfinite(x).all()):
+            raise CodecError(f"{what}: contains NaN or infinite values")
+        raise CodecError(f"{what}: values beyond ±{MAX_ABS_INPUT:g}; a normalised image lies within a few "
+                         "units of 0 (send float32 normalised as the plan records, or uint8 pixels)")
 
 
 def image_message_bytes(input_shape: tuple[int, ...], max_batch: int, margin: int = 64 * 1024) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -14,12 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shoal.errors import ConfigError
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
+from shoal.runtime.security import name_override
 from shoal.runtime.status import WORKER_SERVICE, RemoteError, channel_options, error_from_rpc
 
 if TYPE_CHECKING:
     from shoal.runtime.worker import Identity
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+logger = logging.getLogger(__name__)
 
 
 def parse_workers(text: str) -> dict[str, str]:
@@ -65,14 +70,70 @@ class WorkerLink:
         target: host:port.
         feature_width: d_n the plan gives this device.
         max_message_bytes: Message size limit (inputs of the largest batch).
+        credentials: Mutual TLS as the central node (None: plaintext); the worker's certificate
+            must name this device, whatever its address.
     """
 
-    def __init__(self, name: str, target: str, feature_width: int, max_message_bytes: int) -> None:
+    def __init__(self, name: str, target: str, feature_width: int, max_message_bytes: int,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.name = name
         self.target = target
         self.feature_width = feature_width
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        options = channel_options(max_message_bytes)
+        if credentials is not None:
+            self.channel = grpc.secure_channel(target, credentials, options=options + name_override(name))
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.WorkerStub(self.channel)
+        self.verified = threading.Event()   # its identity was checked on the current connection
+        self.rejected: RemoteError | None = None   # the last identity check failed: who answered instead
+        self._closed = threading.Event()
+        self._checking = threading.Lock()
+        self._identity: Identity | None = None
+        self._on_change: Callable[[], None] | None = None
+
+    # -- identity on every (re)connection ---------------------------------------------------------
+
+    def watch(self, identity: Identity, on_change: Callable[[], None]) -> None:
+        """Re-check who answers whenever the channel (re)connects (issue 12: a process that takes a
+        dead worker's port must not receive the users' images). Until the check passes the link is
+        not `verified` and the central node does not call it; `on_change` runs on every change."""
+        self._identity, self._on_change = identity, on_change
+        self.channel.subscribe(self._state_changed, try_to_connect=True)
+
+    def _state_changed(self, state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY and self.verified.is_set():
+            return
+        if state != grpc.ChannelConnectivity.READY or not self.verified.is_set():
+            was = self.verified.is_set()
+            if state != grpc.ChannelConnectivity.READY:
+                self.verified.clear()
+            if was and self._on_change is not None:
+                self._on_change()
+            if not self._closed.is_set():
+                threading.Thread(target=self._recheck, name=f"verify-{self.name}", daemon=True).start()
+
+    def _recheck(self) -> None:
+        if not self._checking.acquire(blocking=False):
+            return   # a check is already running
+        try:
+            while not self._closed.is_set() and not self.verified.is_set() and self._identity is not None:
+                try:
+                    self.verify(self._identity, time.monotonic() + 2.0)
+                except RemoteError as exc:
+                    if exc.code == grpc.StatusCode.FAILED_PRECONDITION and exc.details != getattr(
+                            self.rejected, "details", None):
+                        logger.error("%s; not calling it until the right worker answers", exc.details)
+                    self.rejected = exc if exc.code == grpc.StatusCode.FAILED_PRECONDITION else self.rejected
+                    self._closed.wait(0.5)
+                    continue
+                self.rejected = None
+                self.verified.set()
+                logger.info("device %r at %s verified", self.name, self.target)
+                if self._on_change is not None:
+                    self._on_change()
+        finally:
+            self._checking.release()
 
     def start(self, index: int, request_id: int, source: pb.PredictRequest, fingerprint: str, deadline: float,
               done: queue.SimpleQueue[tuple[int, float]]) -> PendingCall:
@@ -108,9 +169,13 @@ class WorkerLink:
             raise RemoteError(grpc.StatusCode.FAILED_PRECONDITION,
                               f"worker at {self.target} does not serve device {self.name!r} of this plan: "
                               + ", ".join(mismatch), self.name)
+        self.verified.set()
         return info
 
     def close(self) -> None:
+        self._closed.set()
+        if self._identity is not None:
+            self.channel.unsubscribe(self._state_changed)
         self.channel.close()
 
 

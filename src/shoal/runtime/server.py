@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -72,6 +72,8 @@ def start_server(
     max_message_bytes: int = 4 << 20,
     threads: int = 8,
     max_concurrent: int = 64,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> RunningServer:
     """Create, bind and start a server whose health is NOT_SERVING until `set_serving(True)`.
 
@@ -83,18 +85,22 @@ def start_server(
         max_message_bytes: Largest message sent or received.
         threads: Handler threads (created once, reused by every call).
         max_concurrent: Calls in progress beyond which gRPC answers RESOURCE_EXHAUSTED.
+        credentials: TLS credentials (`shoal.runtime.security.TlsFiles`); None: plaintext.
+        interceptors: Server interceptors (`shoal.runtime.security.Guard`).
 
     Raises:
         RuntimeServiceError: the address cannot be bound.
     """
     pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shoal-rpc")
-    server = grpc.server(pool, options=server_options(max_message_bytes), maximum_concurrent_rpcs=max_concurrent)
+    server = grpc.server(pool, options=server_options(max_message_bytes), maximum_concurrent_rpcs=max_concurrent,
+                         interceptors=list(interceptors))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     register(server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
     except RuntimeError as exc:
         bound, reason = 0, str(exc)
     else:

@@ -25,6 +25,8 @@ from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, decode_input, encode, image_message_bytes
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process, plan_fingerprint
+from shoal.runtime.pki import check_signature
+from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
 from shoal.utils.accel import compute_device
@@ -161,6 +163,7 @@ def start_worker(
     fault: Fault | None = None,
     background_warmup: bool = False,
     accelerator: str | None = None,
+    security: Security = Security(),
 ) -> tuple[RunningServer, WorkerServicer]:
     """Build `device`'s sub-model from `plan` and serve it (in this process).
 
@@ -168,22 +171,32 @@ def start_worker(
     once warm. With `background_warmup` the warm-up runs in a thread and this
     returns at once (tests use it to call before warm-up).
 
-    `accelerator` (cpu, cuda) overrides the device set's.
+    `accelerator` (cpu, cuda) overrides the device set's. With `security.tls_dir` the worker
+    serves mutual TLS and answers only the plan's central node (its certificate's name);
+    a plan signature in that folder must match.
 
     Raises:
-        ConfigError: `device` is not a worker of the plan.
+        ConfigError: `device` is not a worker of the plan; it would listen beyond this machine
+            without TLS; its TLS files are missing or readable by others; the plan's signature fails.
         PlatformError: its accelerator is cuda and no CUDA device is visible.
     """
     spec = plan.devices[device]
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
+    tls = security.tls(device)
+    check_bind(host, tls, security.insecure)
+    check_signature(security.tls_dir, plan.root)
     identity = Identity.of(plan, device, max_batch)
     compute = compute_device(accelerator or spec.accelerator)
     runner = SubModelRunner(plan.build_submodel(device), plan.config.input_shape, device, compute)
     servicer = WorkerServicer(runner, identity, fault)
+    guard = Guard(GuardPolicy(frozenset({f"/{WORKER_SERVICE}/Features", f"/{WORKER_SERVICE}/Info"}),
+                              peers=frozenset({plan.devices.central.name})))
     running = start_server(lambda s: pb_grpc.add_WorkerServicer_to_server(servicer, s), WORKER_SERVICE,
                            host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape, max_batch),
-                           threads=4, max_concurrent=64)
+                           threads=4, max_concurrent=64,
+                           credentials=tls.server_credentials(require_client_cert=True) if tls else None,
+                           interceptors=[guard] if tls else [])
 
     def warm() -> None:
         runner.warm_up(warmup)
@@ -209,6 +222,7 @@ def serve_worker(
     grace: float = 5.0,
     watch_parent: bool = False,
     accelerator: str | None = None,
+    security: Security = Security(),
 ) -> None:
     """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
     plan = load_plan(plan_dir)
@@ -217,7 +231,8 @@ def serve_worker(
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     with device_process(spec, emulate=emulate, threads=threads):
         running, servicer = start_worker(plan, device, host=host, port=port, max_batch=max_batch,
-                                         fault=Fault.from_env(), background_warmup=True, accelerator=accelerator)
+                                         fault=Fault.from_env(), background_warmup=True, accelerator=accelerator,
+                                         security=security)
         announce(running)
         logger.info(f"worker {device} of plan {servicer.identity.plan_fingerprint} listening on {running.target} "
                     f"({threads or spec.threads} thread(s), {servicer.runner.compute.type}); SERVING after warm-up")
