@@ -107,3 +107,24 @@ def test_a_quota_equal_to_the_pinned_cores_needs_no_cgroup():
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(NO_QUOTA is not None, reason=f"CPU quotas unavailable here: {NO_QUOTA}")
+def test_cgroups_left_by_a_killed_run_are_removed_and_live_ones_kept():
+    import time
+
+    from shoal.devices.emulation import CGROUP_ROOT, cgroup_flavour, remove_stale_cgroups
+
+    base = CGROUP_ROOT / "cpu" if cgroup_flavour() == "v1" else CGROUP_ROOT
+    stale = base / "shoal-staletest"
+    stale.mkdir(exist_ok=True)
+    live = apply_cpu_limit(CpuLimit(0.9, None))   # this process is in it: never stale
+    try:
+        assert stale not in remove_stale_cgroups()   # too young yet: it may be a run starting now
+        removed = remove_stale_cgroups(now=time.time() + 3600)
+        assert stale in removed and not stale.exists()
+        assert live is not None and live.exists() and live not in removed
+    finally:
+        remove_cgroup(live)
+        if stale.exists():
+            stale.rmdir()

@@ -199,3 +199,16 @@ def test_certs_then_a_tls_cluster_then_bench_with_the_token(plan_dir, tmp_path):
     # the token is never printed, not even in the logs of a failing run
     token = (keys / "client.token").read_text().strip()
     assert token not in bench.stdout + bench.stderr + made.stdout + made.stderr
+
+
+def test_log_folders_of_dead_clusters_are_removed_and_live_ones_kept(tmp_path):
+    from shoal.runtime.cluster import remove_stale_log_dirs
+
+    dead = tmp_path / "shoal-cluster-999999999-abcd"
+    live = tmp_path / f"shoal-cluster-{os.getpid()}-efgh"
+    other = tmp_path / "shoal-cluster-notapid-x"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "worker-edge-a.log").write_text("log")
+    assert remove_stale_log_dirs(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()

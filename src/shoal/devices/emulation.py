@@ -134,6 +134,7 @@ def apply_cpu_limit(limit: CpuLimit, pid: int | None = None) -> Path | None:
         raise EmulationUnavailable(reason)
     quota_us, period_us = quota_and_period(limit)
     v1 = cgroup_flavour() == "v1"
+    remove_stale_cgroups()
     group = (CGROUP_ROOT / "cpu" if v1 else CGROUP_ROOT) / f"shoal-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:
@@ -178,6 +179,33 @@ def remove_cgroup(group: Path | None) -> None:
         group.rmdir()
     except OSError:
         pass
+
+
+STALE_AFTER_S = 60.0   # an empty shoal cgroup older than this was left by a killed run
+
+
+def remove_stale_cgroups(now: float | None = None) -> list[Path]:
+    """Remove the `shoal-*` cgroups that dead runs left behind (a SIGKILLed `shoal serve local`
+    or worker cannot remove its own): empty ones older than `STALE_AFTER_S`. Returns them."""
+    import time
+
+    now = time.time() if now is None else now
+    removed = []
+    for base in (CGROUP_ROOT / "cpu", CGROUP_ROOT):
+        try:
+            groups = list(base.glob("shoal-*"))
+        except OSError:
+            continue
+        for group in groups:
+            try:
+                empty = not (group / "cgroup.procs").read_text().split()
+                old = now - group.stat().st_mtime > STALE_AFTER_S
+                if empty and old:
+                    group.rmdir()
+                    removed.append(group)
+            except OSError:
+                continue
+    return removed
 
 
 def _threads(pid: int) -> list[int]:

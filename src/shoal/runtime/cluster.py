@@ -13,6 +13,7 @@ sends SIGTERM, then SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -114,7 +115,9 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.grace = grace
         self.security = security
-        self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="shoal-cluster-")
+        if not log_dir:
+            remove_stale_log_dirs()
+        self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix=f"{LOG_PREFIX}{os.getpid()}-")
         self.log_dir = Path(log_dir or self._tmp.name)  # type: ignore[union-attr]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, _Child] = {}
@@ -232,6 +235,24 @@ class LocalCluster:
 
     def log_tail(self, device: str, lines: int = 20) -> str:
         return _tail(self.children[device].log, lines)
+
+
+LOG_PREFIX = "shoal-cluster-"
+
+
+def remove_stale_log_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the log folders of clusters whose process is gone (`shoal-cluster-<pid>-*`, left by a
+    SIGKILL that skipped the clean-up). Returns them."""
+    import shutil
+
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{LOG_PREFIX}*-*"):
+        pid = folder.name[len(LOG_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _read_listening(child: _Child, give_up: float) -> str:
