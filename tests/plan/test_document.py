@@ -106,3 +106,17 @@ def test_the_input_spec_reads_back_and_refuses_a_bad_format():
     assert InputSpec.read(Fields(spec.to_dict(), "input")) == spec
     with pytest.raises(DataError, match="input.format must be one of"):
         InputSpec.read(Fields({**spec.to_dict(), "format": "gif"}, "input"))
+
+
+def test_subset_accuracies_read_old_missing_rows_and_answer_what_a_subset_is_worth():
+    data = json.loads(json.dumps(WRITTEN["calibrated"]))
+    ensemble = data["accuracy"]["ensemble"]
+    half = {k: v for k, v in ensemble.items() if k not in ("vs_teacher", "agreement_with_teacher", "ci95")}
+    half.update(top1=0.5, correct=64, n=128)
+    data["accuracy"]["missing"] = {"edge-b": half}   # the form of plans before subsets
+    acc = PlanDocument.from_dict(data).accuracy
+    assert acc is not None and set(acc.subsets) == {"hub+edge-a"}
+    assert acc.expected(["hub", "edge-a", "edge-b"]) == ensemble["top1"]
+    assert acc.expected(["edge-a", "hub"]) == 0.5          # order does not matter
+    assert acc.expected(["hub"]) is None                    # not evaluated: unknown, not guessed
+    assert "missing" not in acc.to_dict() and "subsets" in acc.to_dict()

@@ -31,16 +31,15 @@ def decomposition(tiny_digits_teacher):
 
 def test_every_score_has_n_and_wilson_interval(decomposition):
     teacher, subs, agg, split = decomposition
-    scored = score_decomposition(logits_of(teacher.model, split.images), ["hub", "edge"], subs, agg, split,
-                                 with_missing=True)
+    scored = score_decomposition(logits_of(teacher.model, split.images), ["hub", "edge"], subs, agg, split)
     s = scored.accuracy.to_dict()
-    rows = [s["teacher"], s["ensemble"], *s["submodels"].values(), *s["missing"].values()]
+    rows = [s["teacher"], s["ensemble"], *s["submodels"].values(), *s["subsets"].values()]
     assert len(rows) == 5
     for row in rows:
         assert {"top1", "loss", "n", "correct", "ci95"} <= set(row)
         acc = Accuracy.from_dict({k: row[k] for k in ("top1", "n", "correct", "ci95")})   # consistent
         assert acc.n == 40 and row["ci95"][0] <= row["top1"] <= row["ci95"][1]
-    assert set(scored.correct) == {"teacher", "ensemble", "submodels/hub", "submodels/edge", "missing/edge"}
+    assert set(scored.correct) == {"teacher", "ensemble", "submodels/hub", "submodels/edge", "subset/hub"}
     for vec in scored.correct.values():
         assert vec.dtype == torch.bool and vec.shape == (40,)
     assert int(scored.correct["teacher"].sum()) == s["teacher"]["correct"]
@@ -61,7 +60,7 @@ def test_every_score_has_n_and_wilson_interval(decomposition):
     assert torch.equal(scored.correct["ensemble"], ens.argmax(1) == split.labels)
     assert s["ensemble"]["loss"] == pytest.approx(torch.nn.functional.cross_entropy(ens, split.labels).item())
     missing = ensemble_logits(subs, agg, split.images, torch.tensor([1.0, 0.0]))
-    assert torch.equal(scored.correct["missing/edge"], missing.argmax(1) == split.labels)
+    assert torch.equal(scored.correct["subset/hub"], missing.argmax(1) == split.labels)
     with pytest.raises(ConfigError, match="teacher logits for 39 images"):
         score_decomposition(logits_of(teacher.model, split.images[:39]), ["hub", "edge"], subs, agg, split)
 
@@ -93,6 +92,6 @@ def test_calibrate_keeps_per_image_vectors_out_of_the_accuracy_document(tiny_dig
         assert {"n", "ci95", "vs_teacher"} <= set(e)
         assert int(cal.correct[f"ablation/{row}/ensemble"].sum()) == e["correct"]
     assert acc["val"]["n"] == len(problem.data.val) and "ci95" in acc["val"]
-    assert {"teacher", "ensemble", "submodels/hub", "submodels/edge", "missing/edge"} <= set(cal.correct)
+    assert {"teacher", "ensemble", "submodels/hub", "submodels/edge", "subset/hub"} <= set(cal.correct)
     assert int(cal.correct["ensemble"].sum()) == acc["ensemble"]["correct"]
     json.dumps(acc)

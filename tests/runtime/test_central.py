@@ -10,6 +10,7 @@ from shoal.errors import ConfigError
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.central import start_central
 from shoal.runtime.client import ShoalClient
+from shoal.runtime.codec import encode
 from shoal.runtime.links import parse_workers
 from shoal.runtime.status import RemoteError
 from shoal.runtime.worker import Fault, start_worker
@@ -302,3 +303,50 @@ def test_an_impostor_on_a_dead_workers_port_gets_no_image_and_health_tells_the_t
         cluster.extra.append(real)
         assert _eventually(lambda: _health(target) == "SERVING", timeout=15.0)
         assert torch.allclose(client.predict(x).logits, reference_logits(plan, x), atol=1e-5)
+
+
+def test_one_stall_does_not_demote_a_worker_but_a_streak_does_and_a_hit_restores_it():
+    from shoal.runtime.central import MissTracker
+
+    t = MissTracker(misses=3, backoff_s=2.0)
+    t.record(False, now=0.0)
+    t.record(True, now=0.1)
+    assert not t.demoted(now=0.2)                       # a single 2-second stall changes nothing
+    for k in range(3):
+        t.record(False, now=1.0 + k)
+    assert t.demoted(now=3.5) and not t.demoted(now=5.1)   # demoted for 2 s, then on trial
+    t.record(False, on_trial=True, now=5.2)             # the trial fails: demoted again, for twice as long
+    assert t.demoted(now=9.0) and not t.demoted(now=9.3)
+    t.record(False, on_trial=False, now=6.0)            # misses while demoted (not waited for) count nothing
+    t.record(True, on_trial=False, now=9.4)             # back in time although not waited for: restored
+    assert not t.demoted(now=9.5) and t.streak == 0
+
+
+def test_with_an_slo_the_answer_comes_from_the_devices_back_in_time_and_says_its_worth(plan, in_process):
+    cluster = in_process(central=False, faults={"edge-b": Fault(delay_ms=400)})
+    server, servicer = start_central(plan, cluster.targets, warmup=1, connect_timeout=10.0, slo_ms=150.0)
+    cluster.central, cluster.servicer = server, servicer
+    worth = {("hub", "edge-a"): 0.9, ("hub", "edge-a", "edge-b"): 0.95}
+    servicer.expected = lambda present: worth.get(tuple(present))
+    x = torch.randn(1, *plan.config.input_shape)
+    with ShoalClient(server.target) as client:
+        replies = [client.predict(x) for _ in range(5)]
+        for p in replies:
+            assert p.degraded and p.missing == ("edge-b",)
+        errors = [next(t.error for t in p.timings if t.device == "edge-b") for p in replies]
+        assert "within the 150 ms SLO" in errors[0] and "demoted" in errors[-1]   # after three misses in a row
+        raw = client.call(pb.PredictRequest(input=encode(x)))
+        assert raw.expected_accuracy == pytest.approx(0.9) and raw.HasField("expected_accuracy")
+        servicer.min_accuracy = 0.92
+        with pytest.raises(RemoteError) as info:
+            client.predict(x)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "without edge-b the plan answers at 90.0% top-1, below --min-accuracy 92.0%" in info.value.details
+        servicer.expected = lambda present: None
+        with pytest.raises(RemoteError, match="an unmeasured accuracy"):
+            client.predict(x)
+
+
+def test_a_plan_measures_what_every_subset_of_devices_is_worth(plan):
+    """An even plan records no accuracy; the expected worth of any subset is then unknown, not guessed."""
+    assert plan.document.accuracy is None

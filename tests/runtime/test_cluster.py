@@ -212,3 +212,36 @@ def test_log_folders_of_dead_clusters_are_removed_and_live_ones_kept(tmp_path):
         (folder / "worker-edge-a.log").write_text("log")
     assert remove_stale_log_dirs(tmp_path) == [dead]
     assert not dead.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_a_local_cluster_restarts_a_dead_worker_and_the_central_node_takes_it_back(plan_dir):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from shoal.runtime.client import ShoalClient
+
+    def serving(cluster) -> bool:
+        with grpc.insecure_channel(cluster.central_target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="shoal.v1.Central"), timeout=2.0).status
+        return status == health_pb2.HealthCheckResponse.SERVING
+
+    with LocalCluster(plan_dir, emulate=False, restarts=1) as cluster:
+        x = torch.randn(1, 3, 16, 16)
+        first = cluster.pid("edge-a")
+        cluster.kill("edge-a")
+        until = time.monotonic() + 20
+        while cluster.children["edge-a"].proc.poll() is None and time.monotonic() < until:
+            time.sleep(0.05)
+        events = cluster.revive()
+        assert len(events) == 1 and "restarted on" in events[0] and cluster.pid("edge-a") != first
+        until = time.monotonic() + 30
+        while not serving(cluster) and time.monotonic() < until:
+            time.sleep(0.1)
+        with ShoalClient(cluster.central_target) as client:
+            assert not client.predict(x).degraded        # answered by all three again
+        cluster.kill("edge-a")
+        time.sleep(0.5)
+        events = cluster.revive(now=time.monotonic() + 10)
+        assert len(events) == 1 and "not restarted again after 1 restart(s)" in events[0]
+        assert cluster.revive(now=time.monotonic() + 20) == []   # said once

@@ -260,8 +260,8 @@ def show_document(doc: PlanDocument, where: Path) -> None:
         for name, s in accuracy.submodels.items():
             row(f"  sub-model {name} (calibrated)", s)
         row("[bold]shoal ensemble (calibrated)[/]", accuracy.ensemble, bold=True)
-        for name, s in accuracy.missing.items():
-            row(f"  without {name}", s)
+        for key, s in accuracy.subsets.items():
+            row(f"  from {key.replace('+', ', ')} only", s)
         acc.caption = paired_text(accuracy.ensemble.vs_teacher)
         console.print(acc)
     if doc.phases:

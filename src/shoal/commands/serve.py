@@ -38,6 +38,10 @@ TokenOpt = Annotated[Path | None, typer.Option(
     help="file holding the bearer token clients must send (default: $SHOAL_TOKEN; never on the command line)")]
 InsecureOpt = Annotated[bool, typer.Option(help="allow plaintext on an address other than loopback")]
 RateOpt = Annotated[float | None, typer.Option(help="Predict calls per second per client at the central node")]
+SloOpt = Annotated[float | None, typer.Option(
+    help="answer within this many ms with the features that arrived; a worker that keeps missing it is demoted")]
+MinAccOpt = Annotated[float | None, typer.Option(
+    help="refuse a degraded answer whose expected top-1 (measured by the planner) is below this fraction")]
 
 
 def _security(tls_dir: Path | None, token_file: Path | None = None, insecure: bool = False,
@@ -88,13 +92,16 @@ def central(
     token_file: TokenOpt = None,
     insecure: InsecureOpt = False,
     rate_limit: RateOpt = None,
+    slo_ms: SloOpt = None,
+    min_accuracy: MinAccOpt = None,
 ) -> None:
     """Serve the central node: fan out to the workers, compute locally, aggregate, answer."""
     from shoal.runtime.central import serve_central
 
     serve_central(plan, workers, host=host, port=port, threads=threads, emulate=emulate, deadline_ms=deadline_ms,
                   degrade=degrade, connect_timeout=connect_timeout, grace=grace, watch_parent=watch_parent,
-                  accelerator=accelerator, security=_security(tls_dir, token_file, insecure, rate_limit))
+                  accelerator=accelerator, security=_security(tls_dir, token_file, insecure, rate_limit),
+                  slo_ms=slo_ms, min_accuracy=min_accuracy)
 
 
 @app.command("local")
@@ -109,6 +116,9 @@ def local(
     tls_dir: TlsDirOpt = None,
     token_file: TokenOpt = None,
     rate_limit: RateOpt = None,
+    slo_ms: SloOpt = None,
+    min_accuracy: MinAccOpt = None,
+    restarts: Annotated[int, typer.Option(help="times a worker that exits is restarted (with back-off)")] = 5,
 ) -> None:
     """Start every device of the plan on this machine, one process each, until Ctrl-C."""
     from shoal.runtime.cluster import LocalCluster
@@ -118,7 +128,8 @@ def local(
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with LocalCluster(plan, base_port=base_port, deadline_ms=deadline_ms, degrade=degrade, emulate=emulate,
-                          security=_security(tls_dir, token_file, False, rate_limit)) as cluster:
+                          security=_security(tls_dir, token_file, False, rate_limit), slo_ms=slo_ms,
+                          min_accuracy=min_accuracy, restarts=restarts) as cluster:
             for warning in cluster.warnings:
                 console.print(f"[yellow]warning:[/] {warning}", highlight=False)
             table = Table(title=f"shoal cluster of {plan} (ready)")
@@ -133,9 +144,10 @@ def local(
             console.print(f"predict with: shoal bench --plan {plan} --target {cluster.central_target}{tls}; "
                           "Ctrl-C stops")
             while not stop.wait(0.5):
-                dead = [c.name for c in cluster.children.values() if c.proc.poll() is not None]
-                if dead:
-                    console.print(f"[bold red]error:[/] {', '.join(dead)} exited; stopping the cluster")
+                for event in cluster.revive():   # restarts dead workers with back-off; the central node
+                    console.print(f"[yellow]{event}[/]", highlight=False)   # re-verifies them
+                if cluster.central_exited():
+                    console.print("[bold red]error:[/] the central node exited; stopping the cluster")
                     raise typer.Exit(1)
             console.print("stopping")
     finally:

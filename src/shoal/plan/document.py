@@ -22,6 +22,7 @@ for every plan this version writes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -178,7 +179,9 @@ class PlanAccuracy:
         teacher: The teacher.
         submodels: Each calibrated sub-model with its own head.
         ensemble: The aggregated ensemble (with its paired test against the teacher).
-        missing: The ensemble with each non-central device missing (`--degrade` plans).
+        subsets: The ensemble from every proper subset of the devices that includes the central
+            node, keyed by the devices present in plan order ("hub+edge-b"): what a degraded
+            answer is worth (plans before this recorded `missing`, one device absent: read as subsets).
         ablation: Rows of the ablation, by name.
         val: The ensemble on the validation split.
         stats: What the statistics are, in words.
@@ -188,7 +191,7 @@ class PlanAccuracy:
     teacher: Score
     submodels: dict[str, Score]
     ensemble: Score
-    missing: dict[str, Score] = field(default_factory=dict)
+    subsets: dict[str, Score] = field(default_factory=dict)
     ablation: dict[str, AblationScores] = field(default_factory=dict)
     val: Score | None = None
     stats: dict[str, str] = field(default_factory=dict)
@@ -197,19 +200,30 @@ class PlanAccuracy:
         out: dict[str, Any] = {"n": self.n, "teacher": self.teacher.to_dict(),
                                "submodels": {k: v.to_dict() for k, v in self.submodels.items()},
                                "ensemble": self.ensemble.to_dict(), "stats": dict(self.stats)}
-        if self.missing:
-            out["missing"] = {k: v.to_dict() for k, v in self.missing.items()}
+        if self.subsets:
+            out["subsets"] = {k: v.to_dict() for k, v in self.subsets.items()}
         if self.ablation:
             out["ablation"] = {k: v.to_dict() for k, v in self.ablation.items()}
         if self.val is not None:
             out["val"] = self.val.to_dict()
         return out
 
+    def expected(self, present: Sequence[str]) -> float | None:
+        """Test top-1 of the ensemble answering from the devices `present` (None: not evaluated)."""
+        names = [n for n in self.submodels if n in set(present)]
+        if len(names) == len(self.submodels):
+            return self.ensemble.top1
+        score = self.subsets.get("+".join(names))
+        return score.top1 if score is not None else None
+
     @classmethod
     def read(cls, f: Fields) -> PlanAccuracy:
-        out = cls(f.integer("n"), f.record("teacher", Score.read), f.records("submodels", Score.read),
-                  f.record("ensemble", Score.read), f.records("missing", Score.read, {}),
-                  f.records("ablation", AblationScores.read, {}), f.record("val", Score.read, None),
+        submodels = f.records("submodels", Score.read)
+        subsets = f.records("subsets", Score.read, {})
+        for absent, score in f.records("missing", Score.read, {}).items():   # older plans: one device absent
+            subsets["+".join(n for n in submodels if n != absent)] = score
+        out = cls(f.integer("n"), f.record("teacher", Score.read), submodels, f.record("ensemble", Score.read),
+                  subsets, f.records("ablation", AblationScores.read, {}), f.record("val", Score.read, None),
                   f.str_map("stats", {}))
         f.done()
         return out

@@ -2,8 +2,8 @@
 
 Also the CoFormer Table III style ablation rows: decompose only (sliced
 sub-models, scatter aggregator), decompose + aggregate (sliced sub-models,
-trained aggregator), and the calibrated ensemble; and the accuracy with each
-non-central device missing (what --degrade answers).
+trained aggregator), and the calibrated ensemble; and the accuracy from every
+subset of devices that keeps the central node (what a degraded answer is worth).
 
 Every score carries `n` (images), `correct` and `ci95` (95% Wilson interval)
 next to `top1` and `loss`; the ensemble also carries `vs_teacher`, the exact
@@ -62,7 +62,7 @@ class Scored:
     Attributes:
         accuracy: The scores (what plan.json records).
         correct: Per-image correctness (bool, split order) by row: "teacher", "ensemble",
-            "submodels/<device>", "missing/<device>".
+            "submodels/<device>", "subset/<present devices>".
     """
 
     accuracy: PlanAccuracy
@@ -76,7 +76,7 @@ def score_decomposition(
     aggregator: Aggregator,
     split: TensorDataset,
     *,
-    with_missing: bool = False,
+    with_subsets: bool = True,
 ) -> Scored:
     """Scores of the teacher, every sub-model (own head) and the ensemble on `split`, with the
     per-image correctness behind them.
@@ -87,7 +87,8 @@ def score_decomposition(
     Args:
         teacher_logits: (N, classes) the teacher's logits on `split` (`logits_of`), computed once
             by the caller for every decomposition it scores on that split.
-        with_missing: Also score the ensemble with each non-central device missing.
+        with_subsets: Also score the ensemble from every proper subset of the devices that keeps
+            the central node (2^(N-1) - 1 of them; what a degraded answer is worth).
     """
     if len(teacher_logits) != len(split):
         raise ConfigError(f"teacher logits for {len(teacher_logits)} images, the split has {len(split)}")
@@ -104,13 +105,13 @@ def score_decomposition(
                          agreement_with_teacher=(ens_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
                          .item(),
                          vs_teacher=PairedTest("teacher", "ensemble", mcnemar(correct["teacher"], correct["ensemble"])))
-    missing: dict[str, Score] = {}
-    if with_missing and len(submodels) > 1:
-        for n, name in enumerate(names[1:], start=1):
-            present = torch.ones(len(submodels))
-            present[n] = 0.0
-            with torch.no_grad():
-                logits = aggregator(features, present)
-            missing[name], correct[f"missing/{name}"] = _scores(logits, split.labels)
-    return Scored(PlanAccuracy(len(split), teacher_scores, sub_scores, ens_scores, missing, stats=dict(STATS_NOTE)),
+    subsets: dict[str, Score] = {}
+    workers = len(names) - 1
+    for mask in range(2 ** workers - 1 if with_subsets else 0):   # which workers answer; never all of them
+        present = torch.tensor([1.0] + [float(mask >> k & 1) for k in range(workers)])
+        key = "+".join(n for n, p in zip(names, present.tolist()) if p)
+        with torch.no_grad():
+            logits = aggregator(features, present)
+        subsets[key], correct[f"subset/{key}"] = _scores(logits, split.labels)
+    return Scored(PlanAccuracy(len(split), teacher_scores, sub_scores, ens_scores, subsets, stats=dict(STATS_NOTE)),
                   correct)

@@ -268,7 +268,7 @@ class Calibrated:
     Attributes:
         correct: Per-image test correctness (bool, test split order) behind `accuracy`, for paired
             tests between variants: the rows of `score_decomposition` ("teacher", "ensemble",
-            "submodels/<device>", "missing/<device>") and "ablation/<row>/ensemble". Not in plan.json.
+            "submodels/<device>", "subset/<present devices>") and "ablation/<row>/ensemble". Not in plan.json.
     """
 
     submodels: list[VisionTransformer]
@@ -287,10 +287,12 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     teacher_test = logits_of(teacher.model, data.test.images)   # once: every row is scored on the same images
     scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
                                                config.global_pool, config.num_prefix_tokens)
-    ablation = {"decompose_only": score_decomposition(teacher_test, names, sliced, scatter, data.test)}
+    ablation = {"decompose_only": score_decomposition(teacher_test, names, sliced, scatter, data.test,
+                                                      with_subsets=False)}
     agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0, feature_copies=1),
                                 hooks.progress)
-    ablation["decompose_aggregate"] = score_decomposition(teacher_test, names, sliced, agg_only, data.test)
+    ablation["decompose_aggregate"] = score_decomposition(teacher_test, names, sliced, agg_only, data.test,
+                                                          with_subsets=False)
 
     hooks.phase(f"calibrating sub-models ({s.weighting} weighting)")
     submodels = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
@@ -305,9 +307,9 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
         devices={name: DeviceCalibration(**row) for name, row in summary["devices"].items()},
         seconds=time.perf_counter() - started)
     hooks.phase("evaluating on the test split")
-    scored = score_decomposition(teacher_test, names, submodels, aggregator, data.test,
-                                 with_missing=s.device_dropout > 0)
-    val = score_decomposition(logits_of(teacher.model, data.val.images), names, submodels, aggregator, data.val)
+    scored = score_decomposition(teacher_test, names, submodels, aggregator, data.test)
+    val = score_decomposition(logits_of(teacher.model, data.val.images), names, submodels, aggregator, data.val,
+                              with_subsets=False)
     accuracy = replace(scored.accuracy, val=val.accuracy.ensemble, ablation={
         k: AblationScores(v.accuracy.ensemble, v.accuracy.submodels) for k, v in ablation.items()})
     correct = dict(scored.correct)

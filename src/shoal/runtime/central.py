@@ -15,8 +15,9 @@ import logging
 import math
 import queue
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -42,6 +43,36 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 _REPLY_MARGIN_S = 0.02  # kept back from the client's deadline to send a named error in time
+_ANSWER_MARGIN_S = 0.002  # kept back from the SLO to aggregate and send the answer
+
+
+class MissTracker:
+    """Whether a worker keeps missing the SLO: demoted after `misses` misses in a row, tried again
+    after `backoff_s` (doubling, at most 60 s, while it keeps failing its trials); one stall does
+    not demote it, so one outlier call does not change what the central node waits for."""
+
+    def __init__(self, misses: int = 3, backoff_s: float = 2.0) -> None:
+        self.misses, self.base = misses, backoff_s
+        self.streak = 0
+        self.backoff = backoff_s
+        self.until = 0.0
+        self._lock = threading.Lock()
+
+    def demoted(self, now: float | None = None) -> bool:
+        """Not waited for now (after its back-off it is on trial: waited for once)."""
+        return (time.monotonic() if now is None else now) < self.until
+
+    def record(self, hit: bool, on_trial: bool = True, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if hit:
+                self.streak, self.backoff = 0, self.base
+                self.until = 0.0
+            elif on_trial:
+                self.streak += 1
+                if self.streak >= self.misses or self.until > 0:   # a failed trial demotes at once, for longer
+                    self.backoff = min(60.0, self.backoff * 2) if self.until > 0 else self.backoff
+                    self.until = now + self.backoff
 
 
 class CentralServicer(pb_grpc.CentralServicer):
@@ -54,12 +85,28 @@ class CentralServicer(pb_grpc.CentralServicer):
         links: One link per worker, in plan order (after the central device).
         deadline_ms: Budget of every fan-out (shortened to the client's own deadline).
         degrade: Answer from the devices that replied when some do not.
+        slo_ms: Answer by this time after receipt with the features that arrived (a degraded answer
+            rather than a late one); a worker that keeps missing it is demoted (not waited for) and
+            tried again later. None: wait for every device until the deadline.
+        min_accuracy: Refuse (UNAVAILABLE) a degraded answer whose expected accuracy (`expected`)
+            is below this, or unknown.
+        expected: Test top-1 the plan measured for a set of devices answering (None: not evaluated).
     """
 
     def __init__(self, identity: Identity, runner: SubModelRunner, aggregator: Aggregator,
-                 links: list[WorkerLink], *, deadline_ms: float = DEFAULT_DEADLINE_MS, degrade: bool = False) -> None:
+                 links: list[WorkerLink], *, deadline_ms: float = DEFAULT_DEADLINE_MS, degrade: bool = False,
+                 slo_ms: float | None = None, min_accuracy: float | None = None,
+                 expected: Callable[[Sequence[str]], float | None] | None = None) -> None:
         if deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be positive, got {deadline_ms!r}")
+        if slo_ms is not None and not slo_ms > 0:
+            raise ConfigError(f"--slo-ms must be positive, got {slo_ms!r}")
+        if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+            raise ConfigError(f"--min-accuracy is a fraction between 0 and 1, got {min_accuracy!r}")
+        self.slo_s = slo_ms / 1e3 if slo_ms is not None else None
+        self.min_accuracy = min_accuracy
+        self.expected = expected or (lambda present: None)
+        self.trackers = {link.name: MissTracker() for link in links}
         self.identity = identity
         self.runner = runner
         self.aggregator = aggregator.eval()
@@ -96,7 +143,8 @@ class CentralServicer(pb_grpc.CentralServicer):
                 errors[link.name] = link.rejected or RemoteError(
                     grpc.StatusCode.UNAVAILABLE, "reconnecting; not called until its identity is checked again",
                     link.name)
-        if errors and not self.degrade:
+        may_degrade = self.degrade or self.slo_s is not None
+        if errors and not may_degrade:
             for call in calls.values():
                 call.future.cancel()
             context.abort(grpc.StatusCode.UNAVAILABLE,
@@ -107,12 +155,21 @@ class CentralServicer(pb_grpc.CentralServicer):
                                    queue_ms=local.queue_ms, round_trip_ms=local.compute_ms + local.queue_ms, ok=True)]
         timings += [pb.DeviceTiming(device=link.name, ok=False) for link in self.links]
         timed_out = False
-        for _ in range(len(calls)):
+        # with an SLO: answer by then with what arrived; a demoted worker is not waited for at all
+        stop_at = deadline if self.slo_s is None else min(deadline, t_start + self.slo_s - _ANSWER_MARGIN_S)
+        waited = {i for i, c in calls.items() if self.slo_s is None or not self.trackers[c.link.name].demoted()}
+        resolved: set[int] = set()
+        while waited - resolved or not done.empty():
             try:  # gRPC ends every call at its deadline; the extra 0.25 s is only a safety net
-                i, t_done = done.get(timeout=max(0.0, deadline - time.perf_counter()) + 0.25)
+                if waited - resolved:
+                    slack = 0.25 if self.slo_s is None else 0.0
+                    i, t_done = done.get(timeout=max(0.0, stop_at - time.perf_counter()) + slack)
+                else:
+                    i, t_done = done.get_nowait()   # demoted workers that happen to be back already
             except queue.Empty:
-                timed_out = True
+                timed_out = bool(waited - resolved)
                 break
+            resolved.add(i)
             call = calls[i]
             try:
                 reply = call.future.result(timeout=0)
@@ -128,22 +185,44 @@ class CentralServicer(pb_grpc.CentralServicer):
                 timings[i + 1] = pb.DeviceTiming(
                     device=call.link.name, compute_ms=reply.compute_ms, queue_ms=reply.queue_ms, round_trip_ms=rt,
                     transfer_ms=max(0.0, rt - reply.compute_ms - reply.queue_ms - reply.decode_ms), ok=True)
-            if errors and not self.degrade:
+            if errors and not may_degrade:
                 break
         for i, call in calls.items():
             if features[i + 1] is None and call.link.name not in errors:
-                call.future.cancel()  # failing fast on another device, or past the deadline
-                if timed_out:
+                call.future.cancel()  # failing fast on another device, past the deadline or the SLO, or demoted
+                if i not in waited:
+                    errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                         "demoted (kept missing the SLO): not waited for",
+                                                         call.link.name)
+                elif self.slo_s is not None:
+                    errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                         f"not back within the {self.slo_s * 1e3:.0f} ms SLO",
+                                                         call.link.name)
+                elif timed_out:
                     errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                                          f"no reply within {budget * 1e3:.0f} ms", call.link.name)
+        if self.slo_s is not None:
+            for i, call in calls.items():
+                self.trackers[call.link.name].record(features[i + 1] is not None, on_trial=i in waited)
         for i, link in enumerate(self.links):
             if link.name in errors:
                 timings[i + 1].error = describe_failure(link, errors[link.name], budget)
-        if errors and not self.degrade:
+        if errors and not may_degrade:
             first = errors[next(iter(errors))]
             context.abort(first.code if first.code in _PASS_THROUGH else grpc.StatusCode.UNAVAILABLE,
                           "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
+        present = [self.identity.device] + [link.name for link, f in zip(self.links, features[1:]) if f is not None]
+        worth = self.expected(present)
+        if errors and self.min_accuracy is not None and (worth is None or worth < self.min_accuracy):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"without {', '.join(errors)} the plan answers at "
+                          + (f"{worth:.1%}" if worth is not None else "an unmeasured accuracy")
+                          + f" top-1, below --min-accuracy {self.min_accuracy:.1%}: "
+                          + "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
         reply = self._answer(request, request_id, features, timings, errors, t_start)
+        if worth is not None:
+            reply.expected_accuracy = worth
+        reply.late = self.slo_s is not None and reply.total_ms > self.slo_s * 1e3
         if not all(math.isfinite(v) for v in reply.top_probs):
             # never OK with NaN/Inf: an input inside the codec's bounds that still overflows a sub-model
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the model's output is not finite for this input "
@@ -189,8 +268,10 @@ class CentralServicer(pb_grpc.CentralServicer):
 
     def serving(self) -> bool:
         """Whether Predict can answer now: every worker verified on its current connection (with
-        --degrade the central device alone suffices: answers are then marked degraded)."""
-        return self.ready and (self.degrade or all(link.verified.is_set() for link in self.links))
+        --degrade or --slo-ms the central device alone suffices: answers are then marked degraded,
+        and --min-accuracy may still refuse them)."""
+        return self.ready and (self.degrade or self.slo_s is not None
+                               or all(link.verified.is_set() for link in self.links))
 
     def close(self) -> None:
         for link in self.links:
@@ -214,6 +295,8 @@ def start_central(
     warmup: int = 10,
     accelerator: str | None = None,
     security: Security = Security(),
+    slo_ms: float | None = None,
+    min_accuracy: float | None = None,
 ) -> tuple[RunningServer, CentralServicer]:
     """Load the central device's part of `plan`, check every worker, and serve (in this process).
 
@@ -242,8 +325,10 @@ def start_central(
                         tls.channel_credentials() if tls else None) for name in expected]
     compute = compute_device(accelerator or central.accelerator)
     runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name, compute)
+    accuracy = plan.document.accuracy
     servicer = CentralServicer(identity, runner, plan.build_aggregator().to(compute), links,
-                               deadline_ms=deadline_ms, degrade=degrade)
+                               deadline_ms=deadline_ms, degrade=degrade, slo_ms=slo_ms, min_accuracy=min_accuracy,
+                               expected=accuracy.expected if accuracy is not None else None)
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
         logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
@@ -292,6 +377,8 @@ def serve_central(
     watch_parent: bool = False,
     accelerator: str | None = None,
     security: Security = Security(),
+    slo_ms: float | None = None,
+    min_accuracy: float | None = None,
 ) -> None:
     """Process entry point of `shoal serve central`: limit, load, check workers, serve until a signal."""
     plan = load_plan(plan_dir)
@@ -303,7 +390,7 @@ def serve_central(
             addresses = parse_workers(sys.stdin.readline())
         running, servicer = start_central(plan, addresses, host=host, port=port, deadline_ms=deadline_ms,
                                           degrade=degrade, connect_timeout=connect_timeout, accelerator=accelerator,
-                                          security=security)
+                                          security=security, slo_ms=slo_ms, min_accuracy=min_accuracy)
         announce(running)
         logger.info(f"central {plan.devices.central.name} of plan {servicer.identity.plan_fingerprint} "
                 f"serving on {running.target}; workers {addresses}")

@@ -55,6 +55,8 @@ class Prediction:
         degraded: Some devices did not answer (the central node runs with --degrade).
         missing: Those devices.
         request_id: Echoed id.
+        expected_accuracy: Test top-1 the plan measured for the devices that answered (None: unknown).
+        late: Answered after the central node's --slo-ms.
     """
 
     logits: torch.Tensor
@@ -66,6 +68,8 @@ class Prediction:
     degraded: bool
     missing: tuple[str, ...]
     request_id: int
+    expected_accuracy: float | None = None
+    late: bool = False
 
     @property
     def labels(self) -> torch.Tensor:
@@ -88,7 +92,9 @@ class Prediction:
             timings=tuple(DeviceTiming(t.device, t.compute_ms, t.queue_ms, t.round_trip_ms, t.transfer_ms, t.ok,
                                        t.error) for t in reply.timings),
             aggregation_ms=reply.aggregation_ms, server_ms=reply.total_ms, degraded=reply.degraded,
-            missing=tuple(reply.missing), request_id=int(reply.request_id))
+            missing=tuple(reply.missing), request_id=int(reply.request_id),
+            expected_accuracy=reply.expected_accuracy if reply.HasField("expected_accuracy") else None,
+            late=reply.late)
 
 
 class ShoalClient:

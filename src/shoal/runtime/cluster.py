@@ -101,6 +101,9 @@ class LocalCluster:
         log_dir: str | Path | None = None,
         grace: float = 3.0,
         security: Security = Security(),
+        slo_ms: float | None = None,
+        min_accuracy: float | None = None,
+        restarts: int = 0,
     ) -> None:
         if not 0 <= base_port <= 65535:
             raise ConfigError(f"base_port must be between 0 and 65535, got {base_port!r}")
@@ -115,6 +118,10 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.grace = grace
         self.security = security
+        self.slo_ms, self.min_accuracy = slo_ms, min_accuracy
+        self.restarts = restarts
+        self._revivals: dict[str, tuple[int, float]] = {}   # worker -> (restarts made, next try time)
+        self._worker_args: dict[str, tuple[list[str], Placement]] = {}
         if not log_dir:
             remove_stale_log_dirs()
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix=f"{LOG_PREFIX}{os.getpid()}-")
@@ -141,10 +148,15 @@ class LocalCluster:
                 args = ["worker", "--device", spec.name, "--host", place.bind_host, "--port", str(port)]
                 if self.security.tls_dir is None and not is_loopback(place.bind_host):
                     args.append("--insecure")   # a namespace of this host: reachable from here only
+                self._worker_args[spec.name] = (args, place)
                 pending.append((self._spawn(spec.name, "worker", args, place.prefix,
                                             self.worker_env.get(spec.name, {})), place))
             args = ["central", "--workers", "-", "--port", str(self.base_port), "--deadline-ms",
                     str(self.deadline_ms), "--connect-timeout", str(self.start_timeout)]
+            if self.slo_ms is not None:
+                args += ["--slo-ms", f"{self.slo_ms:g}"]
+            if self.min_accuracy is not None:
+                args += ["--min-accuracy", f"{self.min_accuracy:g}"]
             central_child = self._spawn(central.name, "central", args + (["--degrade"] if self.degrade else []), (), {},
                               stdin=True)
             for child, place in pending:
@@ -187,6 +199,42 @@ class LocalCluster:
         child = _Child(name, role, process, log)
         self.children[name] = child
         return child
+
+    def central_exited(self) -> bool:
+        return self.children[self.plan.devices.central.name].proc.poll() is not None
+
+    def revive(self, now: float | None = None) -> list[str]:
+        """Restart every worker that exited, on its port, with back-off (1, 2, 4... s) and at most
+        `restarts` times each; the central node takes it back once its identity checks out.
+        Returns what happened, one line per event."""
+        now = time.monotonic() if now is None else now
+        events = []
+        for name, child in list(self.children.items()):
+            if child.role != "worker" or child.proc.poll() is None:
+                continue
+            made, next_try = self._revivals.get(name, (0, 0.0))
+            if made >= self.restarts:
+                if next_try != float("inf"):
+                    events.append(f"worker {name} exited (status {child.proc.returncode}); not restarted again "
+                                  f"after {made} restart(s)")
+                    self._revivals[name] = (made, float("inf"))
+                continue
+            if now < next_try:
+                continue
+            args, place = self._worker_args[name]
+            port = child.target.rpartition(":")[2]
+            args = [*args[:args.index("--port") + 1], port, *args[args.index("--port") + 2:]]
+            child.process.stop(grace=0.5)   # reap it and remove its cgroup
+            try:
+                fresh = self._spawn(name, "worker", args, place.prefix, self.worker_env.get(name, {}))
+                _read_listening(fresh, time.monotonic() + self.start_timeout)
+                fresh.target = child.target
+                events.append(f"worker {name} exited (status {child.proc.returncode}); restarted on {child.target} "
+                              f"({made + 1}/{self.restarts})")
+            except RuntimeServiceError as exc:
+                events.append(f"worker {name} could not be restarted: {str(exc).splitlines()[0]}")
+            self._revivals[name] = (made + 1, now + 2.0 ** made)
+        return events
 
     def stop(self) -> None:
         """SIGTERM every process (central first), SIGKILL what is left after the grace period, clean up."""

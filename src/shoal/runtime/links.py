@@ -212,6 +212,8 @@ def describe_failure(link: WorkerLink, error: RemoteError, budget_s: float) -> s
     """One line naming the device and what went wrong."""
     where = f"device {link.name!r} ({link.target})"
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if error.details.startswith(("not back within", "demoted")):   # the SLO's own reasons
+            return f"{where}: {error.details}"
         return f"{where} missed the {budget_s * 1e3:.0f} ms deadline"
     if error.code == grpc.StatusCode.UNAVAILABLE:
         return f"{where} is unavailable: {error.details}"

@@ -113,7 +113,7 @@ class DeviceTiming(_message.Message):
     def __init__(self, device: _Optional[str] = ..., compute_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., round_trip_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class PredictReply(_message.Message):
-    __slots__ = ("request_id", "logits", "top_indices", "top_probs", "top_k", "timings", "aggregation_ms", "total_ms", "degraded", "missing")
+    __slots__ = ("request_id", "logits", "top_indices", "top_probs", "top_k", "timings", "aggregation_ms", "total_ms", "degraded", "missing", "expected_accuracy", "late")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,8 @@ class PredictReply(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     logits: Tensor
     top_indices: _containers.RepeatedScalarFieldContainer[int]
@@ -134,4 +136,6 @@ class PredictReply(_message.Message):
     total_ms: float
     degraded: bool
     missing: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_probs: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[DeviceTiming, _Mapping]]] = ..., aggregation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+    expected_accuracy: float
+    late: bool
+    def __init__(self, request_id: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_probs: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[DeviceTiming, _Mapping]]] = ..., aggregation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ..., expected_accuracy: _Optional[float] = ..., late: _Optional[bool] = ...) -> None: ...
