@@ -119,6 +119,9 @@ def plan(
     init: Annotated[int, typer.Option("--init", help="r: random policies first")] = _SEARCH.init,
     iterations: Annotated[int, typer.Option(help="I: BO iterations")] = _SEARCH.iterations,
     acquisition: Annotated[str, typer.Option(help="logei | ei")] = _SEARCH.acquisition,
+    pareto: Annotated[int, typer.Option(
+        help="K >= 2: search latency and accuracy as two objectives and calibrate up to K variants from the front "
+             "(the fastest and the central node alone among them); 0: one plan")] = _SEARCH.pareto,
     proxy: Annotated[str, typer.Option(help="accuracy proxy: distill | logistic | ridge | probe | sliced")
                      ] = _REQUEST.proxy,
     seed: Annotated[int, typer.Option(help="seed of the search and calibration")] = _SEARCH.seed,
@@ -170,7 +173,7 @@ def plan(
         model=model, checkpoint=checkpoint, pretrained=pretrained, data=data, devices=devices, out=str(out),
         delta=delta, proxy=proxy,  # type: ignore[arg-type]
         search=SearchSettings(strategy=strategy, init=init, iterations=iterations, seed=seed,  # type: ignore[arg-type]
-                              acquisition=acquisition),  # type: ignore[arg-type]
+                              acquisition=acquisition, pareto=pareto),  # type: ignore[arg-type]
         calibration=CalibrationSettings(epochs=epochs, lr=lr, batch_size=batch_size, weighting=weighting,  # type: ignore[arg-type]
                                         aggregator_epochs=aggregator_epochs, joint_epochs=joint_epochs,
                                         device_dropout=device_dropout, seed=seed),
@@ -264,6 +267,15 @@ def show_document(doc: PlanDocument, where: Path) -> None:
             row(f"  from {key.replace('+', ', ')} only", s)
         acc.caption = paired_text(accuracy.ensemble.vs_teacher)
         console.print(acc)
+    if doc.variants:
+        var = Table(title="variants (--pareto): one plan directory each; the central node can serve any",
+                    title_justify="left")
+        for col in ("variant", "directory", "devices", "T ms", "proxy L", "test top-1"):
+            var.add_column(col, justify="right" if col in ("T ms", "proxy L", "test top-1") else "left")
+        for v in doc.variants:
+            var.add_row(v.name, v.dir, v.devices.replace("+", ", "), f"{v.latency_ms:.2f}", f"{v.proxy_loss:.4f}",
+                        f"{v.top1:.2%}" if v.top1 is not None else "-")
+        console.print(var)
     if doc.phases:
         total = sum(p.seconds for p in doc.phases)
         console.print(f"time per phase{' (this run, resumed)' if doc.resumed else ''}: "

@@ -15,7 +15,7 @@ sha256 of every other file, so a half-written or tampered plan is refused by
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -107,7 +107,8 @@ def versions() -> Versions:
 
 
 def write_plan(root: str | Path, document: PlanDocument, submodels: Mapping[str, nn.Module],
-               aggregator: Aggregator, *, device_dropout: bool = False) -> PlanDocument:
+               aggregator: Aggregator, *, device_dropout: bool = False,
+               extra_files: Sequence[str] = ()) -> PlanDocument:
     """Write a plan directory (atomic per file; plan.json with the hashes last).
 
     Args:
@@ -116,6 +117,7 @@ def write_plan(root: str | Path, document: PlanDocument, submodels: Mapping[str,
         submodels: Calibrated sub-model per device name.
         aggregator: Trained aggregation module.
         device_dropout: The aggregator was trained to answer without some devices (--degrade).
+        extra_files: Other files under `root` to hash (a variant's plan.json, which hashes its own).
 
     Returns:
         The document written.
@@ -134,6 +136,8 @@ def write_plan(root: str | Path, document: PlanDocument, submodels: Mapping[str,
     files["aggregator.safetensors"] = sha256_file(root / "aggregator.safetensors")
     for png in sorted((root / "figures").glob("*.png")):
         files[f"figures/{png.name}"] = sha256_file(png)
+    for rel in extra_files:
+        files[rel] = sha256_file(root / rel)
     info = AggregatorInfo(tuple(aggregator.widths), aggregator.fuse.out_features, device_dropout)
     document = replace(document, aggregator=info, files=files)
     atomic_write_json(root / PLAN_FILE, document.to_dict())

@@ -264,6 +264,28 @@ class InputSpec:
         return out
 
 
+@dataclass(frozen=True)
+class VariantInfo(FlatRecord):
+    """One variant of a plan made with `--pareto` (the plan directory itself is "primary"; the
+    others are whole plan directories under `variants/<name>/`).
+
+    Attributes:
+        name: "primary", "fastest", "central-only" or "front-<k>".
+        dir: Its plan directory relative to this one ("." for the primary).
+        devices: The devices it uses, "+"-joined in plan order.
+        latency_ms: Its predicted T.
+        proxy_loss: The search's accuracy proxy L.
+        top1: Its calibrated test top-1 (None: a searched-only plan).
+    """
+
+    name: str
+    dir: str
+    devices: str
+    latency_ms: float
+    proxy_loss: float
+    top1: float | None = None
+
+
 RANDOM_WEIGHTS_NOTE = ("the teacher has random weights: every accuracy of this plan means nothing "
                        "(latency and speed-up do)")
 
@@ -495,6 +517,7 @@ class PlanDocument:
         resumed: The search resumed a journal.
         input: What clients send and the normalisation every device applies (None: a plan made
             before compact inputs; it takes float32 only).
+        variants: The variants of a `--pareto` plan (empty: one plan).
         files: sha256 of every other file of the directory.
     """
 
@@ -518,6 +541,7 @@ class PlanDocument:
     phases: tuple[PhaseTime, ...] = ()
     resumed: bool | None = None
     input: InputSpec | None = None
+    variants: tuple[VariantInfo, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -554,7 +578,7 @@ class PlanDocument:
             "layer_rule": self.layer_rule, "deal_rule": self.deal_rule, "decomposition": self.decomposition,
             "calibration": self.calibration, "accuracy": self.accuracy,
             "phases": [p.to_dict() for p in self.phases] if self.phases else None, "resumed": self.resumed,
-            "input": self.input}
+            "input": self.input, "variants": [v.to_dict() for v in self.variants] if self.variants else None}
         for key, value in optional.items():
             if value is not None:
                 out[key] = value.to_dict() if hasattr(value, "to_dict") else value
@@ -599,8 +623,16 @@ class PlanDocument:
                 accuracy=f.record("accuracy", PlanAccuracy.read, None),
                 phases=tuple(PhaseTime.read(Fields(p, f"{where}.phases[{i}]")) for i, p in enumerate(phases)),
                 resumed=f.flag("resumed", None), input=f.record("input", InputSpec.read, None),
+                variants=tuple(VariantInfo.read(Fields(v, f"{where}.variants[{i}]"))
+                               for i, v in enumerate(_list(f.raw("variants", []), f"{where}.variants"))),
                 files=f.str_map("files", {}))
         except ConfigError as exc:
             raise DataError(f"{where}: {exc}") from None
         f.done()
         return doc
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise DataError(f"{where} must be a list")
+    return value

@@ -45,6 +45,7 @@ from shoal.plan.document import (
     SearchSummary,
     SlowestDevice,
     TeacherInfo,
+    VariantInfo,
 )
 from shoal.planner.aggregation import joint_finetune, train_aggregator
 from shoal.planner.balanced import balanced_policy
@@ -53,6 +54,7 @@ from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor
+from shoal.planner.pareto import Variant, choose_variants, pareto_figure
 from shoal.planner.proxy import ProxySettings
 from shoal.planner.search import SearchResult, run_search
 from shoal.planner.settings import PlanRequest
@@ -201,8 +203,12 @@ def _importance(teacher: Teacher, data: TaskData, request: PlanRequest, out: Pat
 def search_header(problem: Problem, request: PlanRequest) -> dict[str, Any]:
     """What identifies a search (a journal made for another header is not resumed)."""
     s = request.search
-    precision = {"precision": request.precision} if request.precision != "fp32" else {}   # older journals resume
-    return {**precision, "family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
+    extra: dict[str, Any] = {}   # keys written only when set, so older journals still resume
+    if request.precision != "fp32":
+        extra["precision"] = request.precision
+    if s.pareto:
+        extra["pareto"] = s.pareto
+    return {**extra, "family": problem.teacher.config.fingerprint(), "teacher": problem.teacher.source,
             "data": problem.data.name, "devices": problem.devices.to_dict(), "delta": problem.evaluator.delta,
             "proxy": request.proxy, "val_images": request.val_images, "strategy": s.strategy, "seed": s.seed,
             "init": s.init, "anchors": s.anchors,
@@ -358,12 +364,58 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         result = search(problem, request, hooks)
         policy = problem.space.decode(result.chosen.x)
         evaluation = result.chosen.evaluation
+    variants: list[Variant] = []
+    if result is not None and request.search.pareto:
+        variants = choose_variants(result.records, result.chosen, request.search.pareto)
+        pareto_figure(out / "figures" / "pareto.png", result.records, variants)
     predicted = write_search_outputs(problem, result, policy, evaluation, out)
+    document = _document(problem, request, policy, evaluation, predicted, result)
+    if request.search_only:
+        document = replace(document, phases=clock.finish(), variants=tuple(
+            _variant_info(v, problem.space.decode(v.record.x), None) for v in variants))
+        write_document(out, document)
+        return document
+    calibrated = calibrate(problem, policy, request, hooks)
+    infos, extra = [], []
+    for variant in variants:
+        if variant.name == "primary":
+            infos.append(_variant_info(variant, policy, calibrated.accuracy.ensemble.top1))
+            continue
+        where = Path("variants") / variant.name
+        hooks.phase(f"variant {variant.name}: T {variant.latency_ms:.2f} ms")
+        vpolicy = problem.space.decode(variant.record.x)
+        vpredicted = predicted_summary(problem, vpolicy, variant.record.evaluation)
+        vrequest = replace(request, out=str(out / where))
+        vcal = calibrate(problem, vpolicy, vrequest, hooks)
+        vdoc = replace(_document(problem, vrequest, vpolicy, variant.record.evaluation, vpredicted, result),
+                       stage="calibrated", calibration=vcal.summary, accuracy=vcal.accuracy,
+                       aggregator=AggregatorInfo(tuple(vcal.aggregator.widths), vcal.aggregator.fuse.out_features))
+        write_plan(out / where, vdoc, dict(zip(vpolicy.devices, vcal.submodels)), vcal.aggregator,
+                   device_dropout=request.calibration.device_dropout > 0)
+        infos.append(_variant_info(variant, vpolicy, vcal.accuracy.ensemble.top1, str(where)))
+        extra.append(str(where / PLAN_FILE))
+    document = replace(document, stage="calibrated", calibration=calibrated.summary, accuracy=calibrated.accuracy,
+                       phases=clock.finish(), variants=tuple(infos),
+                       aggregator=AggregatorInfo(tuple(calibrated.aggregator.widths),
+                                                 calibrated.aggregator.fuse.out_features))
+    hooks.phase("writing the plan")
+    models = dict(zip(policy.devices, calibrated.submodels))
+    return write_plan(out, document, models, calibrated.aggregator,
+                      device_dropout=request.calibration.device_dropout > 0, extra_files=extra)
+
+
+def _variant_info(variant: Variant, policy: Policy, top1: float | None, where: str = ".") -> VariantInfo:
+    return VariantInfo(variant.name, where, "+".join(policy.devices), variant.latency_ms, variant.loss, top1)
+
+
+def _document(problem: Problem, request: PlanRequest, policy: Policy, evaluation: Evaluation, predicted: Predicted,
+              result: SearchResult | None) -> PlanDocument:
+    """plan.json of a searched policy (stage "searched": no weights yet)."""
     used = DeviceSet(tuple(problem.devices[n] for n in policy.devices), source=problem.devices.source)
     teacher = TeacherInfo.read(Fields({"source": problem.teacher.source,
                                        "metrics": problem.teacher.meta.get("metrics", {}),
                                        "random_weights": problem.teacher.random_weights}, "teacher"))
-    document = PlanDocument(
+    return PlanDocument(
         stage="searched", versions=versions(), config=problem.teacher.config, devices=used, policy=policy,
         teacher=teacher, data=problem.data.summary(),
         objective=Objective(problem.evaluator.delta, request.proxy, evaluation.psi, evaluation.loss,
@@ -376,15 +428,3 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
         resumed=request.resume,
         input=InputSpec(problem.data.mean, problem.data.std, request.input_format, problem.evaluator.input_bytes))
-    if request.search_only:
-        document = replace(document, phases=clock.finish())
-        write_document(out, document)
-        return document
-    calibrated = calibrate(problem, policy, request, hooks)
-    document = replace(document, stage="calibrated", calibration=calibrated.summary, accuracy=calibrated.accuracy,
-                       phases=clock.finish(), aggregator=AggregatorInfo(tuple(calibrated.aggregator.widths),
-                                                                        calibrated.aggregator.fuse.out_features))
-    hooks.phase("writing the plan")
-    models = dict(zip(policy.devices, calibrated.submodels))
-    return write_plan(out, document, models, calibrated.aggregator,
-                      device_dropout=request.calibration.device_dropout > 0)

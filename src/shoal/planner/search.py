@@ -47,7 +47,7 @@ import torch
 
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluator
-from shoal.planner.settings import SearchSettings
+from shoal.planner.settings import PARETO_SPREAD, SearchSettings
 from shoal.planner.space import PER_DEVICE, SearchSpace
 
 LatencyModel = Callable[[Sequence[Sequence[Any]]], list[float]]   # decoded shapes -> T (ms) each
@@ -375,12 +375,20 @@ class _PolicyBO:
         for i, r in enumerate(records):
             first.setdefault(r.key, i)
         train = sorted(first.values())
-        delta = records[0].evaluation.delta if settings.known_latency else 0.0
+        base = records[0].evaluation.delta
+        delta = base if settings.known_latency else 0.0
         # BoTorch maximises: the GP models -(Ψ - δ·T), each candidate's -δ·T is added to its posterior
         X = self.inputs([evaluated[i] for i in train])
         Y = -torch.tensor([[records[i].psi - delta * records[i].evaluation.latency.total_ms] for i in train],
                           dtype=torch.float64)
-        acq = _acquisition(X, Y, -min(r.psi for r in records), settings, settings.seed * 100_003 + step)
+        incumbent = min(r.psi for r in records)
+        if settings.pareto and settings.known_latency:
+            # a front, not one point: this proposal's own δ (random scalarisation); the GP models the
+            # accuracy part alone, so only the known latency term and the incumbent change
+            spread = math.log(PARETO_SPREAD)
+            delta = base * math.exp((2 * torch.rand((), generator=gen, dtype=torch.float64).item() - 1) * spread)
+            incumbent = min(r.evaluation.loss + delta * r.evaluation.latency.total_ms for r in records)
+        acq = _acquisition(X, Y, -incumbent, settings, settings.seed * 100_003 + step)
 
         best: dict[str, tuple[float, _Candidate]] = {}
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 Strategy = Literal["bo", "random", "uniform"]
 Split = Literal["search", "balanced"]
 SPLITS: tuple[Split, ...] = ("search", "balanced")
+PARETO_SPREAD = 8.0   # --pareto: each proposal's δ lies within this factor of the base δ, either way
 Acquisition = Literal["logei", "ei"]
 Surrogate = Literal["policy", "encoding"]
 Weighting = Literal["boost", "printed", "uniform"]
@@ -52,6 +53,10 @@ class SearchSettings:
             devices when its Ψ is within `PRUNE_TIE` of the best (`SearchResult.chosen`).
             A worker off the critical path costs nothing in Ψ, so the search has no reason
             to drop one that contributes nothing; this step does.
+        pareto: K > 1: search latency and the accuracy proxy as two objectives and keep up to K
+            non-dominated policies as variants (`shoal.planner.pareto`); each BO proposal draws its
+            own δ, log-uniform within `PARETO_SPREAD`× of the base δ either way (random
+            scalarisation, ParEGO-style, of the known-latency Ψ). 0: one plan for one δ.
     """
 
     strategy: Strategy = "bo"
@@ -65,8 +70,12 @@ class SearchSettings:
     known_latency: bool = True
     anchors: bool = True
     prune: bool = True
+    pareto: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.pareto, bool) or not isinstance(self.pareto, int) or self.pareto < 0 or self.pareto == 1:
+            raise ConfigError(f"--pareto must be 0 (one plan) or a number of variants of at least 2, got "
+                              f"{self.pareto!r}")
         if self.strategy not in ("bo", "random", "uniform"):
             raise ConfigError(f"strategy must be bo, random or uniform, got {self.strategy!r}")
         if self.acquisition not in ("logei", "ei"):

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from shoal.plan.directory import load_plan, read_plan_json
+from shoal.plan.latency import LatencyBreakdown
+from shoal.planner.journal import Record
+from shoal.planner.objective import Evaluation
+from shoal.planner.pareto import choose_variants, front, hypervolume
+from shoal.planner.pipeline import run_plan
+from shoal.planner.settings import CalibrationSettings, PlanRequest, SearchSettings
+
+
+def _record(i: int, t: float, loss: float, devices: int = 3) -> Record:
+    ev = Evaluation(psi=loss + 0.01 * t, loss=loss, latency=LatencyBreakdown((t,), (0.0,), 0.0), delta=0.01,
+                    device_losses=(), flops=(1,), memory_bytes=(1,), seconds=0.0)
+    shapes = tuple({"w": i} if k < devices else None for k in range(3))
+    return Record(i, "bo", (float(i),), shapes, ev)
+
+
+def test_the_front_keeps_what_nothing_beats_on_both_and_the_variants_cover_it():
+    records = [_record(0, 10, 0.5), _record(1, 5, 0.9), _record(2, 12, 0.6), _record(3, 3, 1.5, devices=1),
+               _record(4, 20, 0.2), _record(5, 8, 0.7), _record(6, 2, 2.0)]
+    assert [r.index for r in front(records)] == [6, 3, 1, 5, 0, 4]   # 2 is beaten by 0 on both
+    variants = choose_variants(records, records[0], 4)
+    names = [v.name for v in variants]
+    assert names[0] == "primary" and {"fastest", "central-only"} <= set(names) and len(variants) == 4
+    assert len({v.record.key for v in variants}) == 4
+    assert [v.name for v in choose_variants(records, records[0], 2)] == ["primary", "fastest"]
+
+
+def test_hypervolume_of_a_front_against_a_reference():
+    assert hypervolume([(1.0, 1.0)], (2.0, 2.0)) == pytest.approx(1.0)
+    assert hypervolume([(1.0, 1.0), (0.5, 1.5)], (2.0, 2.0)) == pytest.approx(1.25)
+    assert hypervolume([(3.0, 1.0)], (2.0, 2.0)) == 0.0
+
+
+@pytest.mark.slow
+def test_pareto_plan_writes_each_variant_as_a_plan_and_a_figure(tiny_digits_teacher, three_devices, three_predictors,
+                                                                tmp_path):
+    request = PlanRequest(model=tiny_digits_teacher, out=str(tmp_path), cal_images=128, max_per_split=200,
+                          search=SearchSettings("bo", init=4, iterations=4, num_restarts=2, raw_samples=32, pareto=3),
+                          calibration=CalibrationSettings(epochs=1, aggregator_epochs=2, feature_copies=1,
+                                                          batch_size=64))
+    written = run_plan(request, predictors=three_predictors, devices=three_devices)
+    assert read_plan_json(tmp_path) == written
+    names = [v.name for v in written.variants]
+    assert names[0] == "primary" and "fastest" in names and 2 <= len(names) <= 3
+    assert (tmp_path / "figures" / "pareto.png").stat().st_size > 1000
+    load_plan(tmp_path)   # the primary, with its variants' plan.json hashed
+    for v in written.variants[1:]:
+        variant = load_plan(tmp_path / v.dir)
+        assert "+".join(variant.devices.names) == v.devices and v.top1 is not None
+        assert f"{v.dir}/plan.json" in written.files
+    assert min(v.latency_ms for v in written.variants) == next(
+        v.latency_ms for v in written.variants if v.name == "fastest")
