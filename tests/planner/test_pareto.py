@@ -35,14 +35,20 @@ def test_hypervolume_of_a_front_against_a_reference():
     assert hypervolume([(3.0, 1.0)], (2.0, 2.0)) == 0.0
 
 
-@pytest.mark.slow
-def test_pareto_plan_writes_each_variant_as_a_plan_and_a_figure(tiny_digits_teacher, three_devices, three_predictors,
-                                                                tmp_path):
-    request = PlanRequest(model=tiny_digits_teacher, out=str(tmp_path), cal_images=128, max_per_split=200,
+@pytest.fixture(scope="module")
+def pareto_plan(tiny_digits_teacher, three_devices, three_predictors, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pareto")
+    request = PlanRequest(model=tiny_digits_teacher, out=str(out), cal_images=128, max_per_split=200,
+                          allow_leave_out=False,
                           search=SearchSettings("bo", init=4, iterations=4, num_restarts=2, raw_samples=32, pareto=3),
                           calibration=CalibrationSettings(epochs=1, aggregator_epochs=2, feature_copies=1,
-                                                          batch_size=64))
-    written = run_plan(request, predictors=three_predictors, devices=three_devices)
+                                                          batch_size=64, device_dropout=0.3))
+    return out, run_plan(request, predictors=three_predictors, devices=three_devices)
+
+
+@pytest.mark.slow
+def test_pareto_plan_writes_each_variant_as_a_plan_and_a_figure(pareto_plan):
+    tmp_path, written = pareto_plan
     assert read_plan_json(tmp_path) == written
     names = [v.name for v in written.variants]
     assert names[0] == "primary" and "fastest" in names and 2 <= len(names) <= 3
@@ -54,3 +60,53 @@ def test_pareto_plan_writes_each_variant_as_a_plan_and_a_figure(tiny_digits_teac
         assert f"{v.dir}/plan.json" in written.files
     assert min(v.latency_ms for v in written.variants) == next(
         v.latency_ms for v in written.variants if v.name == "fastest")
+
+
+@pytest.mark.slow
+def test_the_central_node_serves_the_variant_the_slo_allows(pareto_plan):
+    import grpc
+    import torch
+
+    from shoal.runtime import shoal_pb2 as pb
+    from shoal.runtime import shoal_pb2_grpc as pb_grpc
+    from shoal.runtime.central import start_central
+    from shoal.runtime.client import ShoalClient
+    from shoal.runtime.codec import encode
+    from shoal.runtime.worker import start_worker
+
+    root, written = pareto_plan
+    plan = load_plan(root)
+    workers = {n: start_worker(plan, n, warmup=1) for n in plan.devices.names[1:]}
+    servers = [w[0] for w in workers.values()]
+    try:
+        served = {v.name for v in written.variants}
+        for _, servicer in workers.values():   # each worker loaded the variants it takes part in
+            assert set(servicer.variants) <= served - {"primary"}
+        targets = {n: w[0].target for n, w in workers.items()}
+        x = torch.randn(1, *plan.config.input_shape)
+        central, servicer = start_central(plan, targets, warmup=1, connect_timeout=10.0)
+        servers.append(central)
+        with ShoalClient(central.target) as client:
+            assert client.call(pb.PredictRequest(input=encode(x))).variant == "primary"   # no SLO: the plan's own
+        central.stop(0)
+        central, servicer = start_central(plan, targets, warmup=1, connect_timeout=10.0, slo_ms=1e-3)
+        servers.append(central)
+        names = [v.name for v in servicer.variants]
+        assert names[0] == "primary" and len(names) >= 2
+        fastest = min(servicer.variants, key=lambda v: servicer.estimates.predict_ms(v)).name
+        with ShoalClient(central.target) as client:   # no variant can meet 1 µs: the fastest, marked late
+            reply = client.call(pb.PredictRequest(input=encode(x)))
+            assert reply.variant == fastest and reply.late
+            servicer.slo_s = 60.0                      # every variant meets it: the most accurate answers
+            best = max(servicer.variants, key=lambda v: v.top1 if v.top1 is not None else -1).name
+            assert client.call(pb.PredictRequest(input=encode(x))).variant == best
+        with grpc.insecure_channel(next(iter(targets.values()))) as channel:
+            request = pb.FeaturesRequest(variant="no-such-variant")
+            encode(x, request.input)
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.WorkerStub(channel).Features(request, timeout=5.0)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "serves no variant 'no-such-variant'" in info.value.details()
+    finally:
+        for server in servers:
+            server.stop(0)

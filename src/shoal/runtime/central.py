@@ -14,10 +14,13 @@ import itertools
 import logging
 import math
 import queue
+import statistics
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -36,6 +39,7 @@ from shoal.runtime.pki import check_signature
 from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
+from shoal.runtime.variants import PRIMARY, ServedVariant, load_variants
 from shoal.runtime.worker import Identity
 from shoal.utils.accel import compute_device, device_of
 
@@ -75,6 +79,52 @@ class MissTracker:
                     self.until = now + self.backoff
 
 
+@dataclass
+class VariantServing:
+    """What the central node needs of one variant: its own sub-model, its aggregator, which workers
+    it calls (indices into the central node's links, plan order), their feature widths, and what
+    the planner predicted (per device compute and transfer ms, and the aggregation + request ms)."""
+
+    name: str
+    runner: SubModelRunner
+    aggregator: Aggregator
+    link_index: tuple[int, ...]
+    widths: tuple[int, ...]
+    top1: float | None = None
+    expected: Callable[[Sequence[str]], float | None] = field(default=lambda present: None)
+    predicted: dict[str, tuple[float, float]] = field(default_factory=dict)
+    fixed_ms: float = 0.0
+
+
+class LiveEstimates:
+    """Per device, what its last calls say against the plan: the median ratio of measured to
+    predicted compute, and the median measured transfer (round trip - compute - queue - decode), over
+    the last `window` calls. A median: one 2-second stall does not move it (it takes half the window)."""
+
+    def __init__(self, window: int = 9) -> None:
+        self.window = window
+        self.ratio: dict[str, deque[float]] = {}
+        self.transfer: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, device: str, compute_ms: float, predicted_ms: float, transfer_ms: float | None) -> None:
+        with self._lock:
+            if predicted_ms > 0:
+                self.ratio.setdefault(device, deque(maxlen=self.window)).append(compute_ms / predicted_ms)
+            if transfer_ms is not None:
+                self.transfer.setdefault(device, deque(maxlen=self.window)).append(transfer_ms)
+
+    def predict_ms(self, variant: VariantServing) -> float:
+        """T of `variant` now: the plan's prediction with each device's live compute ratio and transfer."""
+        with self._lock:
+            ends = []
+            for device, (compute, transfer) in variant.predicted.items():
+                ratio = statistics.median(self.ratio[device]) if self.ratio.get(device) else 1.0
+                live = statistics.median(self.transfer[device]) if self.transfer.get(device) else transfer
+                ends.append(compute * ratio + live)
+        return max(ends, default=0.0) + variant.fixed_ms
+
+
 class CentralServicer(pb_grpc.CentralServicer):
     """The `shoal.v1.Central` service.
 
@@ -91,12 +141,16 @@ class CentralServicer(pb_grpc.CentralServicer):
         min_accuracy: Refuse (UNAVAILABLE) a degraded answer whose expected accuracy (`expected`)
             is below this, or unknown.
         expected: Test top-1 the plan measured for a set of devices answering (None: not evaluated).
+        variants: The variants of a `--pareto` plan, primary first (`VariantServing`); with an SLO
+            each request is served by the most accurate one predicted, from live estimates, to
+            meet it (the fastest, marked late, when none is). Empty: the primary alone.
     """
 
     def __init__(self, identity: Identity, runner: SubModelRunner, aggregator: Aggregator,
                  links: list[WorkerLink], *, deadline_ms: float = DEFAULT_DEADLINE_MS, degrade: bool = False,
                  slo_ms: float | None = None, min_accuracy: float | None = None,
-                 expected: Callable[[Sequence[str]], float | None] | None = None) -> None:
+                 expected: Callable[[Sequence[str]], float | None] | None = None,
+                 variants: Sequence[VariantServing] = ()) -> None:
         if deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be positive, got {deadline_ms!r}")
         if slo_ms is not None and not slo_ms > 0:
@@ -115,8 +169,12 @@ class CentralServicer(pb_grpc.CentralServicer):
         self.degrade = degrade
         self.ready = False
         self._ids = itertools.count(1)
-        self._widths = [runner.feature_width] + [link.feature_width for link in links]
         self.devices = (identity.device, *(link.name for link in links))
+        primary = VariantServing(PRIMARY, runner, self.aggregator, tuple(range(len(links))),
+                                 (runner.feature_width, *(link.feature_width for link in links)))
+        # the variants to choose from, primary first; without --slo-ms only the primary answers
+        self.variants = list(variants) or [primary]
+        self.estimates = LiveEstimates()
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
         return self.identity.info("central", self.ready, 0, self.devices)
@@ -133,36 +191,40 @@ class CentralServicer(pb_grpc.CentralServicer):
         deadline = t_start + budget
         request_id = request.request_id or next(self._ids)
 
+        variant, on_time = self.choose()
+        slo_s = self.slo_s if on_time else None   # cut at the SLO only when it can be met
+        links = [self.links[i] for i in variant.link_index]
         done: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
         errors: dict[str, RemoteError] = {}
         calls: dict[int, PendingCall] = {}
-        for i, link in enumerate(self.links):
+        for i, link in enumerate(links):
             if link.verified.is_set():   # never send the users' images to a worker not (re)verified
-                calls[i] = link.start(i, request_id, request, self.identity.plan_fingerprint, deadline, done)
+                calls[i] = link.start(i, request_id, request, self.identity.plan_fingerprint, deadline, done,
+                                      "" if variant.name == PRIMARY else variant.name)
             else:
                 errors[link.name] = link.rejected or RemoteError(
                     grpc.StatusCode.UNAVAILABLE, "reconnecting; not called until its identity is checked again",
                     link.name)
-        may_degrade = self.degrade or self.slo_s is not None
+        may_degrade = self.degrade or slo_s is not None
         if errors and not may_degrade:
             for call in calls.values():
                 call.future.cancel()
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
-        local = self.runner(x)  # the central device computes while the workers do
-        features: list[torch.Tensor | None] = [local.features] + [None] * len(self.links)
+        local = variant.runner(x)  # the central device computes while the workers do
+        features: list[torch.Tensor | None] = [local.features] + [None] * len(links)
         timings = [pb.DeviceTiming(device=self.identity.device, compute_ms=local.compute_ms,
                                    queue_ms=local.queue_ms, round_trip_ms=local.compute_ms + local.queue_ms, ok=True)]
-        timings += [pb.DeviceTiming(device=link.name, ok=False) for link in self.links]
+        timings += [pb.DeviceTiming(device=link.name, ok=False) for link in links]
         timed_out = False
         # with an SLO: answer by then with what arrived; a demoted worker is not waited for at all
-        stop_at = deadline if self.slo_s is None else min(deadline, t_start + self.slo_s - _ANSWER_MARGIN_S)
-        waited = {i for i, c in calls.items() if self.slo_s is None or not self.trackers[c.link.name].demoted()}
+        stop_at = deadline if slo_s is None else min(deadline, t_start + slo_s - _ANSWER_MARGIN_S)
+        waited = {i for i, c in calls.items() if slo_s is None or not self.trackers[c.link.name].demoted()}
         resolved: set[int] = set()
         while waited - resolved or not done.empty():
             try:  # gRPC ends every call at its deadline; the extra 0.25 s is only a safety net
                 if waited - resolved:
-                    slack = 0.25 if self.slo_s is None else 0.0
+                    slack = 0.25 if slo_s is None else 0.0
                     i, t_done = done.get(timeout=max(0.0, stop_at - time.perf_counter()) + slack)
                 else:
                     i, t_done = done.get_nowait()   # demoted workers that happen to be back already
@@ -173,7 +235,7 @@ class CentralServicer(pb_grpc.CentralServicer):
             call = calls[i]
             try:
                 reply = call.future.result(timeout=0)
-                features[i + 1] = self._check_features(reply, x.shape[0], call.link)
+                features[i + 1] = self._check_features(reply, x.shape[0], call.link, variant.widths[i + 1])
             except grpc.RpcError as exc:
                 errors[call.link.name] = error_from_rpc(exc, call.link.name)
             except grpc.FutureCancelledError:
@@ -194,32 +256,33 @@ class CentralServicer(pb_grpc.CentralServicer):
                     errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                                          "demoted (kept missing the SLO): not waited for",
                                                          call.link.name)
-                elif self.slo_s is not None:
+                elif slo_s is not None:
                     errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                                         f"not back within the {self.slo_s * 1e3:.0f} ms SLO",
+                                                         f"not back within the {slo_s * 1e3:.0f} ms SLO",
                                                          call.link.name)
                 elif timed_out:
                     errors[call.link.name] = RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                                          f"no reply within {budget * 1e3:.0f} ms", call.link.name)
-        if self.slo_s is not None:
+        if slo_s is not None:
             for i, call in calls.items():
                 self.trackers[call.link.name].record(features[i + 1] is not None, on_trial=i in waited)
-        for i, link in enumerate(self.links):
+        for i, link in enumerate(links):
             if link.name in errors:
                 timings[i + 1].error = describe_failure(link, errors[link.name], budget)
         if errors and not may_degrade:
             first = errors[next(iter(errors))]
             context.abort(first.code if first.code in _PASS_THROUGH else grpc.StatusCode.UNAVAILABLE,
                           "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
-        present = [self.identity.device] + [link.name for link, f in zip(self.links, features[1:]) if f is not None]
-        worth = self.expected(present)
+        present = [self.identity.device] + [link.name for link, f in zip(links, features[1:]) if f is not None]
+        worth = (self.expected if variant.name == PRIMARY and len(self.variants) == 1 else variant.expected)(present)
         if errors and self.min_accuracy is not None and (worth is None or worth < self.min_accuracy):
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"without {', '.join(errors)} the plan answers at "
                           + (f"{worth:.1%}" if worth is not None else "an unmeasured accuracy")
                           + f" top-1, below --min-accuracy {self.min_accuracy:.1%}: "
                           + "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
-        reply = self._answer(request, request_id, features, timings, errors, t_start)
+        reply = self._answer(request, request_id, features, timings, errors, t_start, variant)
+        self._observe(variant, timings)
         if worth is not None:
             reply.expected_accuracy = worth
         reply.late = self.slo_s is not None and reply.total_ms > self.slo_s * 1e3
@@ -229,38 +292,64 @@ class CentralServicer(pb_grpc.CentralServicer):
                           "(values out of the range the plan was made for?)")
         return reply
 
+    def choose(self) -> tuple[VariantServing, bool]:
+        """(the variant to answer with, whether it is predicted to meet the SLO): the primary without an
+        SLO; with one, the most accurate variant predicted (live estimates) to meet it, else the fastest
+        predicted, which is then waited for in full and answers late rather than from half its devices."""
+        if self.slo_s is None:
+            return self.variants[0], True
+        predicted = [(self.estimates.predict_ms(v), v) for v in self.variants]
+        meeting = [(v.top1 if v.top1 is not None else -1.0, -ms, v) for ms, v in predicted
+                   if ms <= self.slo_s * 1e3]
+        if meeting:
+            return max(meeting, key=lambda m: (m[0], m[1]))[2], True
+        fastest = min(predicted, key=lambda p: p[0])[1]
+        # the central device alone may still answer by the SLO (degraded): then cut there, else wait
+        own = self.estimates.predict_ms(replace(fastest, predicted={
+            k: v for k, v in fastest.predicted.items() if k == self.identity.device}))
+        return fastest, own <= self.slo_s * 1e3
+
+    def _observe(self, variant: VariantServing, timings: Sequence[pb.DeviceTiming]) -> None:
+        for t in timings:
+            if t.ok and t.device in variant.predicted:
+                compute = variant.predicted[t.device][0]
+                self.estimates.observe(t.device, t.compute_ms + t.queue_ms, compute,
+                                       t.transfer_ms if t.device != self.identity.device else None)
+
     def _answer(self, request: pb.PredictRequest, request_id: int, features: list[torch.Tensor | None],
-                timings: list[pb.DeviceTiming], errors: Mapping[str, RemoteError], t_start: float) -> pb.PredictReply:
+                timings: list[pb.DeviceTiming], errors: Mapping[str, RemoteError], t_start: float,
+                variant: VariantServing) -> pb.PredictReply:
         t_agg = time.perf_counter()
         batch = next(f for f in features if f is not None).shape[0]
         present = torch.tensor([f is not None for f in features], dtype=torch.float32)
-        full = [f if f is not None else torch.zeros(batch, w) for f, w in zip(features, self._widths)]
+        full = [f if f is not None else torch.zeros(batch, w) for f, w in zip(features, variant.widths)]
+        aggregator = variant.aggregator
         with torch.inference_mode():
-            dev = device_of(self.aggregator)   # on the central node's compute device; features come to it
-            logits = self.aggregator([f.to(dev) for f in full], present=present.to(dev) if errors else None).cpu()
+            dev = device_of(aggregator)   # on the central node's compute device; features come to it
+            logits = aggregator([f.to(dev) for f in full], present=present.to(dev) if errors else None).cpu()
             k = min(request.top_k or DEFAULT_TOP_K, logits.shape[-1])
             probs, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1)
         reply = pb.PredictReply(request_id=request_id, top_indices=indices.reshape(-1).tolist(),
                                 top_probs=probs.reshape(-1).tolist(), top_k=k, timings=timings,
-                                degraded=bool(errors), missing=list(errors))
+                                degraded=bool(errors), missing=list(errors), variant=variant.name)
         encode(logits, reply.logits)
         now = time.perf_counter()
         reply.aggregation_ms = (now - t_agg) * 1e3
         reply.total_ms = (now - t_start) * 1e3
         return reply
 
-    def _check_features(self, reply: pb.FeaturesReply, batch: int, link: WorkerLink) -> torch.Tensor:
+    def _check_features(self, reply: pb.FeaturesReply, batch: int, link: WorkerLink, width: int) -> torch.Tensor:
         try:
             f = decode(reply.features, what=f"features of {link.name!r}", dtypes=("float32",), ndim=2,
-                       max_elements=batch * link.feature_width)
+                       max_elements=batch * width)
         except CodecError as exc:
             raise RemoteError(grpc.StatusCode.INTERNAL, str(exc), link.name) from None
         if not bool(torch.isfinite(f).all()):
             raise RemoteError(grpc.StatusCode.INVALID_ARGUMENT, f"device {link.name!r} sent non-finite features "
                               "(the input overflows its sub-model)", link.name)
-        if tuple(f.shape) != (batch, link.feature_width):
+        if tuple(f.shape) != (batch, width):
             raise RemoteError(grpc.StatusCode.INTERNAL, f"device {link.name!r} sent features of shape "
-                              f"{list(f.shape)}, expected {[batch, link.feature_width]}", link.name)
+                              f"{list(f.shape)}, expected {[batch, width]}", link.name)
         return f
 
     def _link(self, name: str) -> WorkerLink:
@@ -326,9 +415,12 @@ def start_central(
     compute = compute_device(accelerator or central.accelerator)
     runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name, compute)
     accuracy = plan.document.accuracy
-    servicer = CentralServicer(identity, runner, plan.build_aggregator().to(compute), links,
+    aggregator = plan.build_aggregator().to(compute)
+    served = [_serving(v, central.name, expected, compute, runner if v.name == PRIMARY else None,
+                       aggregator if v.name == PRIMARY else None) for v in load_variants(plan)]
+    servicer = CentralServicer(identity, runner, aggregator, links,
                                deadline_ms=deadline_ms, degrade=degrade, slo_ms=slo_ms, min_accuracy=min_accuracy,
-                               expected=accuracy.expected if accuracy is not None else None)
+                               expected=accuracy.expected if accuracy is not None else None, variants=served)
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
         logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
@@ -347,9 +439,10 @@ def start_central(
                 if not degrade or exc.code == grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 logger.warning(f"{exc.details}; answering degraded until it serves")
-        runner.warm_up(warmup)
         with torch.inference_mode():
-            servicer.aggregator([torch.zeros(1, w, device=compute) for w in servicer._widths])
+            for v in servicer.variants:
+                v.runner.warm_up(warmup)
+                v.aggregator([torch.zeros(1, w, device=compute) for w in v.widths])
     except BaseException:
         running.stop(0)
         servicer.close()
@@ -360,6 +453,24 @@ def start_central(
         link.watch(identity, lambda: running.set_serving(servicer.serving()))
     running.set_serving(servicer.serving())
     return running, servicer
+
+
+def _serving(variant: ServedVariant, central: str, workers: Sequence[str], compute: torch.device,
+             runner: SubModelRunner | None, aggregator: Aggregator | None) -> VariantServing:
+    """A variant as the central node serves it (the primary reuses the runner and aggregator built)."""
+    plan = variant.plan
+    runner = runner or SubModelRunner(plan.build_submodel(central), plan.config.input_shape, central, compute)
+    aggregator = aggregator or plan.build_aggregator().to(compute)
+    names = [n for n in workers if n in variant.devices]
+    widths = (runner.feature_width, *(plan.spec(n).width for n in names))
+    doc = plan.document
+    predicted = doc.predicted
+    per_device = ({n: (d.compute_ms, d.transfer_ms) for n, d in predicted.devices.items()} if predicted else {})
+    fixed = predicted.aggregate_ms + predicted.request_ms if predicted else 0.0
+    accuracy = doc.accuracy
+    return VariantServing(variant.name, runner, aggregator.eval(), tuple(workers.index(n) for n in names), widths,
+                          variant.top1, accuracy.expected if accuracy is not None else (lambda present: None),
+                          per_device, fixed)
 
 
 def serve_central(

@@ -136,10 +136,11 @@ class WorkerLink:
             self._checking.release()
 
     def start(self, index: int, request_id: int, source: pb.PredictRequest, fingerprint: str, deadline: float,
-              done: queue.SimpleQueue[tuple[int, float]]) -> PendingCall:
-        """Issue `Features` with the client's input as sent (a tensor, or the PNG/JPEG bytes) without
-        waiting; `(index, completion time)` goes to `done` when it ends."""
-        request = pb.FeaturesRequest(request_id=request_id, plan_fingerprint=fingerprint, device=self.name)
+              done: queue.SimpleQueue[tuple[int, float]], variant: str = "") -> PendingCall:
+        """Issue `Features` (of `variant`'s sub-model) with the client's input as sent (a tensor, or the
+        PNG/JPEG bytes) without waiting; `(index, completion time)` goes to `done` when it ends."""
+        request = pb.FeaturesRequest(request_id=request_id, plan_fingerprint=fingerprint, device=self.name,
+                                     variant=variant)
         if len(source.images.images):
             request.images.CopyFrom(source.images)
         else:

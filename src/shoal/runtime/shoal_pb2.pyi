@@ -53,18 +53,20 @@ class InfoReply(_message.Message):
     def __init__(self, plan_fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., family: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_width: _Optional[int] = ..., max_batch: _Optional[int] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ..., devices: _Optional[_Iterable[str]] = ..., shoal_version: _Optional[str] = ...) -> None: ...
 
 class FeaturesRequest(_message.Message):
-    __slots__ = ("request_id", "input", "plan_fingerprint", "device", "images")
+    __slots__ = ("request_id", "input", "plan_fingerprint", "device", "images", "variant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     PLAN_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     input: Tensor
     plan_fingerprint: str
     device: str
     images: EncodedImages
-    def __init__(self, request_id: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., plan_fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ...) -> None: ...
+    variant: str
+    def __init__(self, request_id: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., plan_fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class FeaturesReply(_message.Message):
     __slots__ = ("request_id", "features", "compute_ms", "queue_ms", "decode_ms", "device")
@@ -113,7 +115,7 @@ class DeviceTiming(_message.Message):
     def __init__(self, device: _Optional[str] = ..., compute_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., round_trip_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class PredictReply(_message.Message):
-    __slots__ = ("request_id", "logits", "top_indices", "top_probs", "top_k", "timings", "aggregation_ms", "total_ms", "degraded", "missing", "expected_accuracy", "late")
+    __slots__ = ("request_id", "logits", "top_indices", "top_probs", "top_k", "timings", "aggregation_ms", "total_ms", "degraded", "missing", "expected_accuracy", "late", "variant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class PredictReply(_message.Message):
     MISSING_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LATE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     logits: Tensor
     top_indices: _containers.RepeatedScalarFieldContainer[int]
@@ -138,4 +141,5 @@ class PredictReply(_message.Message):
     missing: _containers.RepeatedScalarFieldContainer[str]
     expected_accuracy: float
     late: bool
-    def __init__(self, request_id: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_probs: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[DeviceTiming, _Mapping]]] = ..., aggregation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ..., expected_accuracy: _Optional[float] = ..., late: _Optional[bool] = ...) -> None: ...
+    variant: str
+    def __init__(self, request_id: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_probs: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[DeviceTiming, _Mapping]]] = ..., aggregation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ..., expected_accuracy: _Optional[float] = ..., late: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from shoal.runtime.pki import check_signature
 from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
+from shoal.runtime.variants import PRIMARY, load_variants
 from shoal.utils.accel import compute_device
 
 logger = logging.getLogger(__name__)
@@ -117,11 +119,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         fault: Test-only fault injection.
     """
 
-    def __init__(self, runner: SubModelRunner, identity: Identity, fault: Fault | None = None) -> None:
+    def __init__(self, runner: SubModelRunner, identity: Identity, fault: Fault | None = None,
+                 variants: Mapping[str, SubModelRunner] | None = None) -> None:
         self.runner = runner
         self.identity = identity
         self.fault = fault
         self.ready = threading.Event()
+        self.variants = dict(variants or {})   # other variants' sub-models of this device (a --pareto plan)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
         return self.identity.info("worker", self.ready.is_set(), self.runner.feature_width)
@@ -145,7 +149,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             until = time.monotonic() + self.fault.delay_ms / 1e3
             while context.is_active() and (left := until - time.monotonic()) > 0:
                 time.sleep(min(0.05, left))  # a cancelled call (deadline, server stop) ends the sleep
-        out = self.runner(x)
+        runner = self.runner if request.variant in ("", PRIMARY) else self.variants.get(request.variant)
+        if runner is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"device {ident.device!r} serves no variant {request.variant!r}; it serves "
+                          f"{', '.join([PRIMARY, *self.variants])}")
+            raise  # abort raises; this line only tells type checkers so
+        out = runner(x)
         reply = pb.FeaturesReply(request_id=request.request_id, compute_ms=out.compute_ms, queue_ms=out.queue_ms,
                                  decode_ms=decode_ms, device=ident.device)
         encode(out.features, reply.features)
@@ -189,7 +199,9 @@ def start_worker(
     identity = Identity.of(plan, device, max_batch)
     compute = compute_device(accelerator or spec.accelerator)
     runner = SubModelRunner(plan.build_submodel(device), plan.config.input_shape, device, compute)
-    servicer = WorkerServicer(runner, identity, fault)
+    others = {v.name: SubModelRunner(v.plan.build_submodel(device), plan.config.input_shape, device, compute)
+              for v in load_variants(plan)[1:] if device in v.devices}
+    servicer = WorkerServicer(runner, identity, fault, others)
     guard = Guard(GuardPolicy(frozenset({f"/{WORKER_SERVICE}/Features", f"/{WORKER_SERVICE}/Info"}),
                               peers=frozenset({plan.devices.central.name})))
     running = start_server(lambda s: pb_grpc.add_WorkerServicer_to_server(servicer, s), WORKER_SERVICE,
@@ -199,7 +211,8 @@ def start_worker(
                            interceptors=[guard] if tls else [])
 
     def warm() -> None:
-        runner.warm_up(warmup)
+        for each in (runner, *others.values()):
+            each.warm_up(warmup)
         servicer.ready.set()
         running.set_serving(True)
 
