@@ -136,7 +136,7 @@ def local(
             for column in ("device", "role", "address", "pid", "emulated limit", "threads"):
                 table.add_column(column)
             for child in sorted(cluster.children.values(), key=lambda c: c.role != "central"):
-                spec = cluster.plan.devices[child.name]
+                spec = cluster.devices[child.name]
                 limit = cpu_limit_of(spec).describe() if emulate else "off"
                 table.add_row(child.name, child.role, child.target, str(child.proc.pid), limit, str(spec.threads))
             console.print(table)

@@ -39,7 +39,7 @@ from shoal.runtime.pki import check_signature
 from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
-from shoal.runtime.variants import PRIMARY, ServedVariant, load_variants
+from shoal.runtime.variants import PRIMARY, ServedVariant, load_variants, served_devices
 from shoal.runtime.worker import Identity
 from shoal.utils.accel import compute_device, device_of
 
@@ -105,7 +105,15 @@ class LiveEstimates:
         self.window = window
         self.ratio: dict[str, deque[float]] = {}
         self.transfer: dict[str, deque[float]] = {}
+        self.total: dict[str, deque[float]] = {}   # per variant: measured receipt-to-reply / its prediction
         self._lock = threading.Lock()
+
+    def observe_total(self, variant: str, total_ms: float, predicted_ms: float) -> None:
+        """What the per-device terms miss (serialisation, fan-out, aggregation on a shared core): the
+        variant's own end-to-end ratio, applied on top of them."""
+        if predicted_ms > 0:
+            with self._lock:
+                self.total.setdefault(variant, deque(maxlen=self.window)).append(total_ms / predicted_ms)
 
     def observe(self, device: str, compute_ms: float, predicted_ms: float, transfer_ms: float | None) -> None:
         with self._lock:
@@ -114,15 +122,17 @@ class LiveEstimates:
             if transfer_ms is not None:
                 self.transfer.setdefault(device, deque(maxlen=self.window)).append(transfer_ms)
 
-    def predict_ms(self, variant: VariantServing) -> float:
-        """T of `variant` now: the plan's prediction with each device's live compute ratio and transfer."""
+    def predict_ms(self, variant: VariantServing, scaled: bool = True) -> float:
+        """T of `variant` now: the plan's prediction with each device's live compute ratio and transfer
+        (`scaled`: and the variant's own end-to-end ratio)."""
         with self._lock:
             ends = []
             for device, (compute, transfer) in variant.predicted.items():
                 ratio = statistics.median(self.ratio[device]) if self.ratio.get(device) else 1.0
                 live = statistics.median(self.transfer[device]) if self.transfer.get(device) else transfer
                 ends.append(compute * ratio + live)
-        return max(ends, default=0.0) + variant.fixed_ms
+            scale = statistics.median(self.total[variant.name]) if scaled and self.total.get(variant.name) else 1.0
+        return (max(ends, default=0.0) + variant.fixed_ms) * max(1.0, scale)
 
 
 class CentralServicer(pb_grpc.CentralServicer):
@@ -281,8 +291,11 @@ class CentralServicer(pb_grpc.CentralServicer):
                           + (f"{worth:.1%}" if worth is not None else "an unmeasured accuracy")
                           + f" top-1, below --min-accuracy {self.min_accuracy:.1%}: "
                           + "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
+        predicted_now = self.estimates.predict_ms(variant, scaled=False)
         reply = self._answer(request, request_id, features, timings, errors, t_start, variant)
         self._observe(variant, timings)
+        if not errors and predicted_now > 0:
+            self.estimates.observe_total(variant.name, reply.total_ms, predicted_now)
         if worth is not None:
             reply.expected_accuracy = worth
         reply.late = self.slo_s is not None and reply.total_ms > self.slo_s * 1e3
@@ -294,11 +307,18 @@ class CentralServicer(pb_grpc.CentralServicer):
 
     def choose(self) -> tuple[VariantServing, bool]:
         """(the variant to answer with, whether it is predicted to meet the SLO): the primary without an
-        SLO; with one, the most accurate variant predicted (live estimates) to meet it, else the fastest
-        predicted, which is then waited for in full and answers late rather than from half its devices."""
+        SLO; with one, among the variants whose workers are all verified and not demoted (all of them if
+        none is), the most accurate predicted (live estimates) to meet it, else the fastest predicted,
+        which is then waited for in full and answers late rather than from half its devices."""
         if self.slo_s is None:
             return self.variants[0], True
-        predicted = [(self.estimates.predict_ms(v), v) for v in self.variants]
+
+        def usable(v: VariantServing) -> bool:   # every worker verified and not demoted right now
+            return all(self.links[i].verified.is_set() and not self.trackers[self.links[i].name].demoted()
+                       for i in v.link_index)
+
+        candidates = [v for v in self.variants if usable(v)] or self.variants
+        predicted = [(self.estimates.predict_ms(v), v) for v in candidates]
         meeting = [(v.top1 if v.top1 is not None else -1.0, -ms, v) for ms, v in predicted
                    if ms <= self.slo_s * 1e3]
         if meeting:
@@ -360,7 +380,7 @@ class CentralServicer(pb_grpc.CentralServicer):
         --degrade or --slo-ms the central device alone suffices: answers are then marked degraded,
         and --min-accuracy may still refuse them)."""
         return self.ready and (self.degrade or self.slo_s is not None
-                               or all(link.verified.is_set() for link in self.links))
+                               or all(self.links[i].verified.is_set() for i in self.variants[0].link_index))
 
     def close(self) -> None:
         for link in self.links:
@@ -395,7 +415,8 @@ def start_central(
             another plan, device or width (FAILED_PRECONDITION).
     """
     central = plan.devices.central
-    expected = [d.name for d in plan.devices.devices if not d.central]
+    variants = load_variants(plan)
+    expected = [d.name for d in served_devices(variants).devices if not d.central]
     missing, unknown = sorted(set(expected) - set(workers)), sorted(set(workers) - set(expected))
     if missing or unknown:
         raise ConfigError(f"--workers must name every worker device of the plan {expected} once; "
@@ -409,7 +430,10 @@ def start_central(
         raise ConfigError(f"the token is for plan {token.plan}, this is plan {identity.plan_fingerprint}; "
                           "use the client.token `shoal certs` wrote for this plan")
     message_bytes = image_message_bytes(identity.input_shape, max_batch)
-    widths = dict(zip(plan.policy.devices, (s.width for s in plan.policy.specs)))
+    widths: dict[str, int] = {}
+    for v in variants:   # a worker reports the width of the first variant it serves (primary first)
+        for name in v.devices:
+            widths.setdefault(name, v.plan.spec(name).width)
     links = [WorkerLink(name, workers[name], widths[name], message_bytes,
                         tls.channel_credentials() if tls else None) for name in expected]
     compute = compute_device(accelerator or central.accelerator)
@@ -417,7 +441,7 @@ def start_central(
     accuracy = plan.document.accuracy
     aggregator = plan.build_aggregator().to(compute)
     served = [_serving(v, central.name, expected, compute, runner if v.name == PRIMARY else None,
-                       aggregator if v.name == PRIMARY else None) for v in load_variants(plan)]
+                       aggregator if v.name == PRIMARY else None) for v in variants]
     servicer = CentralServicer(identity, runner, aggregator, links,
                                deadline_ms=deadline_ms, degrade=degrade, slo_ms=slo_ms, min_accuracy=min_accuracy,
                                expected=accuracy.expected if accuracy is not None else None, variants=served)
@@ -440,9 +464,9 @@ def start_central(
                     raise
                 logger.warning(f"{exc.details}; answering degraded until it serves")
         with torch.inference_mode():
-            for v in servicer.variants:
-                v.runner.warm_up(warmup)
-                v.aggregator([torch.zeros(1, w, device=compute) for w in v.widths])
+            for serving in servicer.variants:
+                serving.runner.warm_up(warmup)
+                serving.aggregator([torch.zeros(1, w, device=compute) for w in serving.widths])
     except BaseException:
         running.stop(0)
         servicer.close()

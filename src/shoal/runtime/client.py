@@ -57,6 +57,7 @@ class Prediction:
         request_id: Echoed id.
         expected_accuracy: Test top-1 the plan measured for the devices that answered (None: unknown).
         late: Answered after the central node's --slo-ms.
+        variant: The plan variant that answered ("primary" unless a --pareto plan is served).
     """
 
     logits: torch.Tensor
@@ -70,6 +71,7 @@ class Prediction:
     request_id: int
     expected_accuracy: float | None = None
     late: bool = False
+    variant: str = "primary"
 
     @property
     def labels(self) -> torch.Tensor:
@@ -94,7 +96,7 @@ class Prediction:
             aggregation_ms=reply.aggregation_ms, server_ms=reply.total_ms, degraded=reply.degraded,
             missing=tuple(reply.missing), request_id=int(reply.request_id),
             expected_accuracy=reply.expected_accuracy if reply.HasField("expected_accuracy") else None,
-            late=reply.late)
+            late=reply.late, variant=reply.variant or "primary")
 
 
 class ShoalClient:

@@ -35,6 +35,7 @@ from shoal.runtime.links import wait_until_serving
 from shoal.runtime.security import Security, is_loopback, name_override
 from shoal.runtime.server import LISTENING_PREFIX
 from shoal.runtime.status import CENTRAL_SERVICE, WORKER_SERVICE, RemoteError
+from shoal.runtime.variants import load_variants, served_devices
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class LocalCluster:
         if not 0 <= base_port <= 65535:
             raise ConfigError(f"base_port must be between 0 and 65535, got {base_port!r}")
         self.plan = load_plan(plan_dir)
+        self.devices = served_devices(load_variants(self.plan))   # every variant's devices (a --pareto plan)
         self.plan_dir = Path(plan_dir)
         self.base_port = base_port
         self.emulate = emulate
@@ -129,7 +131,7 @@ class LocalCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, _Child] = {}
         self.warnings: list[str] = []
-        unknown = sorted(set(self.placements) - {d.name for d in self.plan.devices.devices if not d.central})
+        unknown = sorted(set(self.placements) - {d.name for d in self.devices.devices if not d.central})
         if unknown:
             raise ConfigError(f"placements name devices that are not workers of the plan: {unknown}")
 
@@ -138,8 +140,8 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start every worker, then the central node; return once all report SERVING."""
         give_up = time.monotonic() + self.start_timeout
-        workers = [d for d in self.plan.devices.devices if not d.central]
-        central = self.plan.devices.central
+        workers = [d for d in self.devices.devices if not d.central]
+        central = self.devices.central
         try:  # every process imports and loads in parallel; the central node reads worker addresses on stdin
             pending = []
             for offset, spec in enumerate(workers, start=1):
@@ -189,7 +191,7 @@ class LocalCluster:
         log = self.log_dir / f"{role}-{name}.log"
         command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
                    "--no-emulate", "--watch-parent", *self.security.args(central=role == "central")]
-        limit = cpu_limit_of(self.plan.devices[name]) if self.emulate else CpuLimit()
+        limit = cpu_limit_of(self.devices[name]) if self.emulate else CpuLimit()
         with open(log, "wb") as stderr:
             process = LimitedChild(command, limit, who=f"device {name!r}", strict=False, stderr=stderr,
                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,

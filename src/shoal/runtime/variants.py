@@ -2,9 +2,10 @@
 
 Every server loads the same list, so the central node and its workers agree on it
 without talking: the primary first, then each variant of `plan.json` in order, kept
-when (a) its devices are among the primary's (the processes that run) and (b) every
-one of its devices can still hold its sub-model beside those of the variants kept
-before it (`memory_mb` of the device set: weights + activations, summed).
+when every one of its devices can still hold its sub-model beside those of the
+variants kept before it (`memory_mb` of the device set: weights + activations,
+summed). The devices served are those of the variants kept (`served_devices`): a
+variant may use a worker the primary leaves out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from shoal.devices.spec import DeviceSet, DeviceSpec
+from shoal.errors import ConfigError
 from shoal.models.accounting import spec_cost
 from shoal.plan.directory import Plan, load_plan
 
@@ -51,11 +54,13 @@ def load_variants(plan: Plan) -> list[ServedVariant]:
             continue
         variant = load_plan(plan.root / info.dir)
         names = variant.devices.names
-        outside = [n for n in names if n not in budget]
-        if outside:
-            logger.warning("variant %s uses %s, which the primary plan does not run; not served",
-                           info.name, ", ".join(outside))
+        if variant.devices.central.name != plan.devices.central.name:
+            logger.warning("variant %s has another central node (%s); not served", info.name,
+                           variant.devices.central.name)
             continue
+        for d in variant.devices.devices:
+            budget.setdefault(d.name, d.memory_bytes)
+            used.setdefault(d.name, 0)
         cost = {n: spec_cost(variant.config, variant.spec(n)).memory_bytes for n in names}
         over = [n for n in names if used[n] + cost[n] > budget[n]]
         if over:
@@ -66,3 +71,25 @@ def load_variants(plan: Plan) -> list[ServedVariant]:
             used[n] += cost[n]
         served.append(ServedVariant(info.name, variant, info.top1))
     return served
+
+
+def served_devices(variants: list[ServedVariant]) -> DeviceSet:
+    """Every device some served variant uses: the primary's first, in its order, then the others."""
+    seen: dict[str, DeviceSpec] = {}
+    for v in variants:
+        for d in v.plan.devices.devices:
+            seen.setdefault(d.name, d)
+    return DeviceSet(tuple(seen.values()), source=variants[0].plan.devices.source)
+
+
+def device_spec(variants: list[ServedVariant], name: str) -> DeviceSpec:
+    """The spec of device `name` in the variants served.
+
+    Raises:
+        ConfigError: no served variant uses it.
+    """
+    devices = served_devices(variants)
+    if name not in devices.names:
+        raise ConfigError(f"the plan has no device {name!r} (no variant uses it); "
+                          f"its devices are {list(devices.names)}")
+    return devices[name]

@@ -30,7 +30,7 @@ from shoal.runtime.pki import check_signature
 from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
-from shoal.runtime.variants import PRIMARY, load_variants
+from shoal.runtime.variants import PRIMARY, device_spec, load_variants
 from shoal.utils.accel import compute_device
 
 logger = logging.getLogger(__name__)
@@ -119,8 +119,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         fault: Test-only fault injection.
     """
 
-    def __init__(self, runner: SubModelRunner, identity: Identity, fault: Fault | None = None,
+    def __init__(self, runner: SubModelRunner | None, identity: Identity, fault: Fault | None = None,
                  variants: Mapping[str, SubModelRunner] | None = None) -> None:
+        if runner is None and not variants:
+            raise ConfigError(f"device {identity.device!r} has no sub-model in any variant of the plan")
         self.runner = runner
         self.identity = identity
         self.fault = fault
@@ -128,7 +130,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.variants = dict(variants or {})   # other variants' sub-models of this device (a --pareto plan)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
-        return self.identity.info("worker", self.ready.is_set(), self.runner.feature_width)
+        first = self.runner if self.runner is not None else next(iter(self.variants.values()))
+        return self.identity.info("worker", self.ready.is_set(), first.feature_width)
 
     def Features(self, request: pb.FeaturesRequest, context: grpc.ServicerContext) -> pb.FeaturesReply:  # noqa: N802
         ident = self.identity
@@ -190,7 +193,8 @@ def start_worker(
             without TLS; its TLS files are missing or readable by others; the plan's signature fails.
         PlatformError: its accelerator is cuda and no CUDA device is visible.
     """
-    spec = plan.devices[device]
+    variants = load_variants(plan)
+    spec = device_spec(variants, device)
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     tls = security.tls(device)
@@ -198,9 +202,10 @@ def start_worker(
     check_signature(security.tls_dir, plan.root)
     identity = Identity.of(plan, device, max_batch)
     compute = compute_device(accelerator or spec.accelerator)
-    runner = SubModelRunner(plan.build_submodel(device), plan.config.input_shape, device, compute)
-    others = {v.name: SubModelRunner(v.plan.build_submodel(device), plan.config.input_shape, device, compute)
-              for v in load_variants(plan)[1:] if device in v.devices}
+    runners = {v.name: SubModelRunner(v.plan.build_submodel(device), plan.config.input_shape, device, compute)
+               for v in variants if device in v.devices}
+    runner = runners.pop(PRIMARY, None)   # None: a worker only other variants use
+    others = runners
     servicer = WorkerServicer(runner, identity, fault, others)
     guard = Guard(GuardPolicy(frozenset({f"/{WORKER_SERVICE}/Features", f"/{WORKER_SERVICE}/Info"}),
                               peers=frozenset({plan.devices.central.name})))
@@ -211,7 +216,7 @@ def start_worker(
                            interceptors=[guard] if tls else [])
 
     def warm() -> None:
-        for each in (runner, *others.values()):
+        for each in ([runner] if runner is not None else []) + list(others.values()):
             each.warm_up(warmup)
         servicer.ready.set()
         running.set_serving(True)
@@ -239,7 +244,7 @@ def serve_worker(
 ) -> None:
     """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
     plan = load_plan(plan_dir)
-    spec = plan.devices[device]
+    spec = device_spec(load_variants(plan), device)
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     with device_process(spec, emulate=emulate, threads=threads):
@@ -248,5 +253,6 @@ def serve_worker(
                                          security=security)
         announce(running)
         logger.info(f"worker {device} of plan {servicer.identity.plan_fingerprint} listening on {running.target} "
-                    f"({threads or spec.threads} thread(s), {servicer.runner.compute.type}); SERVING after warm-up")
+                    f"({threads or spec.threads} thread(s), {compute_device(accelerator or spec.accelerator).type}); "
+                    "SERVING after warm-up")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
