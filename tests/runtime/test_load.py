@@ -99,3 +99,10 @@ def test_bench_summary_counts_errors(plan, in_process):
     with ShoalClient(cluster.central.target) as client:
         results, _ = run_load(client, prepare_requests(torch.randn(2, *plan.config.input_shape)), 4, 2)
     assert all(isinstance(r, RemoteError) and r.code == grpc.StatusCode.UNAVAILABLE for _, r in results)
+
+
+def test_bench_counts_which_variant_answered_and_how(plan, in_process):
+    cluster = in_process()
+    with ShoalClient(cluster.central.target) as client:
+        results, _ = run_load(client, prepare_requests(torch.randn(3, *plan.config.input_shape)), 6, 1)
+    assert summarise(results).answers == {"primary": 6}

@@ -94,6 +94,8 @@ def print_tables(r: BenchResult) -> None:
     console.print(parts)
     if r.errors:
         console.print(f"[yellow]errors:[/] {r.errors}")
+    if set(r.answers) - {"primary"}:
+        console.print("answered by: " + ", ".join(f"{k} {v}" for k, v in r.answers.items()), highlight=False)
     if r.predicted_ms is not None:
         console.print(f"planner predicted T = {r.predicted_ms:.2f} ms; measured median / predicted = "
                       f"{r.latency.median_ms / r.predicted_ms:.2f}", highlight=False)

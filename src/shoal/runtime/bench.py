@@ -72,6 +72,8 @@ class Summary:
         critical_ms: Slowest device compute + aggregation, per request.
         overhead_ms: End-to-end minus the critical path, per request (never negative).
         server_ms: Central node time from receipt to reply (end-to-end minus it: the client's hop).
+        answers: Answered requests by variant (a --pareto plan under --slo-ms), and how many of
+            them were degraded ("degraded") and late ("late").
     """
 
     latency: LatencyStats
@@ -81,6 +83,7 @@ class Summary:
     critical_ms: float
     overhead_ms: float
     server_ms: float
+    answers: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -183,9 +186,13 @@ def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]) ->
     devices = tuple(DeviceBreakdown(name, med(t.compute_ms for t in ts), med(t.queue_ms for t in ts),
                                     med(t.transfer_ms for t in ts), med(t.round_trip_ms for t in ts))
                     for name, ts in per_device.items())
+    answers: dict[str, int] = {}
+    for _, r in answered:
+        for key in (r.variant or "primary", *(["degraded"] if r.degraded else []), *(["late"] if r.late else [])):
+            answers[key] = answers.get(key, 0) + 1
     return Summary(LatencyStats.from_times([ms for ms, _ in answered]), errors, devices,
                    med(r.aggregation_ms for _, r in answered),
-                   med(critical), med(overhead), med(r.total_ms for _, r in answered))
+                   med(critical), med(overhead), med(r.total_ms for _, r in answered), answers)
 
 
 def run_bench(
