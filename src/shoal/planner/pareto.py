@@ -1,7 +1,7 @@
 """A Pareto front of policies (latency T against the accuracy proxy L) and the variants kept from it.
 
-`shoal plan --pareto K`: the search spreads its evaluations along the front (each BO
-proposal draws its own δ; `shoal.planner.search`), then `front` keeps the evaluated
+`shoal plan --pareto K`: the search spreads its evaluations along the front (expected
+hypervolume improvement; `shoal.planner.search`), then `front` keeps the evaluated
 policies no other one beats on both T and L, and `choose_variants` keeps up to K of
 them: the policy of best Ψ at the base δ (the plan's primary), the fastest, the
 central node alone when it was evaluated (whatever its accuracy: it is what answers

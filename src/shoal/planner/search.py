@@ -29,6 +29,10 @@ batched latency-model call, and the acquisition ranks candidates by (Log)EI of
 -(GP + δ·T) against the best Ψ seen: the GP's mean moves by the known part, its spread
 does not (`known_latency`; False models Ψ whole, as CoFormer does).
 
+With `pareto` (`shoal plan --pareto K`) the acquisition is the expected hypervolume
+improvement of (T, L) instead: T exact per candidate, L sampled from the same GP, the
+front's improvement computed in closed form in 2-D (`hypervolume_improvement`).
+
 Every evaluation is appended to the journal before the next one starts; the
 same seed gives the same sequence, interrupted or not.
 """
@@ -47,7 +51,7 @@ import torch
 
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluator
-from shoal.planner.settings import PARETO_SPREAD, SearchSettings
+from shoal.planner.settings import SearchSettings
 from shoal.planner.space import PER_DEVICE, SearchSpace
 
 LatencyModel = Callable[[Sequence[Sequence[Any]]], list[float]]   # decoded shapes -> T (ms) each
@@ -383,12 +387,13 @@ class _PolicyBO:
                           dtype=torch.float64)
         incumbent = min(r.psi for r in records)
         if settings.pareto and settings.known_latency:
-            # a front, not one point: this proposal's own δ (random scalarisation); the GP models the
-            # accuracy part alone, so only the known latency term and the incumbent change
-            spread = math.log(PARETO_SPREAD)
-            delta = base * math.exp((2 * torch.rand((), generator=gen, dtype=torch.float64).item() - 1) * spread)
-            incumbent = min(r.evaluation.loss + delta * r.evaluation.latency.total_ms for r in records)
-        acq = _acquisition(X, Y, -incumbent, settings, settings.seed * 100_003 + step)
+            # a front, not one point: expected hypervolume improvement of (T, L), T known exactly for
+            # every candidate (passed as the offset, δ = 1), L sampled from the GP of the accuracy part
+            delta = 1.0
+            points = [(r.evaluation.latency.total_ms, r.evaluation.loss) for r in records]
+            acq = _ehvi(X, Y, points, settings, settings.seed * 100_003 + step)
+        else:
+            acq = _acquisition(X, Y, -incumbent, settings, settings.seed * 100_003 + step)
 
         best: dict[str, tuple[float, _Candidate]] = {}
 
@@ -437,15 +442,58 @@ class _PolicyBO:
         return self.decode(points.tolist())
 
 
-def _acquisition(X: torch.Tensor, Y: torch.Tensor, best_f: float, settings: SearchSettings, seed: int
-                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(Log)EI over a GP fitted to (X, Y), as a function of (n, d) inputs and a known (n,) offset added
-    to the objective the GP models (the candidates' -δ·T; zeros when the GP models Ψ whole); the
-    incumbent `best_f` is the best observed objective (-Ψ)."""
+EHVI_SAMPLES = 128   # posterior samples of L per candidate for the expected hypervolume improvement
+
+
+def hypervolume_improvement(t: torch.Tensor, loss: torch.Tensor, points: Sequence[tuple[float, float]],
+                            reference: tuple[float, float]) -> torch.Tensor:
+    """2-D hypervolume improvement (both minimised) of new points over the front of `points`.
+
+    Shapes: t (N,) known latencies, loss (S, N) sampled losses -> (S, N). The front's attainment
+    level is a step function of T; the new region is the integral of max(0, level(x) - loss) for
+    x from t to the reference, computed interval by interval (vectorised)."""
+    front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points))
+    ref_t, ref_l = reference
+    starts = [-math.inf] + [p[0] for p in front]
+    ends = [p[0] for p in front] + [ref_t]
+    levels = [ref_l] + [min(p[1], ref_l) for p in front]
+    a = torch.tensor(starts, dtype=torch.float64).view(-1, 1, 1)
+    b = torch.tensor(ends, dtype=torch.float64).view(-1, 1, 1)
+    level = torch.tensor(levels, dtype=torch.float64).view(-1, 1, 1)
+    width = (b.clamp(max=ref_t) - torch.maximum(a, t.view(1, 1, -1))).clamp(min=0)   # (K, 1, N)
+    height = (level - loss.unsqueeze(0)).clamp(min=0)                                   # (K, S, N)
+    return (width * height).sum(0)
+
+
+def _ehvi(X: torch.Tensor, Y: torch.Tensor, points: Sequence[tuple[float, float]], settings: SearchSettings,
+          seed: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Expected hypervolume improvement of (T, L): the GP of (X, Y = -L) samples L, the candidate's T is
+    exact (its offset is -T). Monte Carlo with fixed seeds (a candidate's value does not depend on the
+    batch it is scored in); the reference point is 10% beyond the worst T and L evaluated."""
+    gp = _fit_gp(X, Y, seed)
+    reference = (max(t for t, _ in points) * 1.1, max(loss for _, loss in points) * 1.1)
+
+    def acquisition(inputs: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        values = []
+        for chunk, shift in zip(inputs.split(1024), offset.split(1024)):
+            posterior = gp.posterior(chunk)
+            mean = posterior.mean.squeeze(-1)
+            sigma = posterior.variance.squeeze(-1).clamp_min(1e-12).sqrt()
+            normal = torch.randn(EHVI_SAMPLES, 1, generator=torch.Generator().manual_seed(seed),
+                                 dtype=torch.float64)
+            loss = -(mean.unsqueeze(0) + sigma.unsqueeze(0) * normal)    # (S, n): marginal samples of L
+            improvement = hypervolume_improvement(-shift, loss, points, reference).mean(0)
+            values.append(improvement + 1e-9 * (-loss.mean(0)))         # ties (no improvement): the better L
+        return torch.cat(values)
+
+    return acquisition
+
+
+def _fit_gp(X: torch.Tensor, Y: torch.Tensor, seed: int) -> Any:
+    """The search's GP (Matern ν=1.5, ARD, dimension-scaled lengthscale prior) fitted to (X, Y)."""
     with warnings.catch_warnings():   # linear_operator decorates with torch.jit.script at import (deprecated)
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
         import botorch  # noqa: F401
-    from botorch.acquisition.analytic import _ei_helper, _log_ei_helper
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
@@ -455,8 +503,6 @@ def _acquisition(X: torch.Tensor, Y: torch.Tensor, best_f: float, settings: Sear
     from gpytorch.priors import LogNormalPrior
 
     dim = X.shape[-1]
-    # Matern ν=1.5 as CoFormer eq. 9, with the dimension-scaled lengthscale prior BoTorch uses
-    # for its defaults (Hvarfner et al. 2024), fitted by marginal likelihood.
     prior = LogNormalPrior(loc=math.sqrt(2) + 0.5 * math.log(dim), scale=math.sqrt(3))
     kernel = ScaleKernel(MaternKernel(nu=1.5, ard_num_dims=dim, lengthscale_prior=prior,
                                       lengthscale_constraint=GreaterThan(2.5e-2, initial_value=prior.mode)))
@@ -467,6 +513,19 @@ def _acquisition(X: torch.Tensor, Y: torch.Tensor, best_f: float, settings: Sear
         fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp), max_attempts=3,
                          optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
     gp.eval()
+    return gp
+
+
+def _acquisition(X: torch.Tensor, Y: torch.Tensor, best_f: float, settings: SearchSettings, seed: int
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(Log)EI over a GP fitted to (X, Y), as a function of (n, d) inputs and a known (n,) offset added
+    to the objective the GP models (the candidates' -δ·T; zeros when the GP models Ψ whole); the
+    incumbent `best_f` is the best observed objective (-Ψ)."""
+    from botorch.acquisition.analytic import _ei_helper, _log_ei_helper
+
+    # Matern ν=1.5 as CoFormer eq. 9, with the dimension-scaled lengthscale prior BoTorch uses
+    # for its defaults (Hvarfner et al. 2024), fitted by marginal likelihood.
+    gp = _fit_gp(X, Y, seed)
     sigma_min = 1e-12
 
     def acquisition(inputs: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

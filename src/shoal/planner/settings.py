@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 Strategy = Literal["bo", "random", "uniform"]
 Split = Literal["search", "balanced"]
 SPLITS: tuple[Split, ...] = ("search", "balanced")
-PARETO_SPREAD = 8.0   # --pareto: each proposal's δ lies within this factor of the base δ, either way
 Acquisition = Literal["logei", "ei"]
 Surrogate = Literal["policy", "encoding"]
 Weighting = Literal["boost", "printed", "uniform"]
@@ -54,9 +53,9 @@ class SearchSettings:
             A worker off the critical path costs nothing in Ψ, so the search has no reason
             to drop one that contributes nothing; this step does.
         pareto: K > 1: search latency and the accuracy proxy as two objectives and keep up to K
-            non-dominated policies as variants (`shoal.planner.pareto`); each BO proposal draws its
-            own δ, log-uniform within `PARETO_SPREAD`× of the base δ either way (random
-            scalarisation, ParEGO-style, of the known-latency Ψ). 0: one plan for one δ.
+            non-dominated policies as variants (`shoal.planner.pareto`); each BO proposal maximises
+            the expected hypervolume improvement of (T, L), T known exactly per candidate and L
+            sampled from the GP (`shoal.planner.search._ehvi`). 0: one plan for one δ.
     """
 
     strategy: Strategy = "bo"
