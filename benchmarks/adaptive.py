@@ -16,7 +16,8 @@ answers by the SLO from the devices back in time, demotion). Per phase: the shar
 requests answered within the SLO (seen by the client, and by the central node from receipt
 to reply: what `--slo-ms` budgets), p50/p99 of the client's latency, errors, top-1
 on the test images through the runtime (n and 95% Wilson interval), and the variants
-used. Writes benchmarks/results/adaptive.json. Not covered here (issue 13): links that
+used; and the teacher alone on the central device's share (as `shoal bench` times it).
+Writes benchmarks/results/adaptive.json. Not covered here (issue 13): links that
 change during the run (netns + tc) and a device slowed by a lower quota.
 """
 
@@ -39,6 +40,7 @@ from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.evaldata import resolve_test_data
 from shoal.runtime.status import RemoteError
+from shoal.runtime.timing import time_teacher
 from shoal.runtime.variants import load_variants
 from shoal.utils.stats import quantile, wilson_interval
 
@@ -111,6 +113,11 @@ def main() -> None:
     images, labels = test.images, test.labels
     results = {"plan": str(args.plan), "slo_ms": args.slo_ms, "victim": victim,
                "variants": [v.name for v in plan.document.variants] or ["primary"]}
+    central = plan.devices.central
+    teacher = time_teacher(plan.teacher_source, plan.config.input_shape, repeats=100, warmup=10,
+                           threads=central.threads, limit=central)
+    results["teacher_alone_p50_ms"] = teacher["latency"]["median_ms"]
+    console.print(f"teacher alone on {central.name}: p50 {results['teacher_alone_p50_ms']:.2f} ms", highlight=False)
     for label, slo in (("static", None), ("adaptive", args.slo_ms)):
         console.print(f"{label}: {', '.join(PHASES)} ({args.requests} requests each; {victim} stopped in phase 2)")
         results[label] = scenario(args.plan, slo, victim, args.requests, images, labels, args.slo_ms)
@@ -127,6 +134,10 @@ def main() -> None:
                           f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
                           str(r["errors"] or "-"), top1, ", ".join(f"{k} {v}" for k, v in r["variants"].items()))
     console.print(table)
+    for label in ("static", "adaptive"):
+        worst = max(results[label][phase]["p50_ms"] for phase in PHASES)
+        console.print(f"{label}: worst phase p50 {worst:.2f} ms = {worst / results['teacher_alone_p50_ms']:.2f}× "
+                      "the teacher alone on the central node", highlight=False)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {args.out}")
 
