@@ -225,7 +225,7 @@ def test_a_central_node_on_cuda_aggregates_there_and_answers_what_the_cpu_answer
     cluster = in_process(central=False)
     server, servicer = start_central(plan, cluster.targets, accelerator="cuda", connect_timeout=10.0, warmup=2)
     cluster.central, cluster.servicer = server, servicer
-    assert next(servicer.aggregator.parameters()).device.type == "cuda"
+    assert next(servicer.variants[0].aggregator.parameters()).device.type == "cuda"
     x = torch.randn(2, *plan.config.input_shape)
     with ShoalClient(server.target) as client:
         p = client.predict(x, top_k=1)
@@ -327,7 +327,7 @@ def test_with_an_slo_the_answer_comes_from_the_devices_back_in_time_and_says_its
     server, servicer = start_central(plan, cluster.targets, warmup=1, connect_timeout=10.0, slo_ms=150.0)
     cluster.central, cluster.servicer = server, servicer
     worth = {("hub", "edge-a"): 0.9, ("hub", "edge-a", "edge-b"): 0.95}
-    servicer.expected = lambda present: worth.get(tuple(present))
+    servicer.variants[0].expected = lambda present: worth.get(tuple(present))
     x = torch.randn(1, *plan.config.input_shape)
     with ShoalClient(server.target) as client:
         replies = [client.predict(x) for _ in range(5)]
@@ -342,7 +342,7 @@ def test_with_an_slo_the_answer_comes_from_the_devices_back_in_time_and_says_its
             client.predict(x)
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         assert "without edge-b the plan answers at 90.0% top-1, below --min-accuracy 92.0%" in info.value.details
-        servicer.expected = lambda present: None
+        servicer.variants[0].expected = lambda present: None
         with pytest.raises(RemoteError, match="an unmeasured accuracy"):
             client.predict(x)
 

@@ -140,50 +140,42 @@ class CentralServicer(pb_grpc.CentralServicer):
 
     Args:
         identity: The central device's identity (plan fingerprint, input shape, batch limit).
-        runner: The central device's own sub-model.
-        aggregator: The plan's aggregator (devices in plan order, central first).
-        links: One link per worker, in plan order (after the central device).
+        links: One link per worker any variant uses, in plan order (after the central device).
+        variants: What it can answer with, primary first (`VariantServing`: the central device's own
+            sub-model, the aggregator, which workers, what the plan predicted and measured). A plain
+            plan is its one variant; with an SLO and a `--pareto` plan each request is served by the
+            most accurate variant predicted, from live estimates, to meet it.
         deadline_ms: Budget of every fan-out (shortened to the client's own deadline).
         degrade: Answer from the devices that replied when some do not.
         slo_ms: Answer by this time after receipt with the features that arrived (a degraded answer
             rather than a late one); a worker that keeps missing it is demoted (not waited for) and
             tried again later. None: wait for every device until the deadline.
-        min_accuracy: Refuse (UNAVAILABLE) a degraded answer whose expected accuracy (`expected`)
-            is below this, or unknown.
-        expected: Test top-1 the plan measured for a set of devices answering (None: not evaluated).
-        variants: The variants of a `--pareto` plan, primary first (`VariantServing`); with an SLO
-            each request is served by the most accurate one predicted, from live estimates, to
-            meet it (the fastest, marked late, when none is). Empty: the primary alone.
+        min_accuracy: Refuse (UNAVAILABLE) a degraded answer whose expected accuracy (the variant's
+            `expected`) is below this, or unknown.
     """
 
-    def __init__(self, identity: Identity, runner: SubModelRunner, aggregator: Aggregator,
-                 links: list[WorkerLink], *, deadline_ms: float = DEFAULT_DEADLINE_MS, degrade: bool = False,
-                 slo_ms: float | None = None, min_accuracy: float | None = None,
-                 expected: Callable[[Sequence[str]], float | None] | None = None,
-                 variants: Sequence[VariantServing] = ()) -> None:
+    def __init__(self, identity: Identity, links: list[WorkerLink], variants: Sequence[VariantServing], *,
+                 deadline_ms: float = DEFAULT_DEADLINE_MS, degrade: bool = False, slo_ms: float | None = None,
+                 min_accuracy: float | None = None) -> None:
         if deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be positive, got {deadline_ms!r}")
         if slo_ms is not None and not slo_ms > 0:
             raise ConfigError(f"--slo-ms must be positive, got {slo_ms!r}")
         if min_accuracy is not None and not 0 <= min_accuracy <= 1:
             raise ConfigError(f"--min-accuracy is a fraction between 0 and 1, got {min_accuracy!r}")
+        if not variants or variants[0].name != PRIMARY:
+            raise ConfigError("the central node needs the plan's primary variant first")
         self.slo_s = slo_ms / 1e3 if slo_ms is not None else None
         self.min_accuracy = min_accuracy
-        self.expected = expected or (lambda present: None)
         self.trackers = {link.name: MissTracker() for link in links}
         self.identity = identity
-        self.runner = runner
-        self.aggregator = aggregator.eval()
         self.links = links
+        self.variants = list(variants)
         self.deadline_s = deadline_ms / 1e3
         self.degrade = degrade
         self.ready = False
         self._ids = itertools.count(1)
         self.devices = (identity.device, *(link.name for link in links))
-        primary = VariantServing(PRIMARY, runner, self.aggregator, tuple(range(len(links))),
-                                 (runner.feature_width, *(link.feature_width for link in links)))
-        # the variants to choose from, primary first; without --slo-ms only the primary answers
-        self.variants = list(variants) or [primary]
         self.estimates = LiveEstimates()
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
@@ -284,18 +276,16 @@ class CentralServicer(pb_grpc.CentralServicer):
             context.abort(first.code if first.code in _PASS_THROUGH else grpc.StatusCode.UNAVAILABLE,
                           "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
         present = [self.identity.device] + [link.name for link, f in zip(links, features[1:]) if f is not None]
-        worth = (self.expected if variant.name == PRIMARY and len(self.variants) == 1 else variant.expected)(present)
+        worth = variant.expected(present)
         if errors and self.min_accuracy is not None and (worth is None or worth < self.min_accuracy):
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"without {', '.join(errors)} the plan answers at "
                           + (f"{worth:.1%}" if worth is not None else "an unmeasured accuracy")
                           + f" top-1, below --min-accuracy {self.min_accuracy:.1%}: "
                           + "; ".join(describe_failure(self._link(n), e, budget) for n, e in errors.items()))
-        predicted_now = self.estimates.predict_ms(variant, scaled=False)
         reply = self._answer(request, request_id, features, timings, errors, t_start, variant)
-        self._observe(variant, timings)
-        if not errors and predicted_now > 0:
-            self.estimates.observe_total(variant.name, reply.total_ms, predicted_now)
+        if self.slo_s is not None:   # the estimates only steer the choice under an SLO
+            self._observe(variant, timings, reply.total_ms, not errors)
         if worth is not None:
             reply.expected_accuracy = worth
         reply.late = self.slo_s is not None and reply.total_ms > self.slo_s * 1e3
@@ -329,7 +319,11 @@ class CentralServicer(pb_grpc.CentralServicer):
             k: v for k, v in fastest.predicted.items() if k == self.identity.device}))
         return fastest, own <= self.slo_s * 1e3
 
-    def _observe(self, variant: VariantServing, timings: Sequence[pb.DeviceTiming]) -> None:
+    def _observe(self, variant: VariantServing, timings: Sequence[pb.DeviceTiming], total_ms: float,
+                 complete: bool) -> None:
+        predicted = self.estimates.predict_ms(variant, scaled=False)
+        if complete and predicted > 0:
+            self.estimates.observe_total(variant.name, total_ms, predicted)
         for t in timings:
             if t.ok and t.device in variant.predicted:
                 compute = variant.predicted[t.device][0]
@@ -437,14 +431,8 @@ def start_central(
     links = [WorkerLink(name, workers[name], widths[name], message_bytes,
                         tls.channel_credentials() if tls else None) for name in expected]
     compute = compute_device(accelerator or central.accelerator)
-    runner = SubModelRunner(plan.build_submodel(central.name), identity.input_shape, central.name, compute)
-    accuracy = plan.document.accuracy
-    aggregator = plan.build_aggregator().to(compute)
-    served = [_serving(v, central.name, expected, compute, runner if v.name == PRIMARY else None,
-                       aggregator if v.name == PRIMARY else None) for v in variants]
-    servicer = CentralServicer(identity, runner, aggregator, links,
-                               deadline_ms=deadline_ms, degrade=degrade, slo_ms=slo_ms, min_accuracy=min_accuracy,
-                               expected=accuracy.expected if accuracy is not None else None, variants=served)
+    servicer = CentralServicer(identity, links, [_serving(v, central.name, expected, compute) for v in variants],
+                               deadline_ms=deadline_ms, degrade=degrade, slo_ms=slo_ms, min_accuracy=min_accuracy)
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
         logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
@@ -479,12 +467,11 @@ def start_central(
     return running, servicer
 
 
-def _serving(variant: ServedVariant, central: str, workers: Sequence[str], compute: torch.device,
-             runner: SubModelRunner | None, aggregator: Aggregator | None) -> VariantServing:
-    """A variant as the central node serves it (the primary reuses the runner and aggregator built)."""
+def _serving(variant: ServedVariant, central: str, workers: Sequence[str], compute: torch.device) -> VariantServing:
+    """A variant as the central node serves it: its own sub-model and aggregator on `compute`."""
     plan = variant.plan
-    runner = runner or SubModelRunner(plan.build_submodel(central), plan.config.input_shape, central, compute)
-    aggregator = aggregator or plan.build_aggregator().to(compute)
+    runner = SubModelRunner(plan.build_submodel(central), plan.config.input_shape, central, compute)
+    aggregator = plan.build_aggregator().to(compute)
     names = [n for n in workers if n in variant.devices]
     widths = (runner.feature_width, *(plan.spec(n).width for n in names))
     doc = plan.document
