@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from shoal.planner.pareto import hypervolume
+from shoal.planner.pareto import hypervolume, nondominated
 from shoal.planner.pipeline import PlanHooks, build_problem
 from shoal.planner.search import run_search
 from shoal.planner.settings import PlanRequest, SearchSettings
@@ -59,10 +59,10 @@ def main() -> None:
         row = {"seed": seed, "reference": reference, "budget": args.init + args.iterations}
         for label, run in runs.items():
             pts = run["points"]
-            row[label] = {"hypervolume": hypervolume(pts, reference), "front": len(front_points(pts)),
+            row[label] = {"hypervolume": hypervolume(pts, reference), "front": len(nondominated(pts)),
                           "seconds": run["seconds"]}
         row["single-δ pooled (3× budget)"] = {"hypervolume": hypervolume(pooled, reference),
-                                              "front": len(front_points(pooled))}
+                                              "front": len(nondominated(pooled))}
         rows.append(row)
     table = Table(title=f"hypervolume of (T, L) fronts, {args.init}+{args.iterations} evaluations per search")
     for col in ("seed", "search", "hypervolume", "front size"):
@@ -73,11 +73,6 @@ def main() -> None:
     console.print(table)
     args.out.write_text(json.dumps({"base_delta": base, "proxy": args.proxy, "rows": rows}, indent=2) + "\n")
     console.print(f"wrote {args.out}")
-
-
-def front_points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated (T, L) points."""
-    return [p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)]
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def test_the_central_node_serves_the_variant_the_slo_allows(pareto_plan):
 def test_hypervolume_improvement_matches_botorch_and_is_zero_when_dominated():
     import torch
 
-    from shoal.planner.search import hypervolume_improvement
+    from shoal.planner.pareto import hypervolume_improvement
 
     front_points, reference = [(1.0, 1.0), (0.5, 1.8)], (2.0, 2.0)
     new = [(0.5, 0.5), (1.5, 1.5), (0.25, 1.9), (3.0, 0.1)]

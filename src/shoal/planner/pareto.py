@@ -6,14 +6,18 @@ policies no other one beats on both T and L, and `choose_variants` keeps up to K
 them: the policy of best Ψ at the base δ (the plan's primary), the fastest, the
 central node alone when it was evaluated (whatever its accuracy: it is what answers
 when every worker is gone), then the rest spread evenly over the front's latency.
-`hypervolume` measures a front against a reference point (BoTorch's utility).
+`hypervolume` measures a front against a reference point (BoTorch's utility);
+`hypervolume_improvement` is the search's acquisition core (its expected value over the GP).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from shoal.planner.journal import Record
 
@@ -40,20 +44,21 @@ class Variant:
         return self.record.evaluation.loss
 
 
+def nondominated(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both minimised), by the
+    first coordinate then the second; equal points are all kept."""
+    kept = [i for i, (t, loss) in enumerate(points)
+            if not any(u <= t and v <= loss and (u < t or v < loss) for u, v in points)]
+    return sorted(kept, key=lambda i: points[i])
+
+
 def front(records: Sequence[Record]) -> list[Record]:
     """The non-dominated evaluations (lower T and lower L are better), one per policy, fastest first."""
     unique: dict[str, Record] = {}
     for r in records:
         unique.setdefault(r.key, r)
     points = list(unique.values())
-    kept = []
-    for r in points:
-        t, loss = r.evaluation.latency.total_ms, r.evaluation.loss
-        dominated = any(o.evaluation.latency.total_ms <= t and o.evaluation.loss <= loss
-                        and (o.evaluation.latency.total_ms < t or o.evaluation.loss < loss) for o in points)
-        if not dominated:
-            kept.append(r)
-    return sorted(kept, key=lambda r: (r.evaluation.latency.total_ms, r.evaluation.loss))
+    return [points[i] for i in nondominated([(r.evaluation.latency.total_ms, r.evaluation.loss) for r in points])]
 
 
 def choose_variants(records: Sequence[Record], primary: Record, k: int) -> list[Variant]:
@@ -81,7 +86,6 @@ def choose_variants(records: Sequence[Record], primary: Record, k: int) -> list[
 
 def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
     """Hypervolume of (latency, loss) points (both minimised) against `reference` (BoTorch)."""
-    import torch
     from botorch.utils.multi_objective.hypervolume import Hypervolume
 
     inside = [(t, loss) for t, loss in points if t < reference[0] and loss < reference[1]]
@@ -89,6 +93,26 @@ def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, f
         return 0.0
     hv = Hypervolume(ref_point=-torch.tensor(reference, dtype=torch.float64))
     return float(hv.compute(-torch.tensor(inside, dtype=torch.float64)))
+
+
+def hypervolume_improvement(t: torch.Tensor, loss: torch.Tensor, points: Sequence[tuple[float, float]],
+                            reference: tuple[float, float]) -> torch.Tensor:
+    """2-D hypervolume improvement (both minimised) of new points over the front of `points`.
+
+    Shapes: t (N,) known latencies, loss (S, N) sampled losses -> (S, N). The front's attainment
+    level is a step function of T; the new region is the integral of max(0, level(x) - loss) for
+    x from t to the reference, computed interval by interval (vectorised)."""
+    front = [points[i] for i in nondominated(points)]
+    ref_t, ref_l = reference
+    starts = [-math.inf] + [p[0] for p in front]
+    ends = [p[0] for p in front] + [ref_t]
+    levels = [ref_l] + [min(p[1], ref_l) for p in front]
+    a = torch.tensor(starts, dtype=torch.float64).view(-1, 1, 1)
+    b = torch.tensor(ends, dtype=torch.float64).view(-1, 1, 1)
+    level = torch.tensor(levels, dtype=torch.float64).view(-1, 1, 1)
+    width = (b.clamp(max=ref_t) - torch.maximum(a, t.view(1, 1, -1))).clamp(min=0)   # (K, 1, N)
+    height = (level - loss.unsqueeze(0)).clamp(min=0)                                   # (K, S, N)
+    return (width * height).sum(0)
 
 
 def pareto_figure(path: Path, records: Sequence[Record], variants: Sequence[Variant]) -> None:

@@ -31,7 +31,7 @@ does not (`known_latency`; False models Ψ whole, as CoFormer does).
 
 With `pareto` (`shoal plan --pareto K`) the acquisition is the expected hypervolume
 improvement of (T, L) instead: T exact per candidate, L sampled from the same GP, the
-front's improvement computed in closed form in 2-D (`hypervolume_improvement`).
+front's improvement computed in closed form in 2-D (`pareto.hypervolume_improvement`).
 
 Every evaluation is appended to the journal before the next one starts; the
 same seed gives the same sequence, interrupted or not.
@@ -51,6 +51,7 @@ import torch
 
 from shoal.planner.journal import Journal, Record
 from shoal.planner.objective import Evaluator
+from shoal.planner.pareto import hypervolume_improvement
 from shoal.planner.settings import SearchSettings
 from shoal.planner.space import PER_DEVICE, SearchSpace
 
@@ -443,26 +444,6 @@ class _PolicyBO:
 
 
 EHVI_SAMPLES = 128   # posterior samples of L per candidate for the expected hypervolume improvement
-
-
-def hypervolume_improvement(t: torch.Tensor, loss: torch.Tensor, points: Sequence[tuple[float, float]],
-                            reference: tuple[float, float]) -> torch.Tensor:
-    """2-D hypervolume improvement (both minimised) of new points over the front of `points`.
-
-    Shapes: t (N,) known latencies, loss (S, N) sampled losses -> (S, N). The front's attainment
-    level is a step function of T; the new region is the integral of max(0, level(x) - loss) for
-    x from t to the reference, computed interval by interval (vectorised)."""
-    front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points))
-    ref_t, ref_l = reference
-    starts = [-math.inf] + [p[0] for p in front]
-    ends = [p[0] for p in front] + [ref_t]
-    levels = [ref_l] + [min(p[1], ref_l) for p in front]
-    a = torch.tensor(starts, dtype=torch.float64).view(-1, 1, 1)
-    b = torch.tensor(ends, dtype=torch.float64).view(-1, 1, 1)
-    level = torch.tensor(levels, dtype=torch.float64).view(-1, 1, 1)
-    width = (b.clamp(max=ref_t) - torch.maximum(a, t.view(1, 1, -1))).clamp(min=0)   # (K, 1, N)
-    height = (level - loss.unsqueeze(0)).clamp(min=0)                                   # (K, S, N)
-    return (width * height).sum(0)
 
 
 def _ehvi(X: torch.Tensor, Y: torch.Tensor, points: Sequence[tuple[float, float]], settings: SearchSettings,
