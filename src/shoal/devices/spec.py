@@ -97,6 +97,11 @@ class DeviceSpec:
             except ConfigError as exc:
                 raise ConfigError(f"{where}: catalog: {exc}") from None
 
+    def fits(self, memory_bytes: int, flops: int) -> bool:
+        """Whether a sub-model of this memory (weights + activations) and these FLOPs per inference
+        meets the device's budgets (CoFormer C5-C6)."""
+        return memory_bytes <= self.memory_bytes and (self.compute_flops is None or flops <= self.compute_flops)
+
     def transfer_ms(self, payload_bytes: int) -> float:
         """t2 (CoFormer eq. 5): link latency + bytes / rate. Zero for the central node."""
         if self.central:

@@ -28,6 +28,7 @@ from shoal.models.config import ViTConfig
 from shoal.models.importance import ImportanceScores
 from shoal.models.partition import DealRule, SubModelShape, decompose
 from shoal.models.spec import Policy
+from shoal.plan.latency import LatencyBreakdown
 from shoal.planner.objective import Evaluator
 from shoal.planner.space import apportion
 
@@ -70,7 +71,7 @@ def balanced_policy(config: ViTConfig, evaluator: Evaluator, scores: ImportanceS
     devices = evaluator.devices
     teacher_ms = evaluator.teacher_latency()
     shares = [1.0 / max(t, 1e-9) for t in teacher_ms]
-    best: tuple[float, list[SubModelShape]] | None = None
+    best: tuple[float, list[SubModelShape], LatencyBreakdown] | None = None
     for _ in range(rounds + 1):
         shapes = shapes_for_shares(config, shares)
         latency = evaluator.latencies([shapes])[0]
@@ -78,22 +79,20 @@ def balanced_policy(config: ViTConfig, evaluator: Evaluator, scores: ImportanceS
         ends = [c + t for c, t in zip(latency.compute_ms, latency.transfer_ms)]
         slowest = max(ends)
         if best is None or slowest < best[0]:
-            best = (slowest, shapes)
+            best = (slowest, shapes, latency)
         target = sum(ends) / len(ends)
         shares = [s * max(target - t, 1e-3) / max(c, 1e-9)
                   for s, c, t in zip(shares, latency.compute_ms, latency.transfer_ms)]
     assert best is not None
-    shapes = best[1]
+    _, shapes, final = best
     for device, shape in zip(devices.devices, shapes):
         cost = shape_cost(config, shape.width, list(shape.head_counts), list(shape.mlp_widths))
-        if cost.memory_bytes > device.memory_bytes or (
-                device.compute_flops is not None and cost.flops > device.compute_flops):
+        if not device.fits(cost.memory_bytes, cost.flops):
             raise InfeasibleError(
                 f"the balanced split gives device {device.name!r} {cost.memory_bytes / 2**20:.1f} MiB and "
                 f"{cost.flops / 1e6:.0f} MFLOPs, over its budget ({device.memory_bytes / 2**20:.1f} MiB"
                 + (f", {device.compute_flops / 1e6:.0f} MFLOPs" if device.compute_flops is not None else "")
                 + "); use --split search, which may prune")
-    final = evaluator.latencies([shapes])[0]
     log.info("balanced split: predicted compute + transfer %s ms",
              ", ".join(f"{c:.1f} + {t:.1f}" for c, t in zip(final.compute_ms, final.transfer_ms)))
     return decompose(config, list(devices.names), shapes, scores, deal_rule, shared_channels=True)

@@ -157,9 +157,7 @@ class SearchSpace:
 
     def _fits(self, device: DeviceSpec, request: _Request) -> bool:
         cost = self._cost_upper_bound(request)
-        if cost.memory_bytes > device.memory_bytes:
-            return False
-        return device.compute_flops is None or cost.flops <= device.compute_flops
+        return device.fits(cost.memory_bytes, cost.flops)
 
     def _cost_upper_bound(self, request: _Request) -> SpecCost:
         return shape_cost(self.config, math.ceil(request.width),
