@@ -30,7 +30,7 @@ from shoal.runtime.pki import check_signature
 from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
-from shoal.runtime.variants import PRIMARY, device_spec, load_variants
+from shoal.runtime.variants import PRIMARY, ServedVariant, device_spec, load_variants
 from shoal.utils.accel import compute_device
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def start_worker(
     background_warmup: bool = False,
     accelerator: str | None = None,
     security: Security = Security(),
+    variants: list[ServedVariant] | None = None,
 ) -> tuple[RunningServer, WorkerServicer]:
     """Build `device`'s sub-model from `plan` and serve it (in this process).
 
@@ -193,7 +194,7 @@ def start_worker(
             without TLS; its TLS files are missing or readable by others; the plan's signature fails.
         PlatformError: its accelerator is cuda and no CUDA device is visible.
     """
-    variants = load_variants(plan)
+    variants = variants if variants is not None else load_variants(plan)   # (each hash-checks its files)
     spec = device_spec(variants, device)
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
@@ -244,13 +245,14 @@ def serve_worker(
 ) -> None:
     """Process entry point of `shoal serve worker`: limit, load, listen, warm up, serve until a signal."""
     plan = load_plan(plan_dir)
-    spec = device_spec(load_variants(plan), device)
+    variants = load_variants(plan)
+    spec = device_spec(variants, device)
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
     with device_process(spec, emulate=emulate, threads=threads):
         running, servicer = start_worker(plan, device, host=host, port=port, max_batch=max_batch,
                                          fault=Fault.from_env(), background_warmup=True, accelerator=accelerator,
-                                         security=security)
+                                         security=security, variants=variants)
         announce(running)
         logger.info(f"worker {device} of plan {servicer.identity.plan_fingerprint} listening on {running.target} "
                     f"({threads or spec.threads} thread(s), {compute_device(accelerator or spec.accelerator).type}); "
