@@ -45,11 +45,9 @@ from rich.table import Table
 from shoal.commands._common import console
 from shoal.plan.directory import Plan, load_plan
 from shoal.plan.latency import link_breakdown
-from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.bench import prepare_requests
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
-from shoal.runtime.device import plan_fingerprint
 from shoal.runtime.evaldata import resolve_test_data
 from shoal.runtime.netns import NetnsLink, netns_unavailable_reason, wire_bytes
 from shoal.runtime.timing import time_teacher
@@ -57,16 +55,6 @@ from shoal.utils.stats import quantile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _plans import default_plan  # noqa: E402
-
-
-def _request_bytes(request: pb.PredictRequest, fingerprint: str, device: str) -> int:
-    """gRPC payload bytes of the Features call the central node sends for `request` (+ 5-byte prefix)."""
-    call = pb.FeaturesRequest(request_id=1 << 40, plan_fingerprint=fingerprint, device=device)
-    if len(request.images.images):
-        call.images.CopyFrom(request.images)
-    else:
-        call.input.CopyFrom(request.input)
-    return call.ByteSize() + 5
 
 
 def measure(plan_dir: Path, plan: Plan, rate: float, delay: float, requests: int, emulate: bool,
@@ -95,8 +83,7 @@ def measure(plan_dir: Path, plan: Plan, rate: float, delay: float, requests: int
     names = plan.devices.names
     compute = [med(r[1][n].compute_ms for r in runs) for n in names]
     agg = med(r[2] for r in runs)
-    fingerprint = plan_fingerprint(plan_dir)
-    sent = round(statistics.mean(_request_bytes(r, fingerprint, workers[0]) for r in prepared))
+    sent = round(statistics.mean(wire_bytes(plan.config.input_shape, 1, source=r)[0] for r in prepared))
     received = [wire_bytes(plan.config.input_shape, plan.spec(n).width)[1] for n in names]
     devices = [d if d.central else replace(d, link_mbps=rate, link_latency_ms=delay) for d in plan.devices.devices]
     full = link_breakdown(devices, compute, agg, sent, received)

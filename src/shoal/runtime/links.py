@@ -139,12 +139,7 @@ class WorkerLink:
               done: queue.SimpleQueue[tuple[int, float]], variant: str = "") -> PendingCall:
         """Issue `Features` (of `variant`'s sub-model) with the client's input as sent (a tensor, or the
         PNG/JPEG bytes) without waiting; `(index, completion time)` goes to `done` when it ends."""
-        request = pb.FeaturesRequest(request_id=request_id, plan_fingerprint=fingerprint, device=self.name,
-                                     variant=variant)
-        if len(source.images.images):
-            request.images.CopyFrom(source.images)
-        else:
-            request.input.CopyFrom(source.input)
+        request = features_request(source, request_id, fingerprint, self.name, variant)
         t0 = time.perf_counter()
         future = self.stub.Features.future(request, timeout=max(0.001, deadline - t0))
         future.add_done_callback(partial(_completed, done, index))
@@ -178,6 +173,18 @@ class WorkerLink:
         if self._identity is not None:
             self.channel.unsubscribe(self._state_changed)
         self.channel.close()
+
+
+def features_request(source: pb.PredictRequest, request_id: int, fingerprint: str, device: str,
+                     variant: str = "") -> pb.FeaturesRequest:
+    """The Features call the central node sends a worker for a client's request: its input as the
+    client sent it (a tensor, or the PNG/JPEG bytes)."""
+    request = pb.FeaturesRequest(request_id=request_id, plan_fingerprint=fingerprint, device=device, variant=variant)
+    if len(source.images.images):
+        request.images.CopyFrom(source.images)
+    else:
+        request.input.CopyFrom(source.input)
+    return request
 
 
 def wait_until_serving(channel: grpc.Channel, service: str, give_up: float, what: str,

@@ -24,6 +24,7 @@ from shoal.errors import ConfigError, RuntimeServiceError
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.cluster import Placement
 from shoal.runtime.delayproxy import DelayProxy
+from shoal.runtime.links import features_request
 
 SUBNET = "10.213"
 WORKER_PORT = 50051  # a fresh namespace has all its ports free
@@ -181,16 +182,19 @@ class NetnsLink:
         return f"{self.namespace}: {self.rate_mbit:g} Mbit/s (tbf){delay}"
 
 
-def wire_bytes(input_shape: Sequence[int], feature_width: int, batch: int = 1) -> tuple[int, int]:
+def wire_bytes(input_shape: Sequence[int], feature_width: int, batch: int = 1,
+               source: pb.PredictRequest | None = None) -> tuple[int, int]:
     """gRPC payload bytes of one Features call: (request with the input, reply with the features).
 
-    Protobuf size plus gRPC's 5-byte length prefix; HTTP/2 and TCP/IP framing (~100-200 bytes
-    per message) are not counted.
+    The input is `source`'s as a client sent it (float32, uint8 or PNG/JPEG), else a float32
+    batch of `input_shape`. Protobuf size plus gRPC's 5-byte length prefix; HTTP/2 and TCP/IP
+    framing (~100-200 bytes per message) are not counted.
     """
     c, h, w = input_shape
-    request = pb.FeaturesRequest(request_id=1 << 40, plan_fingerprint="f" * 16, device="device-name",
-                                 input=pb.Tensor(data=bytes(4 * batch * c * h * w), dtype="float32",
-                                                 shape=[batch, c, h, w]))
+    if source is None:
+        source = pb.PredictRequest(input=pb.Tensor(data=bytes(4 * batch * c * h * w), dtype="float32",
+                                                   shape=[batch, c, h, w]))
+    request = features_request(source, 1 << 40, "f" * 16, "device-name")
     reply = pb.FeaturesReply(request_id=1 << 40, compute_ms=1.0, queue_ms=1.0, decode_ms=1.0, device="device-name",
                              features=pb.Tensor(data=bytes(4 * batch * feature_width), dtype="float32",
                                                 shape=[batch, feature_width]))
