@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from shoal.data.imagecodec import FORMATS, ImageCodecError, decode_image, encode_image, normalise
+from shoal.data.imagecodec import FORMATS, ImageCodecError, decode_image, encode_image, normalise, to_uint8
 from shoal.errors import DataError
 from shoal.runtime import shoal_pb2 as pb
 
@@ -189,8 +189,6 @@ def encode_input(images: torch.Tensor, fmt: str, request: pb.PredictRequest | pb
                  normalisation: tuple[Sequence[float], Sequence[float]] | None = None, quality: int = 90) -> None:
     """Fill a request's input with a (B, C, H, W) batch as `fmt`: "float32" (as given), or "uint8",
     "png", "jpeg" from normalised images (`normalisation` undoes it) or from uint8 pixels."""
-    from shoal.data.imagecodec import to_uint8
-
     if fmt == "float32":
         encode(images.float(), request.input)
         return
