@@ -69,6 +69,29 @@ def test_the_quota_cgroup_holds_the_child_and_is_removed():
     assert not group.exists()
 
 
+@pytest.mark.skipif(quota_unavailable_reason() is not None, reason=f"no CPU quota here: {quota_unavailable_reason()}")
+def test_a_running_child_can_be_throttled_and_given_its_share_back():
+    def share(group):   # the quota the kernel holds, as a share of one core
+        if (group / "cpu.max").exists():
+            quota, period = (group / "cpu.max").read_text().split()
+        else:
+            quota, period = ((group / f).read_text() for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        return int(quota) / int(period)
+
+    with LimitedChild([sys.executable, "-c", SERVE], CpuLimit(quota=0.5, cpus=(0,)), who="limited") as child:
+        child.set_quota(0.1)   # 1000 us at least: the period stretches to keep the share
+        assert child.cgroup is not None and share(child.cgroup) == pytest.approx(0.1)
+        assert str(child.proc.pid) in (child.cgroup / "cgroup.procs").read_text().split()
+        child.set_quota(0.5)
+        assert share(child.cgroup) == pytest.approx(0.5) and child.limit.quota == 0.5
+    with LimitedChild([sys.executable, "-c", SERVE], CpuLimit(quota=1.0, cpus=(0,)), who="whole core") as child:
+        assert child.cgroup is None   # the pin is the whole share: no cgroup until it is throttled
+        child.set_quota(0.25)
+        assert child.cgroup is not None and share(child.cgroup) == pytest.approx(0.25)
+        group = child.cgroup
+    assert not group.exists()
+
+
 def test_non_strict_pins_only_where_quotas_cannot_be_set(monkeypatch):
     import shoal.devices.child as child_module
 

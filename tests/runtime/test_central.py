@@ -347,6 +347,43 @@ def test_with_an_slo_the_answer_comes_from_the_devices_back_in_time_and_says_its
             client.predict(x)
 
 
+def test_a_variant_is_judged_by_its_tail_but_one_stall_is_ignored():
+    from shoal.runtime.central import LiveEstimates, VariantServing
+
+    v = VariantServing("v", None, None, (), (), predicted={"hub": (2.0, 0.0)}, fixed_ms=0.0)  # type: ignore[arg-type]
+    est = LiveEstimates(window=9)
+    assert est.predict_ms(v) == 2.0                       # nothing measured yet: the plan's prediction
+    for ratio in (1.0,) * 8 + (1000.0,):                  # one 2-second stall among nine calls
+        est.observe_total("v", 2.0 * ratio, 2.0)
+    assert est.predict_ms(v) == 2.0
+    for ratio in (1.0,) * 6 + (3.0, 3.0, 3.0):            # one call in three is 3x slow: its tail counts
+        est.observe_total("v", 2.0 * ratio, 2.0)
+    assert est.predict_ms(v) == 6.0 and est.predict_ms(v, scaled=False) == 2.0
+
+
+def test_an_idle_probe_refreshes_unused_workers_and_takes_back_one_that_recovered(plan, in_process):
+    cluster = in_process(central=False, faults={"edge-b": Fault(delay_ms=400)})
+    server, servicer = start_central(plan, cluster.targets, warmup=1, connect_timeout=10.0, slo_ms=150.0,
+                                     probe_every_s=None)   # the test probes by hand
+    cluster.central, cluster.servicer = server, servicer
+    x = torch.randn(1, *plan.config.input_shape)
+    assert servicer.probe(stale_s=0.0) == {}   # nothing to send yet: probes reuse a client's input
+    with ShoalClient(server.target) as client:
+        for _ in range(4):
+            assert client.predict(x).missing == ("edge-b",)
+        assert servicer.trackers["edge-b"].demoted()
+        # edge-a answered within the minute: not stale; edge-b never did: probed, and it answers, but
+        # 400 ms late for a 150 ms SLO, so it stays demoted
+        assert servicer.probe(stale_s=60.0) == {"edge-b": True} and servicer.trackers["edge-b"].demoted()
+        seen = len(servicer.estimates.transfer["edge-a"])
+        assert servicer.probe(stale_s=0.0) == {"edge-a": True, "edge-b": True}
+        assert len(servicer.estimates.transfer["edge-a"]) == min(seen + 1, servicer.estimates.window)
+        cluster.workers["edge-b"][1].fault = None       # it recovers: the next probe takes it back
+        assert servicer.probe(stale_s=0.0)["edge-b"] and not servicer.trackers["edge-b"].demoted()
+        reply = client.predict(x)
+        assert not reply.degraded and reply.missing == ()
+
+
 def test_a_plan_measures_what_every_subset_of_devices_is_worth(plan):
     """An even plan records no accuracy; the expected worth of any subset is then unknown, not guessed."""
     assert plan.document.accuracy is None

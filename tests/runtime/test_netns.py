@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -13,12 +14,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from shoal.errors import RuntimeServiceError
+from shoal.errors import ConfigError, RuntimeServiceError
 from shoal.plan.latency import link_breakdown
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.delayproxy import DelayProxy
 from shoal.runtime.netns import (
+    WORKER_PORT,
     NetnsLink,
     netns_unavailable_reason,
     sweep_stale_namespaces,
@@ -88,6 +90,46 @@ def test_namespaces_of_dead_runs_are_swept():
         assert name in sweep_stale_namespaces() and name not in _namespaces()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_a_live_link_can_slow_down_and_recover():
+    """`change` reshapes a link under an open connection: delay (proxy or netem) and rate (tbf)."""
+    echo = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+            "s.bind(('{ip}', {port})); s.listen(); print('up', flush=True); c, _ = s.accept()\n"
+            "while d := c.recv(65536): c.sendall(d)")
+    with NetnsLink(100.0, 0.0, "change", force_proxy=True) as link:
+        assert link.proxy is not None and link.delay_mode == "proxy"
+        server = subprocess.Popen([*link.prefix, sys.executable, "-c", echo.format(ip=link.inner_ip, port=WORKER_PORT)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "up"
+            target = link.placement().connect.rsplit(":", 1)
+
+            def round_trip(n: int) -> float:
+                t0 = time.perf_counter()
+                conn.sendall(b"x" * n)
+                got = 0
+                while got < n:
+                    got += len(conn.recv(65536))
+                return (time.perf_counter() - t0) * 1e3
+
+            with socket.create_connection((target[0], int(target[1])), timeout=10) as conn:
+                fast = statistics.median(round_trip(100) for _ in range(5))
+                link.change(delay_ms=30.0)
+                assert round_trip(100) >= 2 * 30 * 0.95 and link.delay_ms == 30.0
+                link.change(rate_mbit=1.0, delay_ms=0.0)
+                assert "rate 1Mbit" in subprocess.run(["tc", "qdisc", "show", "dev", link.host_if],
+                                                      capture_output=True, text=True).stdout
+                assert round_trip(60_000) >= 60_000 * 8 / 1e6 * 1e3 * 0.8   # 480 ms of bytes at 1 Mbit/s
+                link.change(rate_mbit=100.0)
+                assert round_trip(100) < fast + 20
+        finally:
+            server.kill()
+            server.wait()
+    with NetnsLink(100.0, 0.0, "nodelay") as link, pytest.raises(ConfigError, match="force_proxy"):
+        link.change(delay_ms=10.0)
 
 
 def _dead_pid() -> int:

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +32,7 @@ from shoal.devices.emulation import (
     apply_cpu_limit,
     quota_unavailable_reason,
     remove_cgroup,
+    write_quota,
 )
 from shoal.errors import PlatformError
 
@@ -77,6 +79,7 @@ class LimitedChild:
                  stdin: Stream = subprocess.DEVNULL, stdout: Stream = subprocess.PIPE,
                  stderr: Stream = subprocess.PIPE, env: Mapping[str, str] | None = None, text: bool = False) -> None:
         self.who = who
+        self.limit = limit
         self.cgroup: Path | None = None
         self.warning: str | None = None
         self._pending = b""   # stdout read but not yet consumed by `read_line`
@@ -107,6 +110,24 @@ class LimitedChild:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def set_quota(self, quota: float) -> None:
+        """Change the child's CPU share while it runs (an emulated device that throttles, or another
+        process landing on it); its pinning stays.
+
+        Raises:
+            EmulationUnavailable: cgroups cannot be written here.
+        """
+        limit = replace(self.limit, quota=quota)
+        if self.cgroup is None:
+            self.cgroup = apply_cpu_limit(limit, self.proc.pid)
+        else:
+            try:
+                write_quota(self.cgroup, limit)
+            except OSError as exc:
+                raise EmulationUnavailable(f"cannot change the CPU quota of {self.who} in {self.cgroup}: {exc}") \
+                    from None
+        self.limit = limit
 
     def read_line(self, prefix: str, give_up: float) -> str:
         """The rest of the first stdout line that starts with `prefix` (whitespace-split, first word).

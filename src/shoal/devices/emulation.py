@@ -132,22 +132,34 @@ def apply_cpu_limit(limit: CpuLimit, pid: int | None = None) -> Path | None:
     reason = quota_unavailable_reason()
     if reason:
         raise EmulationUnavailable(reason)
-    quota_us, period_us = quota_and_period(limit)
     v1 = cgroup_flavour() == "v1"
     remove_stale_cgroups()
     group = (CGROUP_ROOT / "cpu" if v1 else CGROUP_ROOT) / f"shoal-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:
-        if v1:
-            (group / "cpu.cfs_period_us").write_text(str(period_us))
-            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
-        else:
-            (group / "cpu.max").write_text(f"{quota_us} {period_us}")
+        write_quota(group, limit)
         (group / "cgroup.procs").write_text(str(pid))
     except OSError as exc:
         remove_cgroup(group)
         raise EmulationUnavailable(f"cannot set a CPU quota in {group}: {exc}") from None
     return group
+
+
+def write_quota(group: Path, limit: CpuLimit) -> None:
+    """Set `limit.quota` on a cgroup made by `apply_cpu_limit`: at creation, or later on a running
+    process (a device that throttles, or another process landing on it: `LimitedChild.set_quota`).
+
+    Raises:
+        OSError: the cgroup is gone or not writable.
+    """
+    quota_us, period_us = quota_and_period(limit)
+    if (group / "cpu.max").exists():
+        (group / "cpu.max").write_text(f"{quota_us} {period_us}")
+        return
+    # v1 refuses a period under the current quota's: lower the quota first when shrinking the period
+    (group / "cpu.cfs_quota_us").write_text("-1")
+    (group / "cpu.cfs_period_us").write_text(str(period_us))
+    (group / "cpu.cfs_quota_us").write_text(str(quota_us))
 
 
 def quota_and_period(limit: CpuLimit) -> tuple[int, int]:

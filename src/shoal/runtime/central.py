@@ -99,7 +99,12 @@ class VariantServing:
 class LiveEstimates:
     """Per device, what its last calls say against the plan: the median ratio of measured to
     predicted compute, and the median measured transfer (round trip - compute - queue - decode), over
-    the last `window` calls. A median: one 2-second stall does not move it (it takes half the window)."""
+    the last `window` calls. A median: one 2-second stall does not move it (it takes half the window).
+
+    Per variant, its measured receipt-to-reply over that prediction, read at its tail: the
+    second-largest of the window (about its 90th percentile over 9 calls), so a variant whose
+    median fits the SLO but one call in three does not is not chosen, while one outlier (a single
+    stall) is ignored."""
 
     def __init__(self, window: int = 9) -> None:
         self.window = window
@@ -131,8 +136,14 @@ class LiveEstimates:
                 ratio = statistics.median(self.ratio[device]) if self.ratio.get(device) else 1.0
                 live = statistics.median(self.transfer[device]) if self.transfer.get(device) else transfer
                 ends.append(compute * ratio + live)
-            scale = statistics.median(self.total[variant.name]) if scaled and self.total.get(variant.name) else 1.0
+            scale = _tail(self.total[variant.name]) if scaled and self.total.get(variant.name) else 1.0
         return (max(ends, default=0.0) + variant.fixed_ms) * max(1.0, scale)
+
+
+def _tail(values: deque[float]) -> float:
+    """The second-largest value (the largest of one or two): a tail that ignores one outlier."""
+    ordered = sorted(values)
+    return ordered[-2] if len(ordered) >= 3 else ordered[-1]
 
 
 class CentralServicer(pb_grpc.CentralServicer):
@@ -177,6 +188,9 @@ class CentralServicer(pb_grpc.CentralServicer):
         self._ids = itertools.count(1)
         self.devices = (identity.device, *(link.name for link in links))
         self.estimates = LiveEstimates()
+        self.last_seen: dict[str, float] = {}   # worker -> time.monotonic() of its last live estimate
+        self._last_request: pb.PredictRequest | None = None   # what probes send (the input's real size)
+        self._probing = threading.Event()
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
         return self.identity.info("central", self.ready, 0, self.devices)
@@ -193,6 +207,7 @@ class CentralServicer(pb_grpc.CentralServicer):
         deadline = t_start + budget
         request_id = request.request_id or next(self._ids)
 
+        self._last_request = request
         variant, on_time = self.choose()
         slo_s = self.slo_s if on_time else None   # cut at the SLO only when it can be met
         links = [self.links[i] for i in variant.link_index]
@@ -324,11 +339,64 @@ class CentralServicer(pb_grpc.CentralServicer):
         predicted = self.estimates.predict_ms(variant, scaled=False)
         if complete and predicted > 0:
             self.estimates.observe_total(variant.name, total_ms, predicted)
+        now = time.monotonic()
         for t in timings:
-            if t.ok and t.device in variant.predicted:
-                compute = variant.predicted[t.device][0]
+            if t.ok:
+                compute = variant.predicted.get(t.device, (0.0, 0.0))[0]
                 self.estimates.observe(t.device, t.compute_ms + t.queue_ms, compute,
                                        t.transfer_ms if t.device != self.identity.device else None)
+                self.last_seen[t.device] = now
+
+    def probe(self, stale_s: float = 1.0, timeout_s: float = 1.0) -> dict[str, bool]:
+        """Refresh the estimates of the workers no request has used for `stale_s` (a variant not chosen
+        gets no live traffic, so a link or a device that recovered would never be seen to): one
+        `Features` call each with the last client input (its real size), of a variant that uses it.
+        A demoted worker that answers within the SLO is taken back at once, without making a user's
+        request its trial. Returns {worker: answered}."""
+        request = self._last_request
+        if request is None or self.slo_s is None:
+            return {}
+        answered = {}
+        for j, link in enumerate(self.links):
+            if not link.verified.is_set() or time.monotonic() - self.last_seen.get(link.name, 0.0) < stale_s:
+                continue
+            variant = next((v for v in self.variants if j in v.link_index), None)
+            if variant is None:
+                continue
+            done: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
+            call = link.start(0, next(self._ids), request, self.identity.plan_fingerprint,
+                              time.perf_counter() + timeout_s, done, "" if variant.name == PRIMARY else variant.name)
+            try:
+                reply = call.future.result(timeout=timeout_s + 0.25)
+                _, t_done = done.get(timeout=1.0)
+            except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError, queue.Empty):
+                call.future.cancel()
+                answered[link.name] = False
+                continue
+            rt = (t_done - call.t0) * 1e3
+            transfer = max(0.0, rt - reply.compute_ms - reply.queue_ms - reply.decode_ms)
+            predicted = variant.predicted.get(link.name, (0.0, 0.0))[0]
+            self.estimates.observe(link.name, reply.compute_ms + reply.queue_ms, predicted, transfer)
+            self.last_seen[link.name] = time.monotonic()
+            tracker = self.trackers[link.name]
+            if tracker.demoted() and rt <= self.slo_s * 1e3:
+                tracker.record(True)
+            answered[link.name] = True
+        return answered
+
+    def start_probing(self, every_s: float = 0.1, stale_s: float = 1.0) -> threading.Thread:
+        """Probe stale workers (`probe`) every `every_s` until `close` (only with an SLO: without one
+        the estimates steer nothing)."""
+        def loop() -> None:
+            while not self._probing.wait(every_s):
+                try:
+                    self.probe(stale_s)
+                except Exception:   # never let the prober die silently mid-run
+                    logger.exception("probing the workers failed")
+
+        thread = threading.Thread(target=loop, name="shoal-probe", daemon=True)
+        thread.start()
+        return thread
 
     def _answer(self, request: pb.PredictRequest, request_id: int, features: list[torch.Tensor | None],
                 timings: list[pb.DeviceTiming], errors: Mapping[str, RemoteError], t_start: float,
@@ -377,6 +445,7 @@ class CentralServicer(pb_grpc.CentralServicer):
                                or all(self.links[i].verified.is_set() for i in self.variants[0].link_index))
 
     def close(self) -> None:
+        self._probing.set()
         for link in self.links:
             link.close()
 
@@ -400,8 +469,12 @@ def start_central(
     security: Security = Security(),
     slo_ms: float | None = None,
     min_accuracy: float | None = None,
+    probe_every_s: float | None = 0.1,
 ) -> tuple[RunningServer, CentralServicer]:
     """Load the central device's part of `plan`, check every worker, and serve (in this process).
+
+    With `slo_ms`, workers that no request has used for a second are probed every `probe_every_s`
+    (`CentralServicer.probe`; None: never).
 
     Raises:
         ConfigError: `workers` does not name exactly the plan's worker devices.
@@ -464,6 +537,8 @@ def start_central(
     for link in links:
         link.watch(identity, lambda: running.set_serving(servicer.serving()))
     running.set_serving(servicer.serving())
+    if slo_ms is not None and links and probe_every_s is not None:
+        servicer.start_probing(probe_every_s)
     return running, servicer
 
 

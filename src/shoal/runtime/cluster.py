@@ -283,6 +283,10 @@ class LocalCluster:
         """Send `sig` to one device's process (tests: a worker that dies)."""
         self.children[device].process.signal(sig)
 
+    def set_quota(self, device: str, quota: float) -> None:
+        """Change one device's CPU share while it serves (a board that throttles, another process on it)."""
+        self.children[device].process.set_quota(quota)
+
     def log_tail(self, device: str, lines: int = 20) -> str:
         return _tail(self.children[device].log, lines)
 

@@ -83,7 +83,8 @@ class NetnsLink:
         rate_mbit: Link rate in Mbit/s, each direction.
         delay_ms: One-way delay in ms, each direction (0: none).
         hint: Short name part (the device), for `ip netns list`.
-        force_proxy: Use the userspace delay proxy even where netem exists.
+        force_proxy: Use the userspace delay proxy even where netem exists, and even with no
+            delay yet (so that `change` can add one later).
     """
 
     def __init__(self, rate_mbit: float, delay_ms: float = 0.0, hint: str = "dev", force_proxy: bool = False) -> None:
@@ -137,7 +138,7 @@ class NetnsLink:
         if not netem:
             for where in ((), self.prefix):
                 _run(*where, "tc", "qdisc", "add", "dev", self._dev(where), "root", *self._tbf())
-        if self.delay_ms > 0 and not netem:
+        if (self.delay_ms > 0 or self.force_proxy) and not netem:
             self.proxy = DelayProxy((self.inner_ip, WORKER_PORT), self.delay_ms)
             self.proxy.start()
             self.delay_mode = "proxy"
@@ -167,6 +168,35 @@ class NetnsLink:
             return False
         self.delay_mode = "netem"
         return True
+
+    def change(self, rate_mbit: float | None = None, delay_ms: float | None = None) -> None:
+        """Reshape the live link (a link that degrades or recovers during a run): new rate and/or
+        one-way delay, both directions, connections kept.
+
+        Raises:
+            ConfigError: a delay asked of a link made without one and without netem or the proxy
+                (make it with `force_proxy=True`), or a non-positive rate.
+        """
+        rate = self.rate_mbit if rate_mbit is None else rate_mbit
+        delay = self.delay_ms if delay_ms is None else delay_ms
+        if rate <= 0 or delay < 0:
+            raise ConfigError(f"need rate_mbit > 0 and delay_ms >= 0, got {rate!r} and {delay!r}")
+        if delay > 0 and self.delay_mode == "none" and self.proxy is None:
+            raise ConfigError(f"{self.namespace} was made without a delay: make it with force_proxy=True "
+                              "to add one later")
+        self.rate_mbit = rate
+        for where in ((), self.prefix):
+            dev = self._dev(where)
+            if self.delay_mode == "netem":
+                _run(*where, "tc", "qdisc", "change", "dev", dev, "root", "handle", "1:", "netem", "delay",
+                     f"{delay}ms", "limit", "10000")
+                _run(*where, "tc", "qdisc", "change", "dev", dev, "parent", "1:", "handle", "2:", *self._tbf())
+            else:
+                _run(*where, "tc", "qdisc", "change", "dev", dev, "root", *self._tbf())
+        if self.proxy is not None:
+            self.proxy.delay_s = delay / 1e3
+            self.delay_mode = "proxy"
+        self.delay_ms = delay
 
     def close(self) -> None:
         """Stop the proxy and delete the namespace (which deletes both veth ends); best effort."""
