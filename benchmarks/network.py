@@ -78,7 +78,7 @@ def measure(plan_dir: Path, plan: Plan, rate: float, delay: float, requests: int
                 reply = client.call(prepared[i % len(prepared)])
                 runs.append(((time.perf_counter() - t0) * 1e3, {t.device: t for t in reply.timings},
                              reply.aggregation_ms))
-        mode = links[workers[0]].delay_mode
+        mode = links[workers[0]].delay_mode if workers else "none"
     med = statistics.median
     names = plan.devices.names
     compute = [med(r[1][n].compute_ms for r in runs) for n in names]

@@ -162,6 +162,12 @@ def plan(
         help="search: BO over decompositions (CoFormer); balanced: no search, every device keeps every block "
              "and channel and a share of each block's heads and neurons in proportion to its speed")
                      ] = _REQUEST.split,
+    method: Annotated[str, typer.Option(
+        help="coformer: the search (or --split balanced); devit | edvit: the papers' class-wise edge "
+             "ensembles, one sub-task per device, sized to the devices' budgets (and --target-ms)")
+                      ] = _REQUEST.method,
+    target_ms: Annotated[float | None, typer.Option(
+        help="devit | edvit: the largest sub-models predicted to answer within this many ms")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print plan.json")] = False,
 ) -> None:
     """Search the decomposition (BO), calibrate the sub-models and write a deployable plan directory."""
@@ -181,8 +187,10 @@ def plan(
         profile_budget_ms=profile_budget_ms,
         allow_leave_out=not use_all_devices, importance=importance,  # type: ignore[arg-type]
         max_per_split=max_per_split, cal_images=cal_images, val_images=val_images, device=device,
-        split=split, precision=precision, input_format=input_format)  # type: ignore[arg-type]
-    with LiveSearch(request.search.budget if not from_policy and split == "search" else 0, quiet=as_json) as ui:
+        split=split, precision=precision, input_format=input_format,  # type: ignore[arg-type]
+        method=method, target_ms=target_ms)  # type: ignore[arg-type]
+    searching = not from_policy and split == "search" and method == "coformer"
+    with LiveSearch(request.search.budget if searching else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))
         except KeyboardInterrupt:
@@ -236,6 +244,9 @@ def show_document(doc: PlanDocument, where: Path) -> None:
         for name in predicted.left_out:
             table.add_row(name, "[dim]left out: its compute does not pay for its call[/]", "", "", "", "", "", "")
     console.print(table)
+    if doc.method is not None:
+        groups = "; ".join(f"{name} {list(classes)}" for name, classes in doc.method.classes.items())
+        console.print(f"method {doc.method.name}: {doc.method.choice}; classes per device: {groups}", highlight=False)
     if doc.input is not None:
         console.print(f"input: T charges {doc.input.format} ({doc.input.bytes / 1024:.1f} KiB per image to each "
                       f"worker); devices normalise uint8/PNG/JPEG with mean {list(doc.input.mean)}, "

@@ -17,26 +17,38 @@ import torch.nn as nn
 
 from shoal.errors import ConfigError, ModelError
 
+Activation = Literal["none", "relu"]
+
 
 class Aggregator(nn.Module):
-    """Concat of pooled sub-model features -> Linear(d_agg, d) -> task head.
+    """Concat of pooled sub-model features -> Linear(d_agg, d) -> [activation] -> task head.
+
+    Linear (CoFormer eq. 2, DeViT eq. 3 as its authors' code has it) by default; with
+    `activation="relu"` the two layers are ED-ViT's fusion MLP (d_agg -> d_agg/2 -> classes).
 
     Args:
         widths: Feature width d_n of each device, in policy order.
-        out_dim: Width the features are mapped to (the teacher's embed_dim, so its head applies).
+        out_dim: Width the features are mapped to (the teacher's embed_dim, so its head applies;
+            ED-ViT: half of d_agg).
         num_classes: Classes of the task head.
         pool: How sub-models pool tokens: "token" (class token) or "avg" (patch tokens).
         num_prefix_tokens: Prefix tokens (class + registers) before the patch tokens.
+        activation: Between the two layers: "none" (linear) or "relu".
     """
 
     def __init__(self, widths: Sequence[int], out_dim: int, num_classes: int,
-                 pool: Literal["token", "avg"] = "token", num_prefix_tokens: int = 1) -> None:
+                 pool: Literal["token", "avg"] = "token", num_prefix_tokens: int = 1,
+                 activation: Activation = "none") -> None:
         super().__init__()
+        if activation not in ("none", "relu"):
+            raise ConfigError(f"aggregator activation must be none or relu, got {activation!r}")
         self.widths = tuple(int(w) for w in widths)
         self.pool = pool
         self.num_prefix_tokens = num_prefix_tokens
+        self.activation = activation
         self.fuse = nn.Linear(sum(self.widths), out_dim)       # W, b
-        self.head = nn.Linear(out_dim, num_classes)            # the teacher's task head
+        self.act = nn.ReLU() if activation == "relu" else nn.Identity()
+        self.head = nn.Linear(out_dim, num_classes)            # the teacher's task head (linear)
 
     @property
     def in_dim(self) -> int:
@@ -67,14 +79,14 @@ class Aggregator(nn.Module):
     def forward(self, features: Sequence[torch.Tensor] | torch.Tensor,
                 present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, num_classes) from pooled features (what devices send)."""
-        logits: torch.Tensor = self.head(self.fused(features, present))
+        logits: torch.Tensor = self.head(self.act(self.fused(features, present)))
         return logits
 
     def forward_tokens(self, token_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The printed order of eq. 2: map every token, then pool. token_maps: (B, S, d_n) each."""
         mapped = self.fuse(torch.cat(list(token_maps), dim=-1))  # (B, S, out_dim)
         pooled = mapped[:, 0] if self.pool == "token" else mapped[:, self.num_prefix_tokens:].mean(1)
-        logits: torch.Tensor = self.head(pooled)
+        logits: torch.Tensor = self.head(self.act(pooled))
         return logits
 
     @classmethod

@@ -7,7 +7,13 @@ unit), so a single backward pass yields every unit's per-sample term:
 ∂L/∂gate = Σ ∂L/∂O · O over the unit's elements.
 
 `magnitude` (L2 norm of the unit's weights), `fisher` (mean squared Taylor
-term) and `random` are the alternatives. `benchmarks/importance.py` compares
+term) and `random` are the alternatives. `kl` is ED-ViT's criterion (§IV-C):
+the KL divergence between the teacher's output distribution and the one with
+the unit removed, exact (one pass per unit) for heads and blocks; for the
+thousands of neurons and channels it is the divergence's second-order
+expansion, ½·Fisher, with labels drawn from the teacher's own distribution
+(ADR 016). `classes` restricts the loss to a subset of the classes (DeViT
+eq. 6-7 on a sub-task: the teacher's logits of those classes only). `benchmarks/importance.py` compares
 them by the validation loss of sub-models pruned by each rule, per unit type:
 Taylor ranks heads best, but for residual channels it is no better than random
 (zeroing a channel is not removing it from every LayerNorm's statistics) and
@@ -17,6 +23,8 @@ takes each unit type from the rule that ranks it best (`benchmarks/results/impor
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +37,7 @@ from shoal.errors import ConfigError
 from shoal.models.config import ViTConfig
 from shoal.utils.accel import device_of
 
-ImportanceRule = Literal["mixed", "taylor", "fisher", "magnitude", "random"]
+ImportanceRule = Literal["mixed", "taylor", "fisher", "magnitude", "random", "kl"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ def compute_importance(
     *,
     batch_size: int = 64,
     seed: int = 0,
+    classes: Sequence[int] | None = None,
 ) -> ImportanceScores:
     """Score every head, neuron, channel and block of `teacher`.
 
@@ -79,14 +88,25 @@ def compute_importance(
             best ranking measured by `benchmarks/importance.py`), "taylor" (DeViT eq. 6-7),
             "fisher" (squared Taylor terms), "magnitude" or "random".
         batch_size: Calibration batch size.
-        seed: Seed of the "random" rule.
+        seed: Seed of the "random" rule and of the labels the "kl" rule draws.
+        classes: Score for this subset of the classes (a sub-task): the loss reads only their
+            logits, and `labels` must all be among them. None: every class.
     """
+    if classes is not None:
+        classes = list(classes)
+        lookup = torch.full((config.num_classes,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+        labels = lookup[labels]
+        if bool((labels < 0).any()):
+            raise ConfigError("importance for a class subset was given images of other classes")
     if rule == "mixed":
-        taylor = _taylor(teacher, config, images, labels, batch_size)
+        taylor = _taylor(teacher, config, images, labels, batch_size, classes=classes)
         magnitude = _magnitude(teacher, config)
         return ImportanceScores(taylor.heads, magnitude.neurons, magnitude.channels, taylor.blocks, "mixed")
     if rule in ("taylor", "fisher"):
-        return _taylor(teacher, config, images, labels, batch_size, squared=rule == "fisher")
+        return _taylor(teacher, config, images, labels, batch_size, squared=rule == "fisher", classes=classes)
+    if rule == "kl":
+        return _kl(teacher, config, images, batch_size, seed, classes)
     if rule == "magnitude":
         return _magnitude(teacher, config)
     if rule == "random":
@@ -94,11 +114,11 @@ def compute_importance(
         L, h, D, d = config.depth, config.num_heads, config.mlp_hidden, config.embed_dim
         return ImportanceScores(torch.rand(L, h, generator=gen), torch.rand(L, D, generator=gen),
                                 torch.rand(d, generator=gen), torch.rand(L, generator=gen), "random")
-    raise ConfigError(f"importance rule must be taylor, magnitude or random, got {rule!r}")
+    raise ConfigError(f"importance rule must be mixed, taylor, fisher, magnitude, random or kl, got {rule!r}")
 
 
 def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, labels: torch.Tensor,
-            batch_size: int, squared: bool = False) -> ImportanceScores:
+            batch_size: int, squared: bool = False, classes: Sequence[int] | None = None) -> ImportanceScores:
     L, h, hd = config.depth, config.num_heads, config.head_dim
     dev = device_of(teacher)   # gates and batches on the teacher's device, totals on the host
     totals = {"heads": torch.zeros(L, h), "neurons": torch.zeros(L, config.mlp_hidden),
@@ -120,7 +140,8 @@ def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor,
             }
             handles = _install_gates(teacher, gates, h, hd)
             try:
-                loss = F.cross_entropy(teacher(x), y, reduction="sum")
+                logits = teacher(x)
+                loss = F.cross_entropy(logits if classes is None else logits[:, classes], y, reduction="sum")
                 grads = torch.autograd.grad(loss, list(gates.values()))
             finally:
                 for handle in handles:
@@ -136,6 +157,62 @@ def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor,
         teacher.train(was_training)
     n = max(len(images), 1)
     return ImportanceScores(**{k: v / n for k, v in totals.items()}, rule="fisher" if squared else "taylor")
+
+
+def _kl(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, batch_size: int, seed: int,
+        classes: Sequence[int] | None) -> ImportanceScores:
+    """ED-ViT's KL criterion: D_KL(P || Q_u), P the teacher's output distribution (over `classes`,
+    renormalised, when given), Q_u the same with unit u removed. Heads and blocks: exact, one pass
+    per unit with its gate at 0. Neurons and channels: ½·E[(∂ log Q_y/∂gate)²] with y ~ P, the
+    second-order term of the same divergence (its first-order term is zero), from one backward."""
+    L, h, hd = config.depth, config.num_heads, config.head_dim
+    dev = device_of(teacher)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        full = torch.cat([_restrict(teacher(images[i:i + batch_size].to(dev)), classes).cpu()
+                          for i in range(0, len(images), batch_size)])
+    log_p = F.log_softmax(full, dim=-1)
+    drawn = torch.multinomial(log_p.exp(), 1, generator=gen).squeeze(1)
+    fisher = _taylor(teacher, config, images, drawn, batch_size, squared=True, classes=classes)
+    heads, blocks = torch.zeros(L, h), torch.zeros(L)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        for kind, shape in (("heads", (L, h)), ("blocks", (L,))):
+            for unit in itertools.product(*(range(n) for n in shape)):
+                total = 0.0
+                for start in range(0, len(images), batch_size):
+                    x = images[start:start + batch_size].to(dev)
+                    gates = _unit_gates(config, x.shape[0], dev)
+                    if kind == "heads":
+                        gates["heads"][unit[0], :, :, unit[1]] = 0.0
+                    else:
+                        gates["blocks"][unit[0]] = 0.0
+                    handles = _install_gates(teacher, gates, h, hd)
+                    try:
+                        with torch.no_grad():
+                            log_q = F.log_softmax(_restrict(teacher(x), classes), dim=-1).cpu()
+                    finally:
+                        for handle in handles:
+                            handle.remove()
+                    p = log_p[start:start + batch_size]
+                    total += float((p.exp() * (p - log_q)).sum())
+                (heads if kind == "heads" else blocks)[unit] = total / max(len(images), 1)
+    finally:
+        teacher.train(was_training)
+    return ImportanceScores(heads, fisher.neurons / 2, fisher.channels / 2, blocks, "kl")
+
+
+def _restrict(logits: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor:
+    return logits if classes is None else logits[:, list(classes)]
+
+
+def _unit_gates(config: ViTConfig, b: int, dev: torch.device) -> dict[str, torch.Tensor]:
+    """Gates at 1 (no gradient) for every unit, as `_install_gates` reads them."""
+    L, h = config.depth, config.num_heads
+    return {"heads": torch.ones(L, b, 1, h, 1, device=dev),
+            "neurons": torch.ones(L, b, 1, config.mlp_hidden, device=dev),
+            "channels": torch.ones(b, 1, config.embed_dim, device=dev), "blocks": torch.ones(L, b, 1, 1, device=dev)}
 
 
 def _install_gates(teacher: VisionTransformer, gates: dict[str, torch.Tensor], h: int, hd: int) -> list[Any]:

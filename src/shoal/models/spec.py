@@ -185,11 +185,15 @@ class Policy:
         shared_channels: Residual channels may be kept by several sub-models (C2 relaxed; heads
             and neurons stay partitioned): the balanced split, where every device keeps every
             channel and the work of each block is divided, not pruned.
+        shared_units: Heads and MLP neurons may be kept by several sub-models too (C3-C4 relaxed;
+            implies `shared_channels`): DeViT and ED-ViT, where each sub-model is pruned from the
+            teacher for its own classes and two of them may keep the same unit.
     """
 
     devices: tuple[str, ...]
     specs: tuple[SubModelSpec, ...]
     shared_channels: bool = False
+    shared_units: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", tuple(self.devices))
@@ -204,6 +208,8 @@ class Policy:
         for name, spec in zip(self.devices, self.specs):
             if not isinstance(spec, SubModelSpec):
                 raise ConfigError(f"Policy spec for device {name!r} is a {type(spec).__name__}, not a SubModelSpec")
+        if self.shared_units and not self.shared_channels:
+            raise ConfigError("Policy.shared_units implies shared_channels (a shared head reads shared channels)")
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -227,18 +233,21 @@ class Policy:
         out: dict[str, Any] = {"devices": {name: spec.to_dict() for name, spec in zip(self.devices, self.specs)}}
         if self.shared_channels:   # written only when set: older policies read unchanged
             out["shared_channels"] = True
+        if self.shared_units:
+            out["shared_units"] = True
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Policy:
         if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
             raise ConfigError("a Policy must be a JSON object {\"devices\": {name: spec, ...}}")
-        unknown = sorted(set(data) - {"devices", "shared_channels"})
+        unknown = sorted(set(data) - {"devices", "shared_channels", "shared_units"})
         if unknown:
             raise ConfigError(f"a Policy has no field(s) {unknown}")
-        shared = data.get("shared_channels", False)
-        if not isinstance(shared, bool):
-            raise ConfigError(f"Policy.shared_channels must be true or false, got {shared!r}")
+        shared, units = data.get("shared_channels", False), data.get("shared_units", False)
+        for key, value in (("shared_channels", shared), ("shared_units", units)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"Policy.{key} must be true or false, got {value!r}")
         names, specs = [], []
         for name, spec in data["devices"].items():
             try:
@@ -246,7 +255,7 @@ class Policy:
             except ConfigError as exc:
                 raise ConfigError(f"device {name!r}: {exc}") from None
             names.append(name)
-        return cls(tuple(names), tuple(specs), shared)
+        return cls(tuple(names), tuple(specs), shared, units)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -262,7 +271,9 @@ class Policy:
 
 def check_disjoint(policy: Policy) -> None:
     """Raise `ConfigError` if two sub-models share a channel (unless the policy shares channels),
-    or a head or neuron of one block."""
+    or a head or neuron of one block (unless it shares units)."""
+    if policy.shared_units:
+        return
     seen_channels: dict[int, str] = {}
     seen_units: dict[tuple[str, int, int], str] = {}
     for name, spec in zip(policy.devices, policy.specs):

@@ -90,7 +90,8 @@ class Plan:
         if info is None:
             raise DataError(f"plan {self.root} has no aggregator (stage {self.document.stage})")
         agg = Aggregator(list(info.widths), info.out_dim, self.config.num_classes,
-                         pool=self.config.global_pool, num_prefix_tokens=self.config.num_prefix_tokens)
+                         pool=self.config.global_pool, num_prefix_tokens=self.config.num_prefix_tokens,
+                         activation="relu" if info.activation == "relu" else "none")
         try:
             agg.load_state_dict(load_file(str(self.root / "aggregator.safetensors")), strict=True)
         except RuntimeError as exc:
@@ -138,7 +139,7 @@ def write_plan(root: str | Path, document: PlanDocument, submodels: Mapping[str,
         files[f"figures/{png.name}"] = sha256_file(png)
     for rel in extra_files:
         files[rel] = sha256_file(root / rel)
-    info = AggregatorInfo(tuple(aggregator.widths), aggregator.fuse.out_features, device_dropout)
+    info = AggregatorInfo.of(aggregator, device_dropout)
     document = replace(document, aggregator=info, files=files)
     atomic_write_json(root / PLAN_FILE, document.to_dict())
     return document
@@ -208,6 +209,6 @@ def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config
         [spec.channels for spec in policy.specs], teacher.head, pool=config.global_pool,
         num_prefix_tokens=config.num_prefix_tokens)
     document = PlanDocument(stage="decomposed", versions=versions(), config=config, devices=devices, policy=policy,
-                            aggregator=AggregatorInfo(tuple(aggregator.widths), aggregator.fuse.out_features),
+                            aggregator=AggregatorInfo.of(aggregator),
                             teacher=TeacherInfo(teacher_source), decomposition=decomposition, input=input_spec)
     return write_plan(root, document, submodels, aggregator)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.data.datasets import DataSummary
 from shoal.devices.spec import DeviceSet, DeviceSpec
@@ -33,6 +33,9 @@ from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy
 from shoal.utils.fields import Fields, FlatRecord
 from shoal.utils.stats import McNemar, wilson_interval
+
+if TYPE_CHECKING:
+    from shoal.models.aggregator import Aggregator
 
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
@@ -58,16 +61,56 @@ class AggregatorInfo:
     widths: tuple[int, ...]
     out_dim: int
     device_dropout: bool = False
+    activation: str = "none"
+
+    @classmethod
+    def of(cls, aggregator: Aggregator, device_dropout: bool = False) -> AggregatorInfo:
+        return cls(tuple(aggregator.widths), aggregator.fuse.out_features, device_dropout, aggregator.activation)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"widths": list(self.widths), "out_dim": self.out_dim, "device_dropout": self.device_dropout}
+        out: dict[str, Any] = {"widths": list(self.widths), "out_dim": self.out_dim,
+                               "device_dropout": self.device_dropout}
+        if self.activation != "none":   # written only when set: older plans read unchanged
+            out["activation"] = self.activation
+        return out
 
     @classmethod
     def read(cls, f: Fields) -> AggregatorInfo:
         widths = f.raw("widths")
         if not isinstance(widths, list) or any(isinstance(w, bool) or not isinstance(w, int) for w in widths):
             raise DataError(f"{f.path('widths')} must be a list of integers, got {widths!r}")
-        out = cls(tuple(widths), f.integer("out_dim"), f.flag("device_dropout", False))
+        out = cls(tuple(widths), f.integer("out_dim"), f.flag("device_dropout", False),
+                  f.choice("activation", ("none", "relu"), "none"))
+        f.done()
+        return out
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """How a plan of another method than CoFormer's search split the teacher (`--method`).
+
+    Attributes:
+        name: "devit" or "edvit".
+        classes: Per device, the classes of its sub-task.
+        choice: What the method chose, in words (DeViT's shape, ED-ViT's heads pruned per device).
+    """
+
+    name: str
+    classes: dict[str, tuple[int, ...]]
+    choice: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "classes": {k: list(v) for k, v in self.classes.items()}, "choice": self.choice}
+
+    @classmethod
+    def read(cls, f: Fields) -> MethodInfo:
+        raw = f.raw("classes")
+        if not isinstance(raw, dict) or any(
+                not isinstance(v, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in v)
+                for v in raw.values()):
+            raise DataError(f"{f.path('classes')} must map each device to a list of class indices, got {raw!r}")
+        out = cls(f.choice("name", ("devit", "edvit")), {str(k): tuple(v) for k, v in raw.items()},
+                  f.text("choice", ""))
         f.done()
         return out
 
@@ -518,6 +561,7 @@ class PlanDocument:
         input: What clients send and the normalisation every device applies (None: a plan made
             before compact inputs; it takes float32 only).
         variants: The variants of a `--pareto` plan (empty: one plan).
+        method: How DeViT or ED-ViT split it (None: CoFormer's search or a balanced split).
         files: sha256 of every other file of the directory.
     """
 
@@ -542,6 +586,7 @@ class PlanDocument:
     resumed: bool | None = None
     input: InputSpec | None = None
     variants: tuple[VariantInfo, ...] = ()
+    method: MethodInfo | None = None
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -578,7 +623,8 @@ class PlanDocument:
             "layer_rule": self.layer_rule, "deal_rule": self.deal_rule, "decomposition": self.decomposition,
             "calibration": self.calibration, "accuracy": self.accuracy,
             "phases": [p.to_dict() for p in self.phases] if self.phases else None, "resumed": self.resumed,
-            "input": self.input, "variants": [v.to_dict() for v in self.variants] if self.variants else None}
+            "input": self.input, "variants": [v.to_dict() for v in self.variants] if self.variants else None,
+            "method": self.method}
         for key, value in optional.items():
             if value is not None:
                 out[key] = value.to_dict() if hasattr(value, "to_dict") else value
@@ -625,6 +671,7 @@ class PlanDocument:
                 resumed=f.flag("resumed", None), input=f.record("input", InputSpec.read, None),
                 variants=tuple(VariantInfo.read(Fields(v, f"{where}.variants[{i}]"))
                                for i, v in enumerate(_list(f.raw("variants", []), f"{where}.variants"))),
+                method=f.record("method", MethodInfo.read, None),
                 files=f.str_map("files", {}))
         except ConfigError as exc:
             raise DataError(f"{where}: {exc}") from None

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.datasets import TaskData
@@ -24,7 +25,6 @@ from shoal.errors import ModelError
 from shoal.models.aggregator import Aggregator
 from shoal.models.config import ViTConfig
 from shoal.models.surgery import pooled_features, submodel_features
-from shoal.planner.calibration import distillation_losses
 from shoal.planner.settings import CalibrationSettings
 from shoal.utils.accel import device_of
 from shoal.utils.threads import torch_threads
@@ -74,15 +74,20 @@ def train_aggregator(
     val_feats = torch.cat(submodel_features(submodels, data.val.images), dim=1)
 
     widths = [int(m.embed_dim) for m in submodels]
-    agg = Aggregator(widths, config.embed_dim, config.num_classes, pool=config.global_pool,
-                     num_prefix_tokens=config.num_prefix_tokens)
-    head = teacher.head
-    if not isinstance(head, nn.Linear):
-        raise ModelError(f"the teacher's head is {type(head).__name__}, not a Linear layer")
-    with torch.no_grad():
-        agg.head.weight.copy_(head.weight)
-        agg.head.bias.copy_(head.bias)
-    ridge_init(agg, feats, teacher_feats)
+    if settings.fusion == "none":   # linear: to the teacher's width, starting from its head
+        agg = Aggregator(widths, config.embed_dim, config.num_classes, pool=config.global_pool,
+                         num_prefix_tokens=config.num_prefix_tokens)
+        head = teacher.head
+        if not isinstance(head, nn.Linear):
+            raise ModelError(f"the teacher's head is {type(head).__name__}, not a Linear layer")
+        with torch.no_grad():
+            agg.head.weight.copy_(head.weight)
+            agg.head.bias.copy_(head.bias)
+        ridge_init(agg, feats, teacher_feats)
+    else:   # ED-ViT's MLP: d_agg -> d_agg/2 -> classes, trained from scratch
+        torch.manual_seed(settings.seed + 31)
+        agg = Aggregator(widths, max(1, sum(widths) // 2), config.num_classes, pool=config.global_pool,
+                         num_prefix_tokens=config.num_prefix_tokens, activation=settings.fusion)
 
     optimizer = torch.optim.AdamW(agg.parameters(), lr=settings.aggregator_lr, weight_decay=1e-4)
     n, bs = len(feats), max(settings.batch_size, 128)
@@ -98,7 +103,9 @@ def train_aggregator(
                 present = _dropout_mask(len(idx), len(widths), settings.device_dropout, gen)
                 for group in optimizer.param_groups:
                     group["lr"] = settings.aggregator_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-                loss = distillation_losses(agg(feats[idx], present), labels[idx], teacher_labels[idx]).mean()
+                fused = agg.fused(feats[idx], present)
+                loss = fusion_loss(agg.head(agg.act(fused)), labels[idx], teacher_labels[idx], settings,
+                                   fused, teacher_feats[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -110,6 +117,19 @@ def train_aggregator(
                 progress("training aggregator", epoch + 1, settings.aggregator_epochs)
     agg.load_state_dict(best[1])
     return agg.eval()
+
+
+def fusion_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_labels: torch.Tensor,
+                settings: CalibrationSettings, fused: torch.Tensor | None = None,
+                teacher_features: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - w)·CE(y) + w·CE(ŷ_t) [+ γ·MSE(fused, teacher features)] over a batch (w = teacher_weight,
+    γ = token_weight: DeViT eq. 14-15)."""
+    w = settings.teacher_weight
+    loss = ((1 - w) * F.cross_entropy(logits, labels) if w < 1 else 0.0) + \
+        (w * F.cross_entropy(logits, teacher_labels) if w > 0 else 0.0)
+    if settings.token_weight > 0 and fused is not None and teacher_features is not None:
+        loss = loss + settings.token_weight * F.mse_loss(fused, teacher_features)
+    return torch.as_tensor(loss)
 
 
 def _dropout_mask(batch: int, devices: int, p: float, gen: torch.Generator) -> torch.Tensor | None:
@@ -155,10 +175,12 @@ def joint_finetune(
                 x = data.augment(x, gen)
             x = x.to(dev)
             with torch.no_grad():
-                teacher_labels = teacher(x).argmax(1)
+                teacher_feats = pooled_features(teacher, x)
+                teacher_labels = teacher.head(teacher_feats).argmax(1)
             present = _dropout_mask(len(idx), len(submodels), settings.device_dropout, gen)
-            logits = aggregator([pooled_features(m, x) for m in submodels], present)
-            loss = distillation_losses(logits, train.labels[idx].to(dev), teacher_labels).mean()
+            fused = aggregator.fused([pooled_features(m, x) for m in submodels], present)
+            loss = fusion_loss(aggregator.head(aggregator.act(fused)), train.labels[idx].to(dev), teacher_labels,
+                               settings, fused, teacher_feats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

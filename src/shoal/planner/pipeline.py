@@ -37,6 +37,7 @@ from shoal.plan.document import (
     DeviceCalibration,
     DevicePrediction,
     InputSpec,
+    MethodInfo,
     Objective,
     PhaseTime,
     PlanAccuracy,
@@ -50,6 +51,8 @@ from shoal.plan.document import (
 from shoal.planner.aggregation import joint_finetune, train_aggregator
 from shoal.planner.balanced import balanced_policy
 from shoal.planner.calibration import Booster
+from shoal.planner.devit import devit_plan
+from shoal.planner.edvit import edvit_plan
 from shoal.planner.evaluation import logits_of, score_decomposition
 from shoal.planner.figures import convergence_figure, latency_figure
 from shoal.planner.journal import Journal, Record
@@ -57,8 +60,9 @@ from shoal.planner.objective import Evaluation, Evaluator, LatencyPredictor
 from shoal.planner.pareto import Variant, choose_variants, pareto_figure
 from shoal.planner.proxy import ProxySettings
 from shoal.planner.search import SearchResult, run_search
-from shoal.planner.settings import PlanRequest
+from shoal.planner.settings import CalibrationSettings, PlanRequest
 from shoal.planner.space import SearchSpace
+from shoal.planner.subtasks import SubtaskPlan
 from shoal.utils.accel import compute_device
 from shoal.utils.fields import Fields
 from shoal.utils.io import atomic_save_safetensors
@@ -170,7 +174,8 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     scores = _importance(teacher, data, request, out)
     space = SearchSpace(teacher.config, devices, scores, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
                         allow_leave_out=request.allow_leave_out)
-    space.check_feasible()
+    if request.method == "coformer":   # DeViT and ED-ViT check their own policies (and say which method)
+        space.check_feasible()
     cal = data.train.subset(request.cal_images)
     val = data.val.subset(request.val_images)
     input_bytes = mean_encoded_bytes(val.images, data.mean, data.std, request.input_format)
@@ -232,12 +237,12 @@ def search_summary(result: SearchResult) -> SearchSummary:
         seconds=sum(r.evaluation.seconds for r in result.records))
 
 
-def balanced_summary(evaluation: Evaluation, request: PlanRequest) -> SearchSummary:
-    """The search record of a balanced split: one evaluation, no search."""
+def single_summary(evaluation: Evaluation, request: PlanRequest, strategy: str) -> SearchSummary:
+    """The search record of a policy made without a search (a balanced split, DeViT, ED-ViT): one evaluation."""
     psi = evaluation.psi
-    return SearchSummary(strategy="balanced", evaluations=1, init=0, iterations=0, seed=request.search.seed,
+    return SearchSummary(strategy=strategy, evaluations=1, init=0, iterations=0, seed=request.search.seed,
                          acquisition="none", best_index=0, best_psi=psi, best_so_far=(psi,), psi=(psi,),
-                         phases=("balanced",), seconds=evaluation.seconds)
+                         phases=(strategy,), seconds=evaluation.seconds)
 
 
 def predicted_summary(problem: Problem, policy: Policy, evaluation: Evaluation) -> Predicted:
@@ -284,28 +289,51 @@ class Calibrated:
     correct: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: PlanHooks) -> Calibrated:
-    """Booster, aggregator, optional joint fine-tune, and the evaluation with its ablation rows."""
-    teacher, config, data, s = problem.teacher, problem.teacher.config, problem.data, request.calibration
-    names = list(policy.devices)
-    sliced = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
-    hooks.phase("ablation: decompose only / decompose + aggregate")
-    teacher_test = logits_of(teacher.model, data.test.images)   # once: every row is scored on the same images
-    scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
-                                               config.global_pool, config.num_prefix_tokens)
-    ablation = {"decompose_only": score_decomposition(teacher_test, names, sliced, scatter, data.test,
-                                                      with_subsets=False)}
-    agg_only = train_aggregator(teacher.model, config, sliced, data, replace(s, device_dropout=0.0, feature_copies=1),
-                                hooks.progress)
-    ablation["decompose_aggregate"] = score_decomposition(teacher_test, names, sliced, agg_only, data.test,
-                                                          with_subsets=False)
+def method_settings(request: PlanRequest) -> CalibrationSettings:
+    """The calibration settings of `request.method`: CoFormer's as given; DeViT: no boosting between
+    sub-tasks, the ensemble trained with γ = 1 (eq. 14) and fine-tuned jointly (Algorithm 3: at least
+    2 epochs); ED-ViT: labels only, its fusion MLP on frozen sub-models."""
+    s = request.calibration
+    if request.method == "devit":
+        return replace(s, weighting="uniform", token_weight=1.0, joint_epochs=max(2, s.joint_epochs))
+    if request.method == "edvit":
+        return replace(s, weighting="uniform", fusion="relu", teacher_weight=0.0, joint_epochs=0)
+    return s
 
-    hooks.phase(f"calibrating sub-models ({s.weighting} weighting)")
+
+def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: PlanHooks,
+              subtasks: SubtaskPlan | None = None) -> Calibrated:
+    """Booster, aggregator, optional joint fine-tune, and the evaluation with its ablation rows (CoFormer;
+    DeViT and ED-ViT: their sub-task training and fusion, `subtasks`, without CoFormer's ablation)."""
+    teacher, config, data, s = problem.teacher, problem.teacher.config, problem.data, method_settings(request)
+    names = list(policy.devices)
+    teacher_test = logits_of(teacher.model, data.test.images)   # once: every row is scored on the same images
+    ablation = {}
+    if subtasks is None:
+        sliced = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
+        hooks.phase("ablation: decompose only / decompose + aggregate")
+        scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
+                                                   config.global_pool, config.num_prefix_tokens)
+        ablation["decompose_only"] = score_decomposition(teacher_test, names, sliced, scatter, data.test,
+                                                         with_subsets=False)
+        agg_only = train_aggregator(teacher.model, config, sliced, data,
+                                    replace(s, device_dropout=0.0, feature_copies=1), hooks.progress)
+        ablation["decompose_aggregate"] = score_decomposition(teacher_test, names, sliced, agg_only, data.test,
+                                                              with_subsets=False)
+
+    hooks.phase(f"calibrating sub-models ({s.weighting} weighting)" if subtasks is None
+                else f"{request.method}: training each sub-model on its sub-task")
     submodels = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
-    booster = Booster(teacher.model, submodels, names, data, s, Path(request.out) / "calibration")
+    if subtasks is None:
+        booster = Booster(teacher.model, submodels, names, data, s, Path(request.out) / "calibration")
+    else:
+        booster = Booster(teacher.model, submodels, names, data, s, Path(request.out) / "calibration",
+                          classes=subtasks.classes, loss="labels" if request.method == "edvit" else "distill",
+                          relation=DEVIT_RELATION if request.method == "devit" else (0.0, 0.0, 0.0),
+                          relation_layers=subtasks.relation_layers or None)
     started = time.perf_counter()
     summary = booster.run(hooks.progress, resume=request.resume)
-    hooks.phase("training the aggregator")
+    hooks.phase("training the aggregator" if request.method != "edvit" else "edvit: training the fusion MLP")
     aggregator = train_aggregator(teacher.model, config, submodels, data, s, hooks.progress)
     joint_finetune(teacher.model, submodels, aggregator, data, s, hooks.progress)
     calibration = CalibrationSummary(
@@ -346,6 +374,7 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
     out.mkdir(parents=True, exist_ok=True)
     problem = build_problem(request, hooks, predictors, devices)
     result: SearchResult | None = None
+    subtasks: SubtaskPlan | None = None
     if request.from_policy:
         policy = policy_from_plan(request.from_policy)
         unknown = [n for n in policy.devices if n not in problem.devices.names]
@@ -355,6 +384,16 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         policy.check_against(problem.teacher.config)
         hooks.phase("evaluating the given policy")
         evaluation = problem.evaluator.evaluate(policy)
+    elif request.method != "coformer":
+        hooks.phase(f"{request.method}: sub-tasks, importance per sub-task, sub-model sizes (no search)")
+        subtasks = method_plan(problem, request)
+        policy = subtasks.policy
+        evaluation = problem.evaluator.evaluate(policy)
+        alone = problem.evaluator.teacher_latency()[0]
+        if evaluation.latency.total_ms > alone:
+            log.warning("--method %s: predicted T %.2f ms is slower than the teacher alone on the central node "
+                        "(%.2f ms); --target-ms sizes the sub-models for a latency", request.method,
+                        evaluation.latency.total_ms, alone)
     elif request.split == "balanced":
         hooks.phase("balanced split on the device profiles (no search)")
         policy = balanced_policy(problem.teacher.config, problem.evaluator, problem.scores, request.deal_rule)
@@ -370,12 +409,15 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         pareto_figure(out / "figures" / "pareto.png", result.records, variants)
     predicted = write_search_outputs(problem, result, policy, evaluation, out)
     document = _document(problem, request, policy, evaluation, predicted, result)
+    if subtasks is not None:
+        document = replace(document, method=MethodInfo(request.method, dict(zip(policy.devices, subtasks.classes)),
+                                                       subtasks.choice))
     if request.search_only:
         document = replace(document, phases=clock.finish(), variants=tuple(
             _variant_info(v, problem.space.decode(v.record.x), None) for v in variants))
         write_document(out, document)
         return document
-    calibrated = calibrate(problem, policy, request, hooks)
+    calibrated = calibrate(problem, policy, request, hooks, subtasks)
     infos, extra = [], []
     for variant in variants:
         if variant.name == "primary":
@@ -389,19 +431,31 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         vcal = calibrate(problem, vpolicy, vrequest, hooks)
         vdoc = replace(_document(problem, vrequest, vpolicy, variant.record.evaluation, vpredicted, result),
                        stage="calibrated", calibration=vcal.summary, accuracy=vcal.accuracy,
-                       aggregator=AggregatorInfo(tuple(vcal.aggregator.widths), vcal.aggregator.fuse.out_features))
+                       aggregator=AggregatorInfo.of(vcal.aggregator))
         write_plan(out / where, vdoc, dict(zip(vpolicy.devices, vcal.submodels)), vcal.aggregator,
                    device_dropout=request.calibration.device_dropout > 0)
         infos.append(_variant_info(variant, vpolicy, vcal.accuracy.ensemble.top1, str(where)))
         extra.append(str(where / PLAN_FILE))
     document = replace(document, stage="calibrated", calibration=calibrated.summary, accuracy=calibrated.accuracy,
                        phases=clock.finish(), variants=tuple(infos),
-                       aggregator=AggregatorInfo(tuple(calibrated.aggregator.widths),
-                                                 calibrated.aggregator.fuse.out_features))
+                       aggregator=AggregatorInfo.of(calibrated.aggregator))
     hooks.phase("writing the plan")
     models = dict(zip(policy.devices, calibrated.submodels))
     return write_plan(out, document, models, calibrated.aggregator,
                       device_dropout=request.calibration.device_dropout > 0, extra_files=extra)
+
+
+DEVIT_RELATION = (0.2, 0.1, 0.3)   # DeViT's feature-matching weights of Q, K, V (its authors' code; ADR 015)
+
+
+def method_plan(problem: Problem, request: PlanRequest) -> SubtaskPlan:
+    """DeViT's or ED-ViT's policy for the problem's devices."""
+    common = dict(target_ms=request.target_ms, cal_images=min(request.cal_images, 256), seed=request.search.seed)
+    if request.method == "devit":
+        return devit_plan(problem.teacher, problem.data, problem.devices, problem.evaluator,
+                          channel_rule="magnitude" if request.importance == "mixed" else request.importance,
+                          **common)  # type: ignore[arg-type]
+    return edvit_plan(problem.teacher, problem.data, problem.devices, problem.evaluator, **common)  # type: ignore[arg-type]
 
 
 def _variant_info(variant: Variant, policy: Policy, top1: float | None, where: str = ".") -> VariantInfo:
@@ -423,7 +477,8 @@ def _document(problem: Problem, request: PlanRequest, policy: Policy, evaluation
                             "given" if request.delta is not None else "1 / teacher latency on central"),
         predicted=predicted,
         search=(search_summary(result) if result is not None
-                else balanced_summary(evaluation, request) if request.split == "balanced"
+                else single_summary(evaluation, request, request.method) if request.method != "coformer"
+                else single_summary(evaluation, request, "balanced") if request.split == "balanced"
                 else SearchSummary(from_policy=str(request.from_policy))),
         importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
         resumed=request.resume,

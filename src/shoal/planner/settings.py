@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from shoal.errors import ConfigError
 
 if TYPE_CHECKING:
+    from shoal.models.aggregator import Activation
     from shoal.models.importance import ImportanceRule
     from shoal.models.partition import DealRule, LayerRule
 
@@ -21,9 +22,12 @@ SPLITS: tuple[Split, ...] = ("search", "balanced")
 Acquisition = Literal["logei", "ei"]
 Surrogate = Literal["policy", "encoding"]
 Weighting = Literal["boost", "printed", "uniform"]
+SubtaskLoss = Literal["distill", "labels"]
+Method = Literal["coformer", "devit", "edvit"]
+METHODS: tuple[Method, ...] = ("coformer", "devit", "edvit")
 ProxyKind = Literal["sliced", "probe", "ridge", "logistic", "distill"]
 PROXY_KINDS: tuple[str, ...] = ("sliced", "probe", "ridge", "logistic", "distill")
-IMPORTANCE_RULES: tuple[str, ...] = ("mixed", "taylor", "fisher", "magnitude", "random")
+IMPORTANCE_RULES: tuple[str, ...] = ("mixed", "taylor", "fisher", "magnitude", "random", "kl")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ class CalibrationSettings:
             training the aggregator (so it can answer without them).
         feature_copies: Augmented copies of the training set whose frozen features train the aggregator.
         seed: Seed of shuffling and augmentation.
+        fusion: The aggregator between its two layers: "none" (linear, to the teacher's width, its
+            head; CoFormer, DeViT) or "relu" (ED-ViT's MLP to half the concatenated width, a new head).
+        teacher_weight: Share of the teacher's hard decisions in the aggregator's and the joint
+            fine-tune's loss, (1 - w)·CE(y) + w·CE(ŷ_t): ½ (CoFormer, DeViT eq. 10), 0 (ED-ViT: labels).
+        token_weight: γ of DeViT eq. 14: + γ·MSE(fused features, the teacher's pooled features).
     """
 
     epochs: int = 8
@@ -124,6 +133,9 @@ class CalibrationSettings:
     device_dropout: float = 0.0
     feature_copies: int = 4
     seed: int = 0
+    fusion: Activation = "none"
+    teacher_weight: float = 0.5
+    token_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "aggregator_epochs", "joint_epochs", "feature_copies"):
@@ -139,6 +151,13 @@ class CalibrationSettings:
                               f"got {self.weighting!r}")
         if not 0.0 <= self.device_dropout < 1.0:
             raise ConfigError(f"CalibrationSettings.device_dropout must be in [0, 1), got {self.device_dropout}")
+        if self.fusion not in ("none", "relu"):
+            raise ConfigError(f"CalibrationSettings.fusion must be none or relu, got {self.fusion!r}")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ConfigError(f"CalibrationSettings.teacher_weight must be in [0, 1], got {self.teacher_weight}")
+        if self.token_weight < 0 or (self.token_weight > 0 and self.fusion != "none"):
+            raise ConfigError("CalibrationSettings.token_weight must be >= 0, and only with a linear fusion "
+                              f"(its output is matched to the teacher's features); got {self.token_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +202,11 @@ class PlanRequest:
         split: "search" (BO over decompositions, CoFormer) or "balanced": no search, every device
             keeps every block and channel and a share of each block's heads and neurons in
             proportion to its speed (`shoal.planner.balanced`): the teacher's work spread, not pruned.
+        method: "coformer" (the search or the balanced split), "devit" or "edvit": the other edge
+            ensembles of the papers, one sub-task of the classes per device (`shoal.planner.devit`,
+            `shoal.planner.edvit`).
+        target_ms: DeViT and ED-ViT: the largest sub-models predicted to answer within this many
+            ms (None: the largest that fit the devices' budgets).
     """
 
     model: str | None = None
@@ -211,8 +235,22 @@ class PlanRequest:
     split: Split = "search"
     precision: str = "fp32"
     input_format: str = "float32"
+    method: Method = "coformer"
+    target_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method != "coformer":
+            for given, flag in ((self.split == "balanced", "--split balanced"), (self.search.pareto, "--pareto"),
+                                (self.from_policy, "--from-policy"), (self.search_only, "--search-only")):
+                if given:
+                    raise ConfigError(f"--method {self.method} makes its own policy without a search; "
+                                      f"{flag} is for --method coformer")
+        elif self.target_ms is not None:
+            raise ConfigError("--target-ms sizes DeViT's and ED-ViT's sub-models; CoFormer trades latency by --delta")
+        if self.target_ms is not None and not self.target_ms > 0:
+            raise ConfigError(f"--target-ms must be positive, got {self.target_ms}")
         if self.input_format not in ("float32", "uint8", "png", "jpeg"):
             raise ConfigError(f"--input must be float32, uint8, png or jpeg, got {self.input_format!r}")
         if self.precision not in ("fp32", "bf16"):
