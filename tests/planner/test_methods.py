@@ -7,7 +7,7 @@ import torch
 
 from shoal.data.datasets import load_task_data
 from shoal.devices.spec import DeviceSet, DeviceSpec
-from shoal.errors import ConfigError, DataError
+from shoal.errors import ConfigError, DataError, InfeasibleError
 from shoal.models import load_teacher
 from shoal.models.accounting import spec_cost
 from shoal.models.importance import compute_importance
@@ -147,6 +147,26 @@ def test_algorithm_3_drops_a_device_that_does_not_fit(setting):
     assert assign(c, devices, [tiny, big], speed=[1.0, 5.0]) is None
     devices = DeviceSet((DeviceSpec("hub", need * 2, central=True), DeviceSpec("b", need * 2)))
     assert assign(c, devices, [tiny, big], speed=[1.0, 5.0]) == ["b", "hub"]
+
+
+def test_more_devices_than_classes_is_refused_before_any_profiling(tiny_digits_teacher, tmp_path):
+    from shoal.devices.spec import device_set_to_yaml
+
+    many = [DeviceSpec(f"d{i}", 64 << 20, central=i == 0, profile=str(tmp_path / f"never-{i}")) for i in range(11)]
+    (tmp_path / "many.yaml").write_text(device_set_to_yaml(many))
+    with pytest.raises(ConfigError, match=r"--method devit: 11 devices but the task has 10 classes"):
+        run_plan(_request(tiny_digits_teacher, tmp_path / "p", method="devit", devices=str(tmp_path / "many.yaml")))
+    assert not any((tmp_path / f"never-{i}").exists() for i in range(11))
+
+
+@pytest.mark.parametrize("method", ["coformer", "devit", "edvit"])
+def test_a_device_set_no_method_can_fit_is_one_line_naming_the_method(method, tiny_digits_teacher, three_predictors,
+                                                                       tmp_path):
+    tiny = DeviceSet((DeviceSpec("hub", 4096, central=True), DeviceSpec("fast", 4096, link_mbps=1e4),
+                      DeviceSpec("slow", 4096, link_mbps=1e4)))
+    with pytest.raises((ConfigError, InfeasibleError), match=rf"^--method {method}: "):
+        run_plan(_request(tiny_digits_teacher, tmp_path, method=method), predictors=three_predictors, devices=tiny)
+    assert not (tmp_path / "plan.json").exists()
 
 
 def test_methods_refuse_options_of_the_search():

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from shoal.data.datasets import TaskData, default_teacher_for, load_task_data, task_classes
 from shoal.data.imagecodec import mean_encoded_bytes
 from shoal.devices.spec import DeviceSet
-from shoal.errors import ConfigError, DataError
+from shoal.errors import ConfigError, DataError, InfeasibleError
 from shoal.models.accounting import spec_cost
 from shoal.models.aggregator import Aggregator
 from shoal.models.importance import ImportanceScores, compute_importance
@@ -62,7 +62,7 @@ from shoal.planner.proxy import ProxySettings
 from shoal.planner.search import SearchResult, run_search
 from shoal.planner.settings import CalibrationSettings, PlanRequest
 from shoal.planner.space import SearchSpace
-from shoal.planner.subtasks import SubtaskPlan
+from shoal.planner.subtasks import SubtaskPlan, split_classes
 from shoal.utils.accel import compute_device
 from shoal.utils.fields import Fields
 from shoal.utils.io import atomic_save_safetensors
@@ -136,6 +136,8 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
     teacher_bytes = spec_cost(teacher.config, SubModelSpec.full(teacher.config)).memory_bytes
     devices = (load_device_set(request.devices) if request.devices
                else default_device_set(family=family, teacher_bytes=teacher_bytes))
+    if request.method != "coformer":   # one class per device at least: said before any device is profiled
+        split_classes(teacher.config.num_classes, len(devices), request.search.seed, request.method)
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples or DEVICE_SET_SAMPLES,
                               progress=hooks.progress, overhead=measure_rpc,
                               timing=TimingSettings(budget_ms=request.profile_budget_ms))
@@ -175,7 +177,10 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     space = SearchSpace(teacher.config, devices, scores, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
                         allow_leave_out=request.allow_leave_out)
     if request.method == "coformer":   # DeViT and ED-ViT check their own policies (and say which method)
-        space.check_feasible()
+        try:
+            space.check_feasible()
+        except InfeasibleError as exc:
+            raise InfeasibleError(f"--method coformer: {exc}") from None
     cal = data.train.subset(request.cal_images)
     val = data.val.subset(request.val_images)
     input_bytes = mean_encoded_bytes(val.images, data.mean, data.std, request.input_format)
