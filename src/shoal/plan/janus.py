@@ -1,0 +1,138 @@
+"""Janus's latency model and scheduler (§III-B..D, Algorithm 1): which α and split for this request.
+
+Candidate split points (eq. 3): C = {0, N + 1} ∪ {s_i = s_{i-1} + ⌊i/k⌋, s_1 = 1}: dense near the
+input, where the tokens shrink fastest, sparse near the output (k = 5 in the paper). s is the number
+of layers the device runs: 0 sends the image to the server, N + 1 runs everything on the device.
+
+Per layer, latency is linear in its input tokens on each side, f(x) = a·x + b (§III-C; one fit per
+side, measured). For α and s:
+
+    L(s, α) = Σ_{l ≤ s} f_dev(x_{l-1}) + Σ_{l > s} f_srv(x_{l-1}) + bytes(s, α) / B + fixed_ms
+
+with x_l the tokens after layer l (`shoal.models.tokens.counts`), bytes(s, α) what crosses the link
+(the image at s = 0; x_s tokens at `token_bytes` each; nothing but the answer at s = N + 1), B the
+uplink bandwidth estimated from live transfers, and `fixed_ms` what the paper's model leaves out
+and we measure (embedding, head, the call itself).
+
+Algorithm 1: α from the most accurate to the least; the first α whose best split meets the SLA
+wins (with the split that is fastest for it); none: the fastest configuration of all. Janus
+assumes accuracy falls as α grows; we order α by the accuracy the plan measured for it, which
+is the same order where the assumption holds and the right one where it does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shoal.errors import ConfigError
+
+
+def split_candidates(depth: int, k: int = 5) -> tuple[int, ...]:
+    """Eq. 3: {0, N + 1} ∪ {1, 1 + ⌊2/k⌋, ...} up to N, increasing."""
+    if depth < 1 or k < 1:
+        raise ConfigError(f"split candidates need depth >= 1 and k >= 1, got {depth} and {k}")
+    points, s, i = {0, depth + 1}, 1, 1
+    while s <= depth:
+        points.add(s)
+        i += 1
+        s += i // k
+    return tuple(sorted(points))
+
+
+@dataclass(frozen=True)
+class LinearLatency:
+    """Latency of one layer as a function of its input tokens: a·x + b ms (fitted per side)."""
+
+    a: float
+    b: float
+
+    def __call__(self, tokens: int) -> float:
+        return self.a * tokens + self.b
+
+    @classmethod
+    def fit(cls, tokens: Sequence[int], ms: Sequence[float]) -> LinearLatency:
+        """Least squares over measured (tokens, ms) pairs."""
+        n = len(tokens)
+        if n < 2 or len(set(tokens)) < 2 or len(ms) != n:
+            raise ConfigError("a per-layer latency fit needs measurements at two token counts or more")
+        mx, my = sum(tokens) / n, sum(ms) / n
+        sxx = sum((t - mx) ** 2 for t in tokens)
+        a = sum((t - mx) * (m - my) for t, m in zip(tokens, ms)) / sxx
+        return cls(a, my - a * mx)
+
+
+@dataclass(frozen=True)
+class JanusConfig:
+    """One α of the plan: its token counts x_0..x_N and the accuracy measured with it."""
+
+    alpha: float
+    counts: tuple[int, ...]
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the scheduler picked: α, the split s, the predicted latency, and whether it meets the SLA."""
+
+    alpha: float
+    split: int
+    predicted_ms: float
+    meets: bool
+
+
+@dataclass(frozen=True)
+class JanusModel:
+    """Everything Algorithm 1 needs, fixed at planning time.
+
+    Attributes:
+        configs: One per α of the grid (accuracy measured on the validation split).
+        device: Per-layer latency on the device; server: on the server.
+        token_bytes: Bytes per token sent (features + size).
+        image_bytes: Bytes of the input when the server gets the image (s = 0).
+        candidates: Split points (eq. 3).
+        fixed_ms: Measured per-request cost outside the layers (embedding, head, the call).
+    """
+
+    configs: tuple[JanusConfig, ...]
+    device: LinearLatency
+    server: LinearLatency
+    token_bytes: int
+    image_bytes: int
+    candidates: tuple[int, ...]
+    fixed_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.configs:
+            raise ConfigError("a Janus model needs at least one α")
+        depth = len(self.configs[0].counts) - 1
+        if any(len(c.counts) != depth + 1 for c in self.configs):
+            raise ConfigError("every α must give token counts for the same number of layers")
+        if any(not 0 <= s <= depth + 1 for s in self.candidates):
+            raise ConfigError(f"split points must be within 0..{depth + 1}, got {list(self.candidates)}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.configs[0].counts) - 1
+
+    def latency_ms(self, config: JanusConfig, split: int, bandwidth_bps: float) -> float:
+        """L(s, α) under `bandwidth_bps` (bits per second)."""
+        x, depth = config.counts, self.depth
+        compute = sum(self.device(x[l - 1]) if l <= split else self.server(x[l - 1]) for l in range(1, depth + 1))
+        sent = self.image_bytes if split == 0 else 0 if split > depth else x[split] * self.token_bytes
+        return compute + sent * 8 / bandwidth_bps * 1e3 + self.fixed_ms
+
+    def choose(self, bandwidth_bps: float, sla_ms: float) -> Choice:
+        """Algorithm 1: the most accurate α whose fastest split meets `sla_ms`, else the fastest of all."""
+        if not (bandwidth_bps > 0 and math.isfinite(bandwidth_bps)):
+            raise ConfigError(f"bandwidth must be a positive number of bits per second, got {bandwidth_bps!r}")
+        fastest: Choice | None = None
+        for config in sorted(self.configs, key=lambda c: (-c.accuracy, c.alpha)):
+            ms, split = min((self.latency_ms(config, s, bandwidth_bps), s) for s in self.candidates)
+            if ms <= sla_ms:
+                return Choice(config.alpha, split, ms, True)
+            if fastest is None or ms < fastest.predicted_ms:
+                fastest = Choice(config.alpha, split, ms, False)
+        assert fastest is not None
+        return fastest

@@ -1,0 +1,55 @@
+"""Janus's split candidates, per-layer latency fit and Algorithm 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.errors import ConfigError
+from shoal.models.tokens import counts
+from shoal.plan.janus import JanusConfig, JanusModel, LinearLatency, split_candidates
+
+
+def test_split_candidates_are_eq_3():
+    assert split_candidates(24, 5) == (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 19, 22, 25)   # the paper's N = 24
+    assert split_candidates(12, 3) == (0, 1, 2, 3, 4, 6, 8, 10, 13)                          # its Fig. 4
+
+
+def test_a_linear_fit_recovers_a_line():
+    fit = LinearLatency.fit([10, 20, 40], [2.0, 3.0, 5.0])
+    assert fit.a == pytest.approx(0.1) and fit.b == pytest.approx(1.0) and fit(30) == pytest.approx(4.0)
+    with pytest.raises(ConfigError, match="two token counts"):
+        LinearLatency.fit([10, 10], [1.0, 1.0])
+
+
+def _model() -> JanusModel:
+    depth, tokens = 6, 65
+    configs = tuple(JanusConfig(a, counts(a, depth, tokens), acc) for a, acc in ((0.0, 0.99), (0.5, 0.98), (1.0, 0.9)))
+    # a slow device (3 ms + 0.2 ms/token per layer) and a fast server (0.1 + 0.005)
+    # the image as the paper sends it (fp32, about as large as all the tokens): worth shrinking before sending
+    return JanusModel(configs, LinearLatency(0.2, 3.0), LinearLatency(0.005, 0.1), token_bytes=386,
+                      image_bytes=25_000, candidates=split_candidates(depth, 5))
+
+
+def test_fast_links_send_the_image_slow_links_split_late_and_prune():
+    model = _model()
+    fast = model.choose(1e9, sla_ms=5.0)                  # 1 Gbit/s: the server does it all, no pruning
+    assert (fast.alpha, fast.split, fast.meets) == (0.0, 0, True)
+    slow = model.choose(2e6, sla_ms=60.0)                 # 2 Mbit/s: the device prunes, then sends fewer tokens
+    assert slow.meets and slow.split > 0 and slow.alpha > 0 and slow.predicted_ms <= 60.0
+    assert slow.predicted_ms == pytest.approx(model.latency_ms(
+        next(c for c in model.configs if c.alpha == slow.alpha), slow.split, 2e6))
+    hopeless = model.choose(1e5, sla_ms=1.0)               # nothing meets 1 ms at 100 kbit/s: the fastest of all
+    every = [model.latency_ms(c, s, 1e5) for c in model.configs for s in model.candidates]
+    assert not hopeless.meets and hopeless.predicted_ms == pytest.approx(min(every))
+
+
+def test_the_most_accurate_alpha_that_meets_the_sla_wins():
+    model = _model()
+    # at 20 Mbit/s every α meets a generous SLA: the most accurate (α = 0) is chosen
+    assert model.choose(2e7, sla_ms=1e3).alpha == 0.0
+    tight = min(min(model.latency_ms(c, s, 2e7) for s in model.candidates) for c in model.configs)
+    # an SLA only the most pruned α can meet picks it, although it is the least accurate
+    best = model.choose(2e7, sla_ms=tight)
+    assert best.meets and best.alpha == 1.0
+    with pytest.raises(ConfigError, match="bandwidth must be a positive"):
+        model.choose(0.0, sla_ms=10.0)
