@@ -119,7 +119,8 @@ class JanusModel:
     def latency_ms(self, config: JanusConfig, split: int, bandwidth_bps: float) -> float:
         """L(s, α) under `bandwidth_bps` (bits per second)."""
         x, depth = config.counts, self.depth
-        compute = sum(self.device(x[l - 1]) if l <= split else self.server(x[l - 1]) for l in range(1, depth + 1))
+        compute = sum(self.device(x[layer - 1]) if layer <= split else self.server(x[layer - 1])
+                      for layer in range(1, depth + 1))
         sent = self.image_bytes if split == 0 else 0 if split > depth else x[split] * self.token_bytes
         return compute + sent * 8 / bandwidth_bps * 1e3 + self.fixed_ms
 
