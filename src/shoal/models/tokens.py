@@ -139,10 +139,10 @@ class TokenRunner:
     def __init__(self, model: VisionTransformer, reduction: Reduction = "merge") -> None:
         if reduction not in REDUCTIONS:
             raise ConfigError(f"token reduction must be merge or prune, got {reduction!r}")
-        if model.cls_token is None or getattr(model, "num_reg_tokens", 0):
+        if model.cls_token is None or int(getattr(model, "num_reg_tokens", 0) or 0):
             raise ConfigError("token reduction needs a class-token ViT without register tokens")
         self.model, self.reduction = model, reduction
-        self.depth = len(model.blocks)   # type: ignore[arg-type]
+        self.depth = len(model.blocks)
         self.tokens = int(model.patch_embed.num_patches) + 1
         self._captured: dict[str, torch.Tensor] = {}
 
@@ -157,7 +157,7 @@ class TokenRunner:
         """Blocks start..stop-1 (0-based; layer l = index + 1 of eq. 1), reducing by α's schedule."""
         schedule = removals(alpha, self.depth, self.tokens)
         for j in range(start, stop):
-            x, size = self._block(self.model.blocks[j], x, size, schedule[j])  # type: ignore[index]
+            x, size = self._block(self.model.blocks[j], x, size, schedule[j])
         return x, size
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
