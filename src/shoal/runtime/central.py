@@ -111,7 +111,21 @@ class LiveEstimates:
         self.ratio: dict[str, deque[float]] = {}
         self.transfer: dict[str, deque[float]] = {}
         self.total: dict[str, deque[float]] = {}   # per variant: measured receipt-to-reply / its prediction
+        self.throughput: dict[str, deque[float]] = {}   # per link: bits per second of its transfers
         self._lock = threading.Lock()
+
+    def observe_throughput(self, link: str, bits_per_s: float) -> None:
+        """One transfer's throughput (bytes sent over the time they took), bits per second."""
+        if bits_per_s > 0 and math.isfinite(bits_per_s):
+            with self._lock:
+                self.throughput.setdefault(link, deque(maxlen=self.window)).append(bits_per_s)
+
+    def bandwidth_bps(self, link: str, prior_bps: float) -> float:
+        """The link's bandwidth: the harmonic mean of its recent throughputs (FESTIVE, as Janus does:
+        one fast outlier hardly moves it, slow ones pull it down), `prior_bps` before any."""
+        with self._lock:
+            samples = list(self.throughput.get(link, ()))
+        return len(samples) / sum(1.0 / s for s in samples) if samples else prior_bps
 
     def observe_total(self, variant: str, total_ms: float, predicted_ms: float) -> None:
         """What the per-device terms miss (serialisation, fan-out, aggregation on a shared core): the
@@ -409,12 +423,10 @@ class CentralServicer(pb_grpc.CentralServicer):
         with torch.inference_mode():
             dev = device_of(aggregator)   # on the central node's compute device; features come to it
             logits = aggregator([f.to(dev) for f in full], present=present.to(dev) if errors else None).cpu()
-            k = min(request.top_k or DEFAULT_TOP_K, logits.shape[-1])
-            probs, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1)
-        reply = pb.PredictReply(request_id=request_id, top_indices=indices.reshape(-1).tolist(),
-                                top_probs=probs.reshape(-1).tolist(), top_k=k, timings=timings,
-                                degraded=bool(errors), missing=list(errors), variant=variant.name)
-        encode(logits, reply.logits)
+        reply = top_k_reply(logits, request.top_k, request_id)
+        reply.timings.extend(timings)
+        reply.degraded, reply.variant = bool(errors), variant.name
+        reply.missing.extend(errors)
         now = time.perf_counter()
         reply.aggregation_ms = (now - t_agg) * 1e3
         reply.total_ms = (now - t_start) * 1e3
@@ -448,6 +460,18 @@ class CentralServicer(pb_grpc.CentralServicer):
         self._probing.set()
         for link in self.links:
             link.close()
+
+
+def top_k_reply(logits: torch.Tensor, top_k: int, request_id: int) -> pb.PredictReply:
+    """The reply to a client: (B, classes) logits, their top-k (k = `top_k`, 0: 5, at most the classes)."""
+    logits = logits.float().cpu()
+    with torch.inference_mode():
+        k = min(top_k or DEFAULT_TOP_K, logits.shape[-1])
+        probs, indices = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    reply = pb.PredictReply(request_id=request_id, top_indices=indices.reshape(-1).tolist(),
+                            top_probs=probs.reshape(-1).tolist(), top_k=k)
+    encode(logits, reply.logits)
+    return reply
 
 
 _PASS_THROUGH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,

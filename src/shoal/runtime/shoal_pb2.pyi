@@ -143,3 +143,23 @@ class PredictReply(_message.Message):
     late: bool
     variant: str
     def __init__(self, request_id: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_probs: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[DeviceTiming, _Mapping]]] = ..., aggregation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ..., expected_accuracy: _Optional[float] = ..., late: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class FinishRequest(_message.Message):
+    __slots__ = ("request_id", "plan_fingerprint", "alpha", "split", "tokens", "sizes", "image", "top_k")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    plan_fingerprint: str
+    alpha: float
+    split: int
+    tokens: Tensor
+    sizes: Tensor
+    image: PredictRequest
+    top_k: int
+    def __init__(self, request_id: _Optional[int] = ..., plan_fingerprint: _Optional[str] = ..., alpha: _Optional[float] = ..., split: _Optional[int] = ..., tokens: _Optional[_Union[Tensor, _Mapping]] = ..., sizes: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[_Union[PredictRequest, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...

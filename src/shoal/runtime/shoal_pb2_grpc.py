@@ -253,3 +253,118 @@ class Central:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class JanusStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Info = channel.unary_unary(
+                '/shoal.v1.Janus/Info',
+                request_serializer=shoal__pb2.InfoRequest.SerializeToString,
+                response_deserializer=shoal__pb2.InfoReply.FromString,
+                _registered_method=True)
+        self.Finish = channel.unary_unary(
+                '/shoal.v1.Janus/Finish',
+                request_serializer=shoal__pb2.FinishRequest.SerializeToString,
+                response_deserializer=shoal__pb2.PredictReply.FromString,
+                _registered_method=True)
+
+
+class JanusServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Info(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Finish(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JanusServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=shoal__pb2.InfoRequest.FromString,
+                    response_serializer=shoal__pb2.InfoReply.SerializeToString,
+            ),
+            'Finish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Finish,
+                    request_deserializer=shoal__pb2.FinishRequest.FromString,
+                    response_serializer=shoal__pb2.PredictReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.v1.Janus', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.v1.Janus', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Janus:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Janus/Info',
+            shoal__pb2.InfoRequest.SerializeToString,
+            shoal__pb2.InfoReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Finish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Janus/Finish',
+            shoal__pb2.FinishRequest.SerializeToString,
+            shoal__pb2.PredictReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

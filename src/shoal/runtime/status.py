@@ -10,6 +10,7 @@ from shoal.errors import RuntimeServiceError
 
 WORKER_SERVICE = "shoal.v1.Worker"
 CENTRAL_SERVICE = "shoal.v1.Central"
+JANUS_SERVICE = "shoal.v1.Janus"
 
 # A restarted worker is found again within ~2 s instead of gRPC's default 120 s backoff.
 _RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),

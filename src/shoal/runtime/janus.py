@@ -1,0 +1,192 @@
+"""Janus's split mode (seeds/000): the device runs the first blocks, merges tokens, the server finishes.
+
+The server (`JanusServicer`, service `shoal.v1.Janus`) holds the whole teacher and answers `Finish`:
+the tokens left after the device's `split` blocks at rate α (float16, class token first, with
+their sizes), or the image itself at split 0. Everything a device sends is checked against the
+plan before any compute: α on the plan's grid, the split one of its candidates (not N + 1: the
+device answers that alone), the token count the schedule gives for that α and split, the width,
+sizes that are positive, finite and account for every original token.
+
+The device side (`JanusDevice`) picks α and the split for each request (`JanusModel.choose`, the
+paper's Algorithm 1) from the uplink bandwidth the adaptive node's `LiveEstimates` measures on
+its own calls (harmonic mean of recent throughputs, a prior until there is one), runs its part,
+and calls the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import torch
+
+from shoal.errors import ConfigError
+from shoal.models.tokens import TokenRunner
+from shoal.plan.janus import Choice, JanusModel
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime import shoal_pb2_grpc as pb_grpc
+from shoal.runtime.central import LiveEstimates, top_k_reply
+from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
+from shoal.runtime.server import RunningServer, start_server
+from shoal.runtime.status import JANUS_SERVICE, channel_options, error_from_rpc
+from shoal.runtime.worker import Identity
+
+logger = logging.getLogger(__name__)
+
+
+class JanusServicer(pb_grpc.JanusServicer):
+    """The `shoal.v1.Janus` service: the server's part of every split.
+
+    Args:
+        runner: The teacher, run with the plan's token reduction.
+        model: The plan's α grid, token counts and split candidates.
+        identity: Plan fingerprint, device name, input shape, batch limit.
+    """
+
+    def __init__(self, runner: TokenRunner, model: JanusModel, identity: Identity) -> None:
+        if model.depth != runner.depth or model.configs[0].counts[0] != runner.tokens:
+            raise ConfigError(f"the Janus model is for {model.depth} blocks and {model.configs[0].counts[0]} tokens, "
+                              f"the teacher has {runner.depth} and {runner.tokens}")
+        self.runner, self.model, self.identity = runner, model, identity
+        self.width = int(runner.model.embed_dim)
+        self.counts = {round(c.alpha, 6): c.counts for c in model.configs}
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
+        return self.identity.info("janus-server", True)
+
+    def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.PredictReply:  # noqa: N802
+        t_start = time.perf_counter()
+        fingerprint = self.identity.plan_fingerprint
+        if request.plan_fingerprint and request.plan_fingerprint != fingerprint:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"tokens of plan {request.plan_fingerprint}; this server runs plan {fingerprint}")
+        alpha = round(float(request.alpha), 6)
+        counts = self.counts.get(alpha)
+        if counts is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"α {request.alpha:g} is not on this plan's grid (0 to {max(self.counts):g})")
+            raise AssertionError("unreachable: abort raises")
+        split = int(request.split)
+        if split not in self.model.candidates or split > self.model.depth:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"split {split} is not one of this plan's split points "
+                          f"{[s for s in self.model.candidates if s <= self.model.depth]}")
+        with torch.inference_mode():
+            if split == 0:
+                x = self.identity.decode_images(request.image, context)
+                tokens, sizes = self.runner.embed(x)
+            else:
+                tokens, sizes = self._tokens(request, counts[split], context)
+            t_compute = time.perf_counter()
+            tokens, _ = self.runner.blocks(tokens, sizes, split, self.model.depth, alpha)
+            logits = self.runner.head(tokens)
+        reply = top_k_reply(logits, request.top_k, request.request_id)
+        now = time.perf_counter()
+        reply.timings.append(pb.DeviceTiming(device=self.identity.device, compute_ms=(now - t_compute) * 1e3,
+                                             round_trip_ms=(now - t_start) * 1e3, ok=True))
+        reply.total_ms = (now - t_start) * 1e3
+        return reply
+
+    def _tokens(self, request: pb.FinishRequest, expected: int, context: grpc.ServicerContext
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, x, d) tokens and (B, x, 1) sizes of a request, checked, as float32."""
+        limit = self.identity.max_batch * expected * self.width
+        try:
+            tokens = decode(request.tokens, what="tokens", dtypes=("float16",), ndim=3, max_elements=limit)
+            sizes = decode(request.sizes, what="sizes", dtypes=("float16",), ndim=2,
+                           max_elements=self.identity.max_batch * expected)
+        except CodecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        b = tokens.shape[0]
+        if tuple(tokens.shape[1:]) != (expected, self.width) or tuple(sizes.shape) != (b, expected):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"after split {request.split} at α {request.alpha:g} the plan keeps {expected} tokens of "
+                          f"width {self.width}: expected tokens ({b}, {expected}, {self.width}) and sizes "
+                          f"({b}, {expected}), got {list(tokens.shape)} and {list(sizes.shape)}")
+        tokens, sizes = tokens.float(), sizes.float()
+        total = sizes.sum(dim=1)
+        if not (bool(torch.isfinite(tokens).all()) and bool((sizes >= 1).all())
+                and bool(torch.allclose(total, torch.full_like(total, float(self.runner.tokens)), atol=0.5))):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"tokens must be finite and their sizes at least 1 and sum to {self.runner.tokens} "
+                          "(every original token, once)")
+        return tokens, sizes[..., None]
+
+
+def start_janus_server(runner: TokenRunner, model: JanusModel, identity: Identity, *, host: str = "127.0.0.1",
+                       port: int = 0) -> tuple[RunningServer, JanusServicer]:
+    """Serve the server's part in this process (plain TCP on `host`; TLS as `shoal serve` gives it comes
+    with the plan's `--method janus`)."""
+    servicer = JanusServicer(runner, model, identity)
+    limit = max(image_message_bytes(identity.input_shape, identity.max_batch),
+                identity.max_batch * runner.tokens * (runner.model.embed_dim * 2 + 2) + 4096)
+    running = start_server(lambda s: pb_grpc.add_JanusServicer_to_server(servicer, s), JANUS_SERVICE,
+                           host=host, port=port, max_message_bytes=limit)
+    running.set_serving(True)
+    return running, servicer
+
+
+class JanusDevice:
+    """The device's side: choose α and the split, run the first blocks, send what is left.
+
+    Args:
+        runner: The teacher on this device.
+        model: The plan's Janus model.
+        target: The server's address.
+        sla_ms: The latency each request must meet.
+        prior_mbps: Bandwidth assumed until a transfer has been measured.
+        fingerprint: The plan's fingerprint (sent with every request).
+    """
+
+    LINK = "server"
+
+    def __init__(self, runner: TokenRunner, model: JanusModel, target: str, sla_ms: float, *,
+                 prior_mbps: float = 10.0, fingerprint: str = "") -> None:
+        if not sla_ms > 0 or not prior_mbps > 0:
+            raise ConfigError(f"the SLA and the prior bandwidth must be positive, got {sla_ms!r} and {prior_mbps!r}")
+        self.runner, self.model, self.sla_ms = runner, model, sla_ms
+        self.prior_bps, self.fingerprint = prior_mbps * 1e6, fingerprint
+        self.estimates = LiveEstimates(window=20)   # FESTIVE's 20 samples
+        self.channel = grpc.insecure_channel(target, options=channel_options(64 << 20))
+        self.stub = pb_grpc.JanusStub(self.channel)
+
+    def bandwidth_bps(self) -> float:
+        return self.estimates.bandwidth_bps(self.LINK, self.prior_bps)
+
+    def predict(self, image: pb.PredictRequest, x: torch.Tensor, timeout_s: float = 10.0
+                ) -> tuple[pb.PredictReply, Choice, float]:
+        """One request: `image` as the client has it (sent at split 0), `x` the same decoded (B, C, H, W).
+        Returns the server's reply (or the device's own at split N + 1), the choice, and the device's ms."""
+        choice = self.model.choose(self.bandwidth_bps(), self.sla_ms)
+        t0 = time.perf_counter()
+        depth = self.model.depth
+        with torch.inference_mode():
+            if choice.split == 0:
+                request = pb.FinishRequest(split=0, image=image)
+            else:
+                tokens, sizes = self.runner.embed(x)
+                tokens, sizes = self.runner.blocks(tokens, sizes, 0, min(choice.split, depth), choice.alpha)
+                if choice.split > depth:   # the device alone
+                    reply = top_k_reply(self.runner.head(tokens), image.top_k, image.request_id)
+                    return reply, choice, (time.perf_counter() - t0) * 1e3
+                request = pb.FinishRequest(split=choice.split)
+                encode(tokens.half(), request.tokens)
+                encode(sizes[..., 0].half(), request.sizes)
+        device_ms = (time.perf_counter() - t0) * 1e3
+        request.alpha, request.plan_fingerprint, request.top_k = choice.alpha, self.fingerprint, image.top_k
+        sent = request.ByteSize()
+        t_send = time.perf_counter()
+        try:
+            reply = self.stub.Finish(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, "janus server") from None
+        rt_ms = (time.perf_counter() - t_send) * 1e3
+        transfer_ms = max(0.05, rt_ms - reply.total_ms)
+        self.estimates.observe_throughput(self.LINK, sent * 8 / (transfer_ms / 1e3))
+        return reply, choice, device_ms
+
+    def close(self) -> None:
+        self.channel.close()
+
