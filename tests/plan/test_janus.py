@@ -6,7 +6,8 @@ import pytest
 
 from shoal.errors import ConfigError
 from shoal.models.tokens import counts
-from shoal.plan.janus import JanusConfig, JanusModel, LinearLatency, split_candidates
+from shoal.plan.janus import JanusConfig, JanusModel, split_candidates
+from shoal.profiling.layers import LayerLatency
 
 
 def test_split_candidates_are_eq_3():
@@ -15,10 +16,10 @@ def test_split_candidates_are_eq_3():
 
 
 def test_a_linear_fit_recovers_a_line():
-    fit = LinearLatency.fit([10, 20, 40], [2.0, 3.0, 5.0])
+    fit = LayerLatency.fit([10, 20, 40], [2.0, 3.0, 5.0])
     assert fit.a == pytest.approx(0.1) and fit.b == pytest.approx(1.0) and fit(30) == pytest.approx(4.0)
     with pytest.raises(ConfigError, match="two token counts"):
-        LinearLatency.fit([10, 10], [1.0, 1.0])
+        LayerLatency.fit([10, 10], [1.0, 1.0])
 
 
 def _model() -> JanusModel:
@@ -26,7 +27,7 @@ def _model() -> JanusModel:
     configs = tuple(JanusConfig(a, counts(a, depth, tokens), acc) for a, acc in ((0.0, 0.99), (0.5, 0.98), (1.0, 0.9)))
     # a slow device (3 ms + 0.2 ms/token per layer) and a fast server (0.1 + 0.005)
     # the image as the paper sends it (fp32, about as large as all the tokens): worth shrinking before sending
-    return JanusModel(configs, LinearLatency(0.2, 3.0), LinearLatency(0.005, 0.1), token_bytes=386,
+    return JanusModel(configs, LayerLatency(0.2, 3.0), LayerLatency(0.005, 0.1), token_bytes=386,
                       image_bytes=25_000, candidates=split_candidates(depth, 5))
 
 

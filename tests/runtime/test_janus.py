@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from shoal.models.tokens import TokenRunner, alpha_grid, counts
-from shoal.plan.janus import JanusConfig, JanusModel, LinearLatency, split_candidates
+from shoal.plan.janus import JanusConfig, JanusModel, split_candidates
+from shoal.profiling.layers import LayerLatency
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.central import LiveEstimates
@@ -23,7 +24,7 @@ def server():
     runner = TokenRunner(model)
     grid = alpha_grid(runner.depth, runner.tokens)[::20]
     configs = tuple(JanusConfig(a, counts(a, runner.depth, runner.tokens), 1.0 - a / 10) for a in grid)
-    janus = JanusModel(configs, LinearLatency(0.2, 1.0), LinearLatency(0.01, 0.1), token_bytes=98,
+    janus = JanusModel(configs, LayerLatency(0.2, 1.0), LayerLatency(0.01, 0.1), token_bytes=98,
                        image_bytes=1024, candidates=split_candidates(runner.depth, 3))
     identity = Identity("f" * 16, "server", "family", (1, 16, 16), 4)
     running, servicer = start_janus_server(runner, janus, identity)

@@ -122,7 +122,6 @@ def local(
 ) -> None:
     """Start every device of the plan on this machine, one process each, until Ctrl-C."""
     from shoal.runtime.cluster import LocalCluster
-    from shoal.runtime.device import cpu_limit_of
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -137,7 +136,7 @@ def local(
                 table.add_column(column)
             for child in sorted(cluster.children.values(), key=lambda c: c.role != "central"):
                 spec = cluster.devices[child.name]
-                limit = cpu_limit_of(spec).describe() if emulate else "off"
+                limit = spec.cpu_limit.describe() if emulate else "off"
                 table.add_row(child.name, child.role, child.target, str(child.proc.pid), limit, str(spec.threads))
             console.print(table)
             tls = f" --tls-dir {tls_dir}" if tls_dir else ""

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError
 
 MIB = 1 << 20
@@ -96,6 +97,11 @@ class DeviceSpec:
                 board(str(self.catalog))
             except ConfigError as exc:
                 raise ConfigError(f"{where}: catalog: {exc}") from None
+
+    @property
+    def cpu_limit(self) -> CpuLimit:
+        """The emulation limit its process runs under (its cgroup quota and pinned cores)."""
+        return CpuLimit(self.cpu_quota, self.cpus)
 
     def fits(self, memory_bytes: int, flops: int) -> bool:
         """Whether a sub-model of this memory (weights + activations) and these FLOPs per inference

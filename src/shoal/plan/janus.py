@@ -23,10 +23,10 @@ is the same order where the assumption holds and the right one where it does not
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shoal.errors import ConfigError
+from shoal.profiling.layers import LayerLatency
 
 
 def split_candidates(depth: int, k: int = 5) -> tuple[int, ...]:
@@ -39,28 +39,6 @@ def split_candidates(depth: int, k: int = 5) -> tuple[int, ...]:
         i += 1
         s += i // k
     return tuple(sorted(points))
-
-
-@dataclass(frozen=True)
-class LinearLatency:
-    """Latency of one layer as a function of its input tokens: a·x + b ms (fitted per side)."""
-
-    a: float
-    b: float
-
-    def __call__(self, tokens: int) -> float:
-        return self.a * tokens + self.b
-
-    @classmethod
-    def fit(cls, tokens: Sequence[int], ms: Sequence[float]) -> LinearLatency:
-        """Least squares over measured (tokens, ms) pairs."""
-        n = len(tokens)
-        if n < 2 or len(set(tokens)) < 2 or len(ms) != n:
-            raise ConfigError("a per-layer latency fit needs measurements at two token counts or more")
-        mx, my = sum(tokens) / n, sum(ms) / n
-        sxx = sum((t - mx) ** 2 for t in tokens)
-        a = sum((t - mx) * (m - my) for t, m in zip(tokens, ms)) / sxx
-        return cls(a, my - a * mx)
 
 
 @dataclass(frozen=True)
@@ -96,8 +74,8 @@ class JanusModel:
     """
 
     configs: tuple[JanusConfig, ...]
-    device: LinearLatency
-    server: LinearLatency
+    device: LayerLatency
+    server: LayerLatency
     token_bytes: int
     image_bytes: int
     candidates: tuple[int, ...]

@@ -58,11 +58,6 @@ class CatalogPredictor(LatencyPredictor):
         return f"CatalogPredictor(board={self.board.name!r}, family={self.family!r}, estimate)"
 
 
-def device_limit(device: DeviceSpec) -> CpuLimit:
-    """The `CpuLimit` a device's process runs under."""
-    return CpuLimit(device.cpu_quota, device.cpus)
-
-
 def profile_command(device: DeviceSpec, out: str | Path) -> str:
     """The `shoal profile` command line that profiles `device` into `out`."""
     cmd = f"shoal profile --device-name {device.name} --out {out} --threads {device.threads}"
@@ -89,7 +84,7 @@ def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: Vi
             f"{where} was measured for teacher family {profile.family!r} ({profile.teacher_source or 'unnamed'}), "
             f"but this teacher's family is {config.fingerprint()!r}; profile it for this teacher: "
             f"{profile_command(device, profile.path)} --model ...")
-    limit = device_limit(device)
+    limit = device.cpu_limit
     same_quota = (profile.cpu_limit.quota is None) == (limit.quota is None) and (
         limit.quota is None or math.isclose(profile.cpu_limit.quota or 0.0, limit.quota, rel_tol=1e-6))
     applies_quota = limit.quota is not None and (limit.cpus is None or limit.quota < len(limit.cpus))
@@ -185,7 +180,7 @@ def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples
             if problem != "no profile yet":
                 logger.warning(f"{device.name}: measuring again ({problem})")
             requests.append((device, ProfileRequest(
-                device.name, path, device_limit(device),
+                device.name, path, device.cpu_limit,
                 dataclasses.replace(timing or TimingSettings(), threads=device.threads,
                                     device="cuda" if device.accelerator == "cuda" else "cpu"))))
     if requests:

@@ -30,7 +30,6 @@ from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError, PlatformError, RuntimeServiceError
 from shoal.plan.directory import load_plan
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
-from shoal.runtime.device import cpu_limit_of
 from shoal.runtime.links import wait_until_serving
 from shoal.runtime.security import Security, is_loopback, name_override
 from shoal.runtime.server import LISTENING_PREFIX
@@ -191,7 +190,7 @@ class LocalCluster:
         log = self.log_dir / f"{role}-{name}.log"
         command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
                    "--no-emulate", "--watch-parent", *self.security.args(central=role == "central")]
-        limit = cpu_limit_of(self.devices[name]) if self.emulate else CpuLimit()
+        limit = self.devices[name].cpu_limit if self.emulate else CpuLimit()
         with open(log, "wb") as stderr:
             process = LimitedChild(command, limit, who=f"device {name!r}", strict=False, stderr=stderr,
                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,

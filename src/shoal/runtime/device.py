@@ -21,7 +21,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from shoal.devices.child import apply_limit
-from shoal.devices.emulation import CpuLimit, remove_cgroup
+from shoal.devices.emulation import remove_cgroup
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
 from shoal.models.surgery import pooled_features
@@ -37,18 +37,13 @@ def plan_fingerprint(plan_dir: str | Path) -> str:
     return hashlib.sha256((Path(plan_dir) / PLAN_FILE).read_bytes()).hexdigest()[:16]
 
 
-def cpu_limit_of(device: DeviceSpec) -> CpuLimit:
-    """The emulation limit a device runs under (its cgroup quota and pinned cores)."""
-    return CpuLimit(quota=device.cpu_quota, cpus=device.cpus)
-
-
 def apply_device_limit(device: DeviceSpec, pid: int | None = None) -> tuple[Path | None, str | None]:
     """Put `pid` (default: this process) under its device's CPU limit, as far as this machine allows.
 
     Returns:
         (cgroup created or None, a warning line when the quota had to be skipped).
     """
-    return apply_limit(cpu_limit_of(device), pid, who=f"device {device.name!r}", strict=False)
+    return apply_limit(device.cpu_limit, pid, who=f"device {device.name!r}", strict=False)
 
 
 @contextmanager

@@ -23,7 +23,6 @@ from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import RuntimeServiceError
 from shoal.profiling.timing import measure_latency
-from shoal.runtime.device import cpu_limit_of
 
 
 def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmup: int, threads: int,
@@ -46,7 +45,7 @@ def time_teacher(source: str, input_shape: Sequence[int], *, repeats: int, warmu
         command += ["--random-classes", str(random_classes)]
     elif data:
         command += ["--data", data]
-    with LimitedChild(command, cpu_limit_of(limit) if limit is not None else CpuLimit(), who="the teacher's timing",
+    with LimitedChild(command, limit.cpu_limit if limit is not None else CpuLimit(), who="the teacher's timing",
                       strict=False, stdin=subprocess.PIPE, text=True) as child:
         try:
             out, err = child.proc.communicate("go\n", timeout=timeout)
