@@ -176,7 +176,7 @@ def test_methods_refuse_options_of_the_search():
     with pytest.raises(ConfigError, match="--target-ms sizes DeViT's"):
         PlanRequest(target_ms=5.0)
     with pytest.raises(ConfigError, match="--method must be one of"):
-        PlanRequest(method="janus")  # type: ignore[arg-type]
+        PlanRequest(method="splitwise")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -201,3 +201,32 @@ def test_a_method_plan_is_calibrated_written_and_answers_from_the_plan(method, t
     settings = written.calibration.settings if written.calibration else {}
     assert settings["weighting"] == "uniform"
     assert settings["fusion"] == ("relu" if method == "edvit" else "none")
+
+
+@pytest.mark.slow
+def test_a_janus_plan_measures_every_alpha_and_both_sides(tiny_digits_teacher, three_devices, three_predictors,
+                                                           tmp_path):
+    from shoal.plan.janus import JanusPlan
+    from shoal.planner.janus import run_janus_plan
+
+    written = run_janus_plan(_request(tiny_digits_teacher, tmp_path, method="janus"), predictors=three_predictors,
+                             devices=three_devices)
+    assert JanusPlan.read(tmp_path) == written   # janus.json round-trips field by field
+    m = written.model
+    assert (written.device.name, written.server.name) == ("fast", "hub")
+    assert m.configs[0].alpha == 0.0 and m.configs[1].alpha == 0.01 and len(m.configs) == len(written.test_accuracy)
+    assert m.configs[0].accuracy >= m.configs[-1].accuracy - 0.05   # merging more never helps much
+    assert m.candidates[0] == 0 and m.candidates[-1] == m.depth + 1
+    assert m.device(17) > 0 and m.server(17) > 0 and set(written.profiles) == {"fast", "hub"}
+    assert m.image_bytes == 4 * 32 * 32 and m.token_bytes == 48 * 2 + 2
+
+
+def test_janus_refuses_what_it_has_no_use_for(tiny_digits_teacher, three_predictors, tmp_path):
+    from shoal.planner.janus import run_janus_plan
+
+    with pytest.raises(ConfigError, match="Janus meets its SLA per request"):
+        PlanRequest(method="janus", target_ms=5.0)
+    alone = DeviceSet((DeviceSpec("hub", 64 << 20, central=True),))
+    with pytest.raises(ConfigError, match="--method janus: the device set needs a device besides the central"):
+        run_janus_plan(_request(tiny_digits_teacher, tmp_path, method="janus"), predictors=three_predictors[:1],
+                       devices=alone)

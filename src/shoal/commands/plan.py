@@ -16,6 +16,7 @@ from shoal.planner.settings import CalibrationSettings, PlanRequest, SearchSetti
 
 if TYPE_CHECKING:
     from shoal.plan.document import PairedTest, PlanDocument, Score
+    from shoal.plan.janus import JanusPlan
     from shoal.planner.journal import Record
     from shoal.planner.pipeline import PlanHooks
 
@@ -190,6 +191,16 @@ def plan(
         split=split, precision=precision, input_format=input_format,  # type: ignore[arg-type]
         method=method, target_ms=target_ms)  # type: ignore[arg-type]
     searching = not from_policy and split == "search" and method == "coformer"
+    if method == "janus":
+        from shoal.planner.janus import run_janus_plan
+
+        with LiveSearch(0, quiet=as_json) as ui:
+            janus = run_janus_plan(request, plan_hooks(ui))
+        if as_json:
+            print_json(janus.to_dict())
+        else:
+            show_janus(janus, out)
+        return
     with LiveSearch(request.search.budget if searching else 0, quiet=as_json) as ui:
         try:
             document = run_plan(request, plan_hooks(ui))
@@ -218,6 +229,28 @@ def show(
         print_json(document.to_dict())
     else:
         show_document(document, plan_dir)
+
+
+def show_janus(plan: JanusPlan, where: Path) -> None:
+    """A Janus plan: accuracy and tokens per α (every tenth of the grid), the latency fits."""
+    m = plan.model
+    table = Table(title=f"Janus plan {where}: {plan.device.name} (device) → {plan.server.name} (server), "
+                        f"teacher {plan.teacher}, {plan.reduction}", title_justify="left")
+    for col in ("α", "tokens after each block", "val top-1", f"test top-1 (n={plan.test_n})"):
+        table.add_column(col, justify="left" if col.startswith("tokens") else "right")
+    step = max(1, len(m.configs) // 10)
+    for k in sorted({*range(0, len(m.configs), step), len(m.configs) - 1}):
+        c = m.configs[k]
+        table.add_row(f"{c.alpha:.2f}", " ".join(map(str, c.counts[1:])), f"{c.accuracy:.2%}",
+                      f"{plan.test_accuracy[k]:.2%}")
+    console.print(table)
+    for side, fit in (("device", m.device), ("server", m.server)):
+        chosen = plan.profiles.get(getattr(plan, side).name, {})
+        console.print(f"{side} {getattr(plan, side).name}: a block takes {fit.a:.4f}·x + {fit.c:.2e}·x² "
+                      f"+ {fit.b:.3f} ms for x tokens ({chosen.get('chosen', '?')} fit kept by leave-one-out)",
+                      highlight=False)
+    console.print(f"split points {list(m.candidates)}; {m.token_bytes} bytes per token, {m.image_bytes} per image "
+                  f"({plan.input.format}); fixed {m.fixed_ms:.2f} ms per request", highlight=False)
 
 
 def show_document(doc: PlanDocument, where: Path) -> None:

@@ -22,11 +22,18 @@ is the same order where the assumption holds and the right one where it does not
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from shoal.errors import ConfigError
+from shoal.devices.spec import DeviceSpec
+from shoal.errors import ConfigError, DataError
+from shoal.plan.document import InputSpec
 from shoal.profiling.layers import LayerLatency
+from shoal.utils.fields import Fields
+from shoal.utils.io import atomic_write_json
 
 
 def split_candidates(depth: int, k: int = 5) -> tuple[int, ...]:
@@ -115,3 +122,94 @@ class JanusModel:
                 fastest = Choice(config.alpha, split, ms, False)
         assert fastest is not None
         return fastest
+
+
+JANUS_FILE = "janus.json"
+
+
+@dataclass(frozen=True)
+class JanusPlan:
+    """A Janus plan (`shoal plan --method janus`, file `janus.json`): one device and one server
+    sharing the teacher, and what the scheduler needs.
+
+    Attributes:
+        teacher: The teacher's source (a timm name, a checkpoint, or the shipped teacher), loaded by both.
+        family: Its family fingerprint (checked when loaded).
+        device: The device that has the images and runs the first blocks.
+        server: The server that runs the rest.
+        reduction: "merge" or "prune" (`shoal.models.tokens`).
+        model: α grid with validation accuracy and token counts, per-layer latency per side,
+            bytes per token and per image, split candidates, fixed cost.
+        test_accuracy: Test top-1 per α of the grid (the same order), and the test images' count.
+        input: The clients' input format and normalisation.
+        profiles: Per side, the leave-one-out errors (ms) of the two latency fits and which was kept.
+    """
+
+    teacher: str
+    family: str
+    device: DeviceSpec
+    server: DeviceSpec
+    reduction: str
+    model: JanusModel
+    test_accuracy: tuple[float, ...]
+    test_n: int
+    input: InputSpec
+    profiles: dict[str, dict[str, float | str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            "format_version": 1, "teacher": self.teacher, "family": self.family,
+            "device": self.device.to_dict(), "server": self.server.to_dict(), "reduction": self.reduction,
+            "alphas": [c.alpha for c in m.configs], "counts": [list(c.counts) for c in m.configs],
+            "val_accuracy": [c.accuracy for c in m.configs], "test_accuracy": list(self.test_accuracy),
+            "test_n": self.test_n,
+            "latency": {"device": [m.device.a, m.device.b, m.device.c], "server": [m.server.a, m.server.b, m.server.c],
+                        "fixed_ms": m.fixed_ms},
+            "token_bytes": m.token_bytes, "image_bytes": m.image_bytes, "candidates": list(m.candidates),
+            "input": self.input.to_dict(), "profiles": self.profiles}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = JANUS_FILE) -> JanusPlan:
+        """Read janus.json field by field; `DataError` names the first field that does not fit."""
+        f = Fields(data, where)
+        if f.raw("format_version", None) != 1:
+            raise DataError(f"{where} is not a Janus plan this shoal reads (format_version 1)")
+        try:
+            alphas, counts = f.floats("alphas"), f.raw("counts")
+            accuracy, test = f.floats("val_accuracy"), f.floats("test_accuracy")
+            if not isinstance(counts, list) or len(counts) != len(alphas) or len(accuracy) != len(alphas) \
+                    or len(test) != len(alphas):
+                raise DataError(f"{where}: alphas, counts, val_accuracy and test_accuracy need one entry per α")
+            configs = tuple(JanusConfig(a, tuple(int(x) for x in c), acc)
+                            for a, c, acc in zip(alphas, counts, accuracy))
+            latency = f.obj("latency")
+            sides = [LayerLatency(*(float(v) for v in latency.floats(side))) for side in ("device", "server")]
+            model = JanusModel(configs, sides[0], sides[1], f.integer("token_bytes"), f.integer("image_bytes"),
+                               tuple(int(s) for s in f.raw("candidates")), latency.number("fixed_ms"))
+            latency.done()
+            plan = cls(f.text("teacher"), f.text("family"), DeviceSpec.from_dict(f.raw("device")),
+                       DeviceSpec.from_dict(f.raw("server")), f.choice("reduction", ("merge", "prune")), model,
+                       tuple(test), f.integer("test_n"), f.record("input", InputSpec.read),
+                       dict(f.raw("profiles")))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: {exc}") from None
+        f.done()
+        return plan
+
+    def write(self, root: str | Path) -> Path:
+        path = Path(root) / JANUS_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def read(cls, root: str | Path) -> JanusPlan:
+        path = Path(root) / JANUS_FILE
+        if not path.is_file():
+            raise DataError(f"{root} is not a Janus plan directory: {JANUS_FILE} is missing "
+                            "(run `shoal plan --method janus`)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data, str(path))

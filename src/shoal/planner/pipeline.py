@@ -136,7 +136,7 @@ def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
     teacher_bytes = spec_cost(teacher.config, SubModelSpec.full(teacher.config)).memory_bytes
     devices = (load_device_set(request.devices) if request.devices
                else default_device_set(family=family, teacher_bytes=teacher_bytes))
-    if request.method != "coformer":   # one class per device at least: said before any device is profiled
+    if request.method in ("devit", "edvit"):   # one class per device at least: said before any profiling
         split_classes(teacher.config.num_classes, len(devices), request.search.seed, request.method)
     devices = ensure_profiles(devices, teacher, samples=request.profile_samples or DEVICE_SET_SAMPLES,
                               progress=hooks.progress, overhead=measure_rpc,
@@ -389,7 +389,7 @@ def run_plan(request: PlanRequest, hooks: PlanHooks | None = None,
         policy.check_against(problem.teacher.config)
         hooks.phase("evaluating the given policy")
         evaluation = problem.evaluator.evaluate(policy)
-    elif request.method != "coformer":
+    elif request.method in ("devit", "edvit"):
         hooks.phase(f"{request.method}: sub-tasks, importance per sub-task, sub-model sizes (no search)")
         subtasks = method_plan(problem, request)
         policy = subtasks.policy

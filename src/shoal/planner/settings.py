@@ -23,8 +23,8 @@ Acquisition = Literal["logei", "ei"]
 Surrogate = Literal["policy", "encoding"]
 Weighting = Literal["boost", "printed", "uniform"]
 SubtaskLoss = Literal["distill", "labels"]
-Method = Literal["coformer", "devit", "edvit"]
-METHODS: tuple[Method, ...] = ("coformer", "devit", "edvit")
+Method = Literal["coformer", "devit", "edvit", "janus"]
+METHODS: tuple[Method, ...] = ("coformer", "devit", "edvit", "janus")
 ProxyKind = Literal["sliced", "probe", "ridge", "logistic", "distill"]
 PROXY_KINDS: tuple[str, ...] = ("sliced", "probe", "ridge", "logistic", "distill")
 IMPORTANCE_RULES: tuple[str, ...] = ("mixed", "taylor", "fisher", "magnitude", "random", "kl")
@@ -204,7 +204,8 @@ class PlanRequest:
             proportion to its speed (`shoal.planner.balanced`): the teacher's work spread, not pruned.
         method: "coformer" (the search or the balanced split), "devit" or "edvit": the other edge
             ensembles of the papers, one sub-task of the classes per device (`shoal.planner.devit`,
-            `shoal.planner.edvit`).
+            `shoal.planner.edvit`); "janus": device-to-server split inference with token merging
+            (`shoal.planner.janus`, a `janus.json` plan).
         target_ms: DeViT and ED-ViT: the largest sub-models predicted to answer within this many
             ms (None: the largest that fit the devices' budgets).
     """
@@ -247,7 +248,10 @@ class PlanRequest:
                 if given:
                     raise ConfigError(f"--method {self.method} makes its own policy without a search; "
                                       f"{flag} is for --method coformer")
-        elif self.target_ms is not None:
+        if self.method == "janus" and self.target_ms is not None:
+            raise ConfigError("--target-ms sizes DeViT's and ED-ViT's sub-models; Janus meets its SLA per request "
+                              "(`shoal bench --sla-ms`)")
+        if self.method == "coformer" and self.target_ms is not None:
             raise ConfigError("--target-ms sizes DeViT's and ED-ViT's sub-models; CoFormer trades latency by --delta")
         if self.target_ms is not None and not self.target_ms > 0:
             raise ConfigError(f"--target-ms must be positive, got {self.target_ms}")
