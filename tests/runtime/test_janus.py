@@ -117,3 +117,30 @@ def test_bandwidth_is_the_harmonic_mean_of_recent_throughputs():
     assert est.bandwidth_bps("l", 5e6) == pytest.approx(3 / (1 / 1e6 + 1 / 1e6 + 1 / 1e8))
     est.observe_throughput("l", float("inf"))   # nonsense is ignored
     assert len(est.throughput["l"]) == 3
+
+
+def test_a_fixed_configuration_is_what_the_baselines_send(server):
+    running, runner, janus = server
+    x = torch.randn(1, 1, 16, 16)
+    request = pb.PredictRequest()
+    encode(x, request.input)
+    for fixed in ((0.0, 0), (janus.configs[-1].alpha, 2), (0.0, janus.depth + 1)):
+        device = JanusDevice(runner, janus, running.target, sla_ms=1.0, fixed=fixed)
+        try:
+            reply, choice, _ = device.predict(request, x)
+            assert (choice.alpha, choice.split) == fixed and reply.top_k == 5
+            with torch.no_grad():
+                assert torch.allclose(decode(reply.logits), runner(x, fixed[0]), atol=3e-2)
+        finally:
+            device.close()
+
+
+def test_a_directory_without_a_janus_plan_is_one_line(tmp_path):
+    from shoal.errors import DataError
+    from shoal.runtime.janus import load_janus
+
+    with pytest.raises(DataError, match="is not a Janus plan directory: janus.json is missing"):
+        load_janus(tmp_path)
+    (tmp_path / "janus.json").write_text('{"format_version": 1, "teacher": "x"}')
+    with pytest.raises(DataError, match="janus.json"):
+        load_janus(tmp_path)

@@ -1,4 +1,4 @@
-"""`shoal serve worker|central|local`: run a plan's sub-models over gRPC."""
+"""`shoal serve worker|central|local|janus`: run a plan's sub-models over gRPC."""
 
 from __future__ import annotations
 
@@ -71,6 +71,25 @@ def worker(
 
     serve_worker(plan, device, host=host, port=port, threads=threads, emulate=emulate, grace=grace,
                  watch_parent=watch_parent, accelerator=accelerator, security=_security(tls_dir, None, insecure))
+
+
+@app.command("janus")
+@guard
+def janus(
+    plan: Annotated[Path, typer.Option("--plan", help="Janus plan directory (`shoal plan --method janus`)")],
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 50053,
+    threads: ThreadsOpt = None,
+    emulate: EmulateOpt = True,
+    grace: GraceOpt = 5.0,
+    watch_parent: WatchOpt = False,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Serve the server's part of a Janus plan: finish what a device started (tokens or the image)."""
+    from shoal.runtime.janus import serve_janus
+
+    serve_janus(plan, host=host, port=port, emulate=emulate, threads=threads, grace=grace,
+                watch_parent=watch_parent, insecure=insecure)
 
 
 @app.command("central")

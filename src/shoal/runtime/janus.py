@@ -15,20 +15,24 @@ and calls the server.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from pathlib import Path
 
 import grpc
 import torch
 
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, DataError
 from shoal.models.tokens import TokenRunner
-from shoal.plan.janus import Choice, JanusModel
+from shoal.plan.janus import JANUS_FILE, Choice, JanusModel, JanusPlan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.central import LiveEstimates, top_k_reply
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
-from shoal.runtime.server import RunningServer, start_server
+from shoal.runtime.device import device_process
+from shoal.runtime.security import check_bind
+from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import JANUS_SERVICE, channel_options, error_from_rpc
 from shoal.runtime.worker import Identity
 
@@ -128,6 +132,43 @@ def start_janus_server(runner: TokenRunner, model: JanusModel, identity: Identit
     return running, servicer
 
 
+def janus_fingerprint(plan_dir: str | Path) -> str:
+    """A short id of one Janus plan: sha256 of its janus.json."""
+    return hashlib.sha256((Path(plan_dir) / JANUS_FILE).read_bytes()).hexdigest()[:16]
+
+
+def load_janus(plan_dir: str | Path) -> tuple[JanusPlan, TokenRunner, Identity]:
+    """A Janus plan, its teacher as a token runner (checked against the plan's family), and the identity
+    its server reports.
+
+    Raises:
+        DataError: no janus.json, or the teacher is not the plan's.
+    """
+    from shoal.models import DEFAULT_TEACHER, load_teacher
+
+    plan = JanusPlan.read(plan_dir)
+    teacher = load_teacher(None if plan.teacher == DEFAULT_TEACHER else plan.teacher)
+    if teacher.config.fingerprint() != plan.family:
+        raise DataError(f"the teacher {plan.teacher!r} is family {teacher.config.fingerprint()}, the Janus plan "
+                        f"{plan_dir} was made for {plan.family}")
+    identity = Identity(janus_fingerprint(plan_dir), plan.server.name, plan.family, teacher.config.input_shape,
+                        normalisation=(plan.input.mean, plan.input.std))
+    return plan, TokenRunner(teacher.model, "merge" if plan.reduction == "merge" else "prune"), identity
+
+
+def serve_janus(plan_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, emulate: bool = True,
+                threads: int | None = None, grace: float = 5.0, watch_parent: bool = False,
+                insecure: bool = False) -> None:
+    """Process entry point of `shoal serve janus`: the server's part, under the server's limit, until a signal."""
+    check_bind(host, None, insecure)
+    plan, runner, identity = load_janus(plan_dir)
+    with device_process(plan.server, emulate=emulate, threads=threads):
+        running, _ = start_janus_server(runner, plan.model, identity, host=host, port=port)
+        announce(running)
+        logger.info(f"janus server {plan.server.name} of plan {identity.plan_fingerprint} serving on {running.target}")
+        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
+
+
 class JanusDevice:
     """The device's side: choose α and the split, run the first blocks, send what is left.
 
@@ -138,15 +179,17 @@ class JanusDevice:
         sla_ms: The latency each request must meet.
         prior_mbps: Bandwidth assumed until a transfer has been measured.
         fingerprint: The plan's fingerprint (sent with every request).
+        fixed: (α, split) for every request instead of the scheduler's choice (the baselines:
+            device only, server only, a fixed split).
     """
 
     LINK = "server"
 
     def __init__(self, runner: TokenRunner, model: JanusModel, target: str, sla_ms: float, *,
-                 prior_mbps: float = 10.0, fingerprint: str = "") -> None:
+                 prior_mbps: float = 10.0, fingerprint: str = "", fixed: tuple[float, int] | None = None) -> None:
         if not sla_ms > 0 or not prior_mbps > 0:
             raise ConfigError(f"the SLA and the prior bandwidth must be positive, got {sla_ms!r} and {prior_mbps!r}")
-        self.runner, self.model, self.sla_ms = runner, model, sla_ms
+        self.runner, self.model, self.sla_ms, self.fixed = runner, model, sla_ms, fixed
         self.prior_bps, self.fingerprint = prior_mbps * 1e6, fingerprint
         self.estimates = LiveEstimates(window=20)   # FESTIVE's 20 samples
         self.channel = grpc.insecure_channel(target, options=channel_options(64 << 20))
@@ -159,7 +202,12 @@ class JanusDevice:
                 ) -> tuple[pb.PredictReply, Choice, float]:
         """One request: `image` as the client has it (sent at split 0), `x` the same decoded (B, C, H, W).
         Returns the server's reply (or the device's own at split N + 1), the choice, and the device's ms."""
-        choice = self.model.choose(self.bandwidth_bps(), self.sla_ms)
+        if self.fixed is None:
+            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms)
+        else:
+            config = next(c for c in self.model.configs if abs(c.alpha - self.fixed[0]) < 1e-6)
+            ms = self.model.latency_ms(config, self.fixed[1], self.bandwidth_bps())
+            choice = Choice(config.alpha, self.fixed[1], ms, ms <= self.sla_ms)
         t0 = time.perf_counter()
         depth = self.model.depth
         with torch.inference_mode():
