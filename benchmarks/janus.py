@@ -2,11 +2,11 @@
 
     sudo .venv/bin/python benchmarks/janus.py --plan DIR --data fashion-mnist [--sla-ms 60] [--phase-s 8]
 
-DIR is a Janus plan (`shoal plan --method janus`). The server (`shoal serve janus`, unlimited, pinned
-to core 0) runs in its own network namespace behind a shaped link (`NetnsLink`: tbf and the delay
-proxy); the device is a child process under a CPU quota (`--device-quota`, a quarter of core 1 by
-default) that sends one request after another for the whole scenario while this process changes
-the link at each phase boundary:
+DIR is a Janus plan (`shoal plan --method janus`). The server (`shoal serve janus`, pinned to core 0
+under the plan's server quota, as it was profiled) runs in its own network namespace behind a shaped
+link (`NetnsLink`: tbf and the delay proxy); the device is a child process under a CPU quota
+(`--device-quota`, by default the plan's device's) on core 1 that sends one request after another
+for the whole scenario while this process changes the link at each phase boundary:
 
     2 Mbit/s, 50 ms one way  →  10 Mbit/s, 20 ms  →  50 Mbit/s, 5 ms
 
@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
     requests = prepare_requests(images, 1, plan.input.format, (plan.input.mean, plan.input.std))
     for i in range(3):   # warm-up: compile, connect
         device.predict(requests[i], images[i:i + 1])
-    print("READY", flush=True)
+    print("READY device", flush=True)
     sys.stdin.readline()
     start, out = time.monotonic(), []
     k = 0
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--sla-ms", type=float, default=60.0)
     parser.add_argument("--phase-s", type=float, default=8.0)
-    parser.add_argument("--device-quota", type=float, default=0.25)
+    parser.add_argument("--device-quota", type=float, default=None,
+                        help="the device's share of core 1 (default: the plan's device's, as it was profiled)")
     parser.add_argument("--modes", nargs="*", default=list(MODES))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "janus.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -132,7 +133,10 @@ def main() -> None:
     reason = netns_unavailable_reason()
     if reason:
         sys.exit(f"needs network namespaces: {reason}")
-    JanusPlan.read(args.plan)   # a clear line now if it is not a Janus plan
+    plan = JanusPlan.read(args.plan)   # a clear line now if it is not a Janus plan
+    if args.device_quota is None:
+        args.device_quota = plan.device.cpu_quota or 1.0
+    server_limit = CpuLimit(plan.server.cpu_quota, (0,))   # as profiled
     results: dict[str, Any] = {"plan": str(args.plan), "sla_ms": args.sla_ms, "phase_s": args.phase_s,
                                "device_quota": args.device_quota, "phases": [list(p) for p in PHASES], "modes": {}}
     for mode in args.modes:
@@ -141,7 +145,7 @@ def main() -> None:
             placement = link.placement()
             server = LimitedChild([*placement.prefix, sys.executable, "-m", "shoal.cli", "serve", "janus", "--plan",
                                    str(args.plan), "--host", placement.bind_host, "--port", str(placement.bind_port),
-                                   "--no-emulate", "--insecure", "--watch-parent"], CpuLimit(cpus=(0,)),
+                                   "--no-emulate", "--insecure", "--watch-parent"], server_limit,
                                   who="the janus server", strict=False, stdout=subprocess.PIPE, text=True)
             device = None
             try:
@@ -166,7 +170,8 @@ def main() -> None:
                         proc.stop()
         phases = json.loads(out.strip().splitlines()[-1])
         results["modes"][mode] = [summarise(rows, args.sla_ms, args.phase_s) for rows in phases]
-    table = Table(title=f"Janus: SLA {args.sla_ms:g} ms; device {args.device_quota:g} of a core, server unlimited")
+    table = Table(title=f"Janus: SLA {args.sla_ms:g} ms; device {args.device_quota:g} of a core, server "
+                        f"{plan.server.cpu_quota or 1:g}")
     for col in ("link", "mode", "SLA violations", "top-1 [95% CI] n", "answers/s", "p50 ms", "p99 ms",
                 "configurations"):
         table.add_column(col, justify="left" if col in ("link", "mode", "configurations") else "right")

@@ -44,7 +44,7 @@ def test_fast_links_send_the_image_slow_links_split_late_and_prune():
     assert not hopeless.meets and hopeless.predicted_ms == pytest.approx(min(every))
 
 
-def test_the_most_accurate_alpha_that_meets_the_sla_wins():
+def test_the_least_pruned_alpha_that_meets_the_sla_wins():
     model = _model()
     # at 20 Mbit/s every α meets a generous SLA: the most accurate (α = 0) is chosen
     assert model.choose(2e7, sla_ms=1e3).alpha == 0.0

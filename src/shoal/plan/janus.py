@@ -14,10 +14,11 @@ with x_l the tokens after layer l (`shoal.models.tokens.counts`), bytes(s, α) w
 uplink bandwidth estimated from live transfers, and `fixed_ms` what the paper's model leaves out
 and we measure (embedding, head, the call itself).
 
-Algorithm 1: α from the most accurate to the least; the first α whose best split meets the SLA
+Algorithm 1: α from the least pruned to the most; the first α whose best split meets the SLA
 wins (with the split that is fastest for it); none: the fastest configuration of all. Janus
-assumes accuracy falls as α grows; we order α by the accuracy the plan measured for it, which
-is the same order where the assumption holds and the right one where it does not.
+assumes accuracy falls as α grows. We tried ordering α by the validation accuracy the plan
+measures instead: on 1,000 images the differences between small α are noise (84.8% at α = 0,
+85.0% at 0.54), and the scheduler then pruned for nothing; the paper's order it is.
 """
 
 from __future__ import annotations
@@ -101,21 +102,30 @@ class JanusModel:
     def depth(self) -> int:
         return len(self.configs[0].counts) - 1
 
-    def latency_ms(self, config: JanusConfig, split: int, bandwidth_bps: float) -> float:
-        """L(s, α) under `bandwidth_bps` (bits per second)."""
-        x, depth = config.counts, self.depth
-        compute = sum(self.device(x[layer - 1]) if layer <= split else self.server(x[layer - 1])
-                      for layer in range(1, depth + 1))
-        sent = self.image_bytes if split == 0 else 0 if split > depth else x[split] * self.token_bytes
-        return compute + sent * 8 / bandwidth_bps * 1e3 + self.fixed_ms
+    def parts_ms(self, config: JanusConfig, split: int) -> tuple[float, float]:
+        """(the device's blocks, the server's blocks) of L(s, α), as the per-layer fits predict them."""
+        x = config.counts
+        device = sum(self.device(x[layer - 1]) for layer in range(1, min(split, self.depth) + 1))
+        server = sum(self.server(x[layer - 1]) for layer in range(split + 1, self.depth + 1))
+        return device, server
 
-    def choose(self, bandwidth_bps: float, sla_ms: float) -> Choice:
-        """Algorithm 1: the most accurate α whose fastest split meets `sla_ms`, else the fastest of all."""
+    def latency_ms(self, config: JanusConfig, split: int, bandwidth_bps: float, device_scale: float = 1.0,
+                   server_scale: float = 1.0) -> float:
+        """L(s, α) under `bandwidth_bps` (bits per second); the scales correct each side's fit by what
+        its live calls measured (1: as profiled)."""
+        device, server = self.parts_ms(config, split)
+        sent = self.image_bytes if split == 0 else 0 if split > self.depth else config.counts[split] * self.token_bytes
+        return device * device_scale + server * server_scale + sent * 8 / bandwidth_bps * 1e3 + self.fixed_ms
+
+    def choose(self, bandwidth_bps: float, sla_ms: float, device_scale: float = 1.0,
+               server_scale: float = 1.0) -> Choice:
+        """Algorithm 1: the least pruned α whose fastest split meets `sla_ms`, else the fastest of all."""
         if not (bandwidth_bps > 0 and math.isfinite(bandwidth_bps)):
             raise ConfigError(f"bandwidth must be a positive number of bits per second, got {bandwidth_bps!r}")
         fastest: Choice | None = None
-        for config in sorted(self.configs, key=lambda c: (-c.accuracy, c.alpha)):
-            ms, split = min((self.latency_ms(config, s, bandwidth_bps), s) for s in self.candidates)
+        for config in sorted(self.configs, key=lambda c: c.alpha):   # least pruned first: the paper's order
+            ms, split = min((self.latency_ms(config, s, bandwidth_bps, device_scale, server_scale), s)
+                            for s in self.candidates)
             if ms <= sla_ms:
                 return Choice(config.alpha, split, ms, True)
             if fastest is None or ms < fastest.predicted_ms:

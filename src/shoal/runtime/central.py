@@ -114,6 +114,12 @@ class LiveEstimates:
         self.throughput: dict[str, deque[float]] = {}   # per link: bits per second of its transfers
         self._lock = threading.Lock()
 
+    def compute_ratio(self, device: str) -> float:
+        """Median measured/predicted compute of `device` over its last calls (1 before any)."""
+        with self._lock:
+            values = list(self.ratio.get(device, ()))
+        return statistics.median(values) if values else 1.0
+
     def observe_throughput(self, link: str, bits_per_s: float) -> None:
         """One transfer's throughput (bytes sent over the time they took), bits per second."""
         if bits_per_s > 0 and math.isfinite(bits_per_s):

@@ -9,8 +9,10 @@ sizes that are positive, finite and account for every original token.
 
 The device side (`JanusDevice`) picks α and the split for each request (`JanusModel.choose`, the
 paper's Algorithm 1) from the uplink bandwidth the adaptive node's `LiveEstimates` measures on
-its own calls (harmonic mean of recent throughputs, a prior until there is one), runs its part,
-and calls the server.
+its own calls (harmonic mean of recent throughputs, a prior until there is one), with each side's
+per-layer fit scaled by the median of its measured/predicted time over its recent calls (the
+same estimates again: the paper's model has no such correction, and a block timed alone
+under-predicts a whole request by about 2× here), runs its part, and calls the server.
 """
 
 from __future__ import annotations
@@ -202,12 +204,15 @@ class JanusDevice:
                 ) -> tuple[pb.PredictReply, Choice, float]:
         """One request: `image` as the client has it (sent at split 0), `x` the same decoded (B, C, H, W).
         Returns the server's reply (or the device's own at split N + 1), the choice, and the device's ms."""
+        scales = (self.estimates.compute_ratio("device"), self.estimates.compute_ratio("server"))
         if self.fixed is None:
-            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms)
+            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, *scales)
         else:
             config = next(c for c in self.model.configs if abs(c.alpha - self.fixed[0]) < 1e-6)
-            ms = self.model.latency_ms(config, self.fixed[1], self.bandwidth_bps())
+            ms = self.model.latency_ms(config, self.fixed[1], self.bandwidth_bps(), *scales)
             choice = Choice(config.alpha, self.fixed[1], ms, ms <= self.sla_ms)
+        config = next(c for c in self.model.configs if abs(c.alpha - choice.alpha) < 1e-6)
+        predicted_device, predicted_server = self.model.parts_ms(config, choice.split)
         t0 = time.perf_counter()
         depth = self.model.depth
         with torch.inference_mode():
@@ -218,11 +223,15 @@ class JanusDevice:
                 tokens, sizes = self.runner.blocks(tokens, sizes, 0, min(choice.split, depth), choice.alpha)
                 if choice.split > depth:   # the device alone
                     reply = top_k_reply(self.runner.head(tokens), image.top_k, image.request_id)
-                    return reply, choice, (time.perf_counter() - t0) * 1e3
+                    device_ms = (time.perf_counter() - t0) * 1e3
+                    self.estimates.observe("device", device_ms, predicted_device, None)
+                    return reply, choice, device_ms
                 request = pb.FinishRequest(split=choice.split)
                 encode(tokens.half(), request.tokens)
                 encode(sizes[..., 0].half(), request.sizes)
         device_ms = (time.perf_counter() - t0) * 1e3
+        if choice.split > 0:
+            self.estimates.observe("device", device_ms, predicted_device, None)
         request.alpha, request.plan_fingerprint, request.top_k = choice.alpha, self.fingerprint, image.top_k
         sent = request.ByteSize()
         t_send = time.perf_counter()
@@ -233,6 +242,7 @@ class JanusDevice:
         rt_ms = (time.perf_counter() - t_send) * 1e3
         transfer_ms = max(0.05, rt_ms - reply.total_ms)
         self.estimates.observe_throughput(self.LINK, sent * 8 / (transfer_ms / 1e3))
+        self.estimates.observe("server", reply.total_ms, predicted_server, None)
         return reply, choice, device_ms
 
     def close(self) -> None:
