@@ -20,8 +20,9 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -171,3 +172,13 @@ class LimitedChild:
                 stream.close()
         remove_cgroup(self.cgroup)
         self.cgroup = None
+
+
+def child_main(main: Callable[[], None]) -> None:
+    """Run a `LimitedChild`'s entry point: any failure ends the process with status 1 and one line on
+    stderr, the line the parent quotes in its error."""
+    try:
+        main()
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from shoal.devices.child import LimitedChild
+from shoal.devices.child import LimitedChild, child_main
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import RuntimeServiceError
@@ -91,8 +91,4 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        _main()
-    except Exception as exc:  # the parent shows the last stderr line
-        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        sys.exit(1)
+    child_main(_main)
