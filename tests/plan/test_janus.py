@@ -54,3 +54,16 @@ def test_the_least_pruned_alpha_that_meets_the_sla_wins():
     assert best.meets and best.alpha == 1.0
     with pytest.raises(ConfigError, match="bandwidth must be a positive"):
         model.choose(0.0, sla_ms=10.0)
+
+
+def test_the_summed_parts_are_the_per_layer_fits_and_alpha_must_increase():
+    model = _model()
+    for config in model.configs:
+        x = config.counts
+        for split in range(model.depth + 2):
+            device = sum(model.device(x[layer - 1]) for layer in range(1, min(split, model.depth) + 1))
+            server = sum(model.server(x[layer - 1]) for layer in range(split + 1, model.depth + 1))
+            assert model.parts_ms(config, split) == pytest.approx((device, server))
+    assert model.config(0.5) is model.configs[1] and model.config(0.123) is None
+    with pytest.raises(ConfigError, match="α of a Janus model must increase"):
+        JanusModel(model.configs[::-1], model.device, model.server, 1, 1, model.candidates)

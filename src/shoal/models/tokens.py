@@ -173,14 +173,17 @@ class TokenRunner:
 
     def _block(self, block: Any, x: torch.Tensor, size: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
         attn = block.attn
-        handle = attn.qkv.register_forward_hook(lambda _m, _i, out: self._captured.__setitem__("qkv", out))
+        # q|k|v are kept only for a block that reduces (a block at r = 0 runs as timm runs it)
+        handle = attn.qkv.register_forward_hook(lambda _m, _i, out: self._captured.__setitem__("qkv", out)) \
+            if r > 0 else None
         try:
             bias = None
             if self.reduction == "merge" and bool((size != 1).any()):   # proportional attention
                 bias = size.log().transpose(1, 2)[:, None]               # (B, 1, 1, T)
             x = x + block.drop_path1(block.ls1(attn(block.norm1(x), attn_mask=bias)))
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
         if r > 0:
             qkv = self._captured.pop("qkv")
             b, t, _ = qkv.shape

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ class JanusModel:
         depth = len(self.configs[0].counts) - 1
         if any(len(c.counts) != depth + 1 for c in self.configs):
             raise ConfigError("every α must give token counts for the same number of layers")
+        if any(b.alpha <= a.alpha for a, b in zip(self.configs, self.configs[1:])):
+            raise ConfigError("the α of a Janus model must increase (least pruned first: Algorithm 1's order)")
         if any(not 0 <= s <= depth + 1 for s in self.candidates):
             raise ConfigError(f"split points must be within 0..{depth + 1}, got {list(self.candidates)}")
 
@@ -102,12 +105,29 @@ class JanusModel:
     def depth(self) -> int:
         return len(self.configs[0].counts) - 1
 
+    def config(self, alpha: float) -> JanusConfig | None:
+        """The configuration of `alpha` (to 1e-6), or None when it is not on the grid."""
+        return self._by_alpha.get(round(alpha, 6))
+
+    @cached_property
+    def _by_alpha(self) -> dict[float, JanusConfig]:
+        return {round(c.alpha, 6): c for c in self.configs}
+
+    @cached_property
+    def _parts(self) -> dict[float, tuple[tuple[float, float], ...]]:
+        """Per α, per split s = 0..N+1: (the device's blocks, the server's blocks), summed once: the
+        fits are fixed, only the live scales and the bandwidth change from one request to the next."""
+        out = {}
+        for c in self.configs:
+            dev = [self.device(x) for x in c.counts[:-1]]   # block l reads the x_{l-1} tokens
+            srv = [self.server(x) for x in c.counts[:-1]]
+            out[round(c.alpha, 6)] = tuple((sum(dev[:min(s, self.depth)]), sum(srv[s:]))
+                                           for s in range(self.depth + 2))
+        return out
+
     def parts_ms(self, config: JanusConfig, split: int) -> tuple[float, float]:
         """(the device's blocks, the server's blocks) of L(s, α), as the per-layer fits predict them."""
-        x = config.counts
-        device = sum(self.device(x[layer - 1]) for layer in range(1, min(split, self.depth) + 1))
-        server = sum(self.server(x[layer - 1]) for layer in range(split + 1, self.depth + 1))
-        return device, server
+        return self._parts[round(config.alpha, 6)][split]
 
     def latency_ms(self, config: JanusConfig, split: int, bandwidth_bps: float, device_scale: float = 1.0,
                    server_scale: float = 1.0) -> float:
@@ -123,7 +143,7 @@ class JanusModel:
         if not (bandwidth_bps > 0 and math.isfinite(bandwidth_bps)):
             raise ConfigError(f"bandwidth must be a positive number of bits per second, got {bandwidth_bps!r}")
         fastest: Choice | None = None
-        for config in sorted(self.configs, key=lambda c: c.alpha):   # least pruned first: the paper's order
+        for config in self.configs:   # least pruned first: the paper's order
             ms, split = min((self.latency_ms(config, s, bandwidth_bps, device_scale, server_scale), s)
                             for s in self.candidates)
             if ms <= sla_ms:

@@ -117,8 +117,7 @@ class LiveEstimates:
     def compute_ratio(self, device: str) -> float:
         """Median measured/predicted compute of `device` over its last calls (1 before any)."""
         with self._lock:
-            values = list(self.ratio.get(device, ()))
-        return statistics.median(values) if values else 1.0
+            return _median(self.ratio.get(device), 1.0)
 
     def observe_throughput(self, link: str, bits_per_s: float) -> None:
         """One transfer's throughput (bytes sent over the time they took), bits per second."""
@@ -153,11 +152,14 @@ class LiveEstimates:
         with self._lock:
             ends = []
             for device, (compute, transfer) in variant.predicted.items():
-                ratio = statistics.median(self.ratio[device]) if self.ratio.get(device) else 1.0
-                live = statistics.median(self.transfer[device]) if self.transfer.get(device) else transfer
-                ends.append(compute * ratio + live)
+                ends.append(compute * _median(self.ratio.get(device), 1.0)
+                            + _median(self.transfer.get(device), transfer))
             scale = _tail(self.total[variant.name]) if scaled and self.total.get(variant.name) else 1.0
         return (max(ends, default=0.0) + variant.fixed_ms) * max(1.0, scale)
+
+
+def _median(values: deque[float] | None, default: float) -> float:
+    return statistics.median(values) if values else default
 
 
 def _tail(values: deque[float]) -> float:

@@ -56,7 +56,6 @@ class JanusServicer(pb_grpc.JanusServicer):
                               f"the teacher has {runner.depth} and {runner.tokens}")
         self.runner, self.model, self.identity = runner, model, identity
         self.width = int(runner.model.embed_dim)
-        self.counts = {round(c.alpha, 6): c.counts for c in model.configs}
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
         return self.identity.info("janus-server", True)
@@ -67,11 +66,10 @@ class JanusServicer(pb_grpc.JanusServicer):
         if request.plan_fingerprint and request.plan_fingerprint != fingerprint:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"tokens of plan {request.plan_fingerprint}; this server runs plan {fingerprint}")
-        alpha = round(float(request.alpha), 6)
-        counts = self.counts.get(alpha)
-        if counts is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"α {request.alpha:g} is not on this plan's grid (0 to {max(self.counts):g})")
+        config = self.model.config(float(request.alpha))
+        if config is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"α {request.alpha:g} is not on this plan's grid "
+                          f"(0 to {self.model.configs[-1].alpha:g})")
             raise AssertionError("unreachable: abort raises")
         split = int(request.split)
         if split not in self.model.candidates or split > self.model.depth:
@@ -83,9 +81,9 @@ class JanusServicer(pb_grpc.JanusServicer):
                 x = self.identity.decode_images(request.image, context)
                 tokens, sizes = self.runner.embed(x)
             else:
-                tokens, sizes = self._tokens(request, counts[split], context)
+                tokens, sizes = self._tokens(request, config.counts[split], context)
             t_compute = time.perf_counter()
-            tokens, _ = self.runner.blocks(tokens, sizes, split, self.model.depth, alpha)
+            tokens, _ = self.runner.blocks(tokens, sizes, split, self.model.depth, config.alpha)
             logits = self.runner.head(tokens)
         reply = top_k_reply(logits, request.top_k, request.request_id)
         now = time.perf_counter()
@@ -208,30 +206,32 @@ class JanusDevice:
         if self.fixed is None:
             choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, *scales)
         else:
-            config = next(c for c in self.model.configs if abs(c.alpha - self.fixed[0]) < 1e-6)
-            ms = self.model.latency_ms(config, self.fixed[1], self.bandwidth_bps(), *scales)
-            choice = Choice(config.alpha, self.fixed[1], ms, ms <= self.sla_ms)
-        config = next(c for c in self.model.configs if abs(c.alpha - choice.alpha) < 1e-6)
+            fixed = self.model.config(self.fixed[0])
+            assert fixed is not None, f"α {self.fixed[0]} is not on the plan's grid"
+            ms = self.model.latency_ms(fixed, self.fixed[1], self.bandwidth_bps(), *scales)
+            choice = Choice(fixed.alpha, self.fixed[1], ms, ms <= self.sla_ms)
+        config = self.model.config(choice.alpha)
+        assert config is not None
         predicted_device, predicted_server = self.model.parts_ms(config, choice.split)
+        depth, alone = self.model.depth, choice.split > self.model.depth
+        logits: torch.Tensor | None = None
         t0 = time.perf_counter()
-        depth = self.model.depth
         with torch.inference_mode():
-            if choice.split == 0:
-                request = pb.FinishRequest(split=0, image=image)
-            else:
+            if choice.split > 0:   # the device's blocks (all of them, and the head, when it answers alone)
                 tokens, sizes = self.runner.embed(x)
                 tokens, sizes = self.runner.blocks(tokens, sizes, 0, min(choice.split, depth), choice.alpha)
-                if choice.split > depth:   # the device alone
-                    reply = top_k_reply(self.runner.head(tokens), image.top_k, image.request_id)
-                    device_ms = (time.perf_counter() - t0) * 1e3
-                    self.estimates.observe("device", device_ms, predicted_device, None)
-                    return reply, choice, device_ms
-                request = pb.FinishRequest(split=choice.split)
-                encode(tokens.half(), request.tokens)
-                encode(sizes[..., 0].half(), request.sizes)
+                logits = self.runner.head(tokens) if alone else None
         device_ms = (time.perf_counter() - t0) * 1e3
         if choice.split > 0:
             self.estimates.observe("device", device_ms, predicted_device, None)
+        if logits is not None:
+            return top_k_reply(logits, image.top_k, image.request_id), choice, device_ms
+        if choice.split == 0:
+            request = pb.FinishRequest(split=0, image=image)
+        else:
+            request = pb.FinishRequest(split=choice.split)
+            encode(tokens.half(), request.tokens)
+            encode(sizes[..., 0].half(), request.sizes)
         request.alpha, request.plan_fingerprint, request.top_k = choice.alpha, self.fingerprint, image.top_k
         sent = request.ByteSize()
         t_send = time.perf_counter()
