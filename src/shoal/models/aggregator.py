@@ -79,15 +79,18 @@ class Aggregator(nn.Module):
     def forward(self, features: Sequence[torch.Tensor] | torch.Tensor,
                 present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, num_classes) from pooled features (what devices send)."""
-        logits: torch.Tensor = self.head(self.act(self.fused(features, present)))
+        return self.classify(self.fused(features, present))
+
+    def classify(self, fused: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of aggregated features (B, out_dim): [activation], then the head."""
+        logits: torch.Tensor = self.head(self.act(fused))
         return logits
 
     def forward_tokens(self, token_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The printed order of eq. 2: map every token, then pool. token_maps: (B, S, d_n) each."""
         mapped = self.fuse(torch.cat(list(token_maps), dim=-1))  # (B, S, out_dim)
         pooled = mapped[:, 0] if self.pool == "token" else mapped[:, self.num_prefix_tokens:].mean(1)
-        logits: torch.Tensor = self.head(self.act(pooled))
-        return logits
+        return self.classify(pooled)
 
     @classmethod
     def from_teacher_channels(cls, channel_sets: Sequence[Sequence[int]], teacher_head: nn.Module,

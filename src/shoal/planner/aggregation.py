@@ -103,9 +103,8 @@ def train_aggregator(
                 present = _dropout_mask(len(idx), len(widths), settings.device_dropout, gen)
                 for group in optimizer.param_groups:
                     group["lr"] = settings.aggregator_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-                fused = agg.fused(feats[idx], present)
-                loss = fusion_loss(agg.head(agg.act(fused)), labels[idx], teacher_labels[idx], settings,
-                                   fused, teacher_feats[idx])
+                loss = fusion_loss(agg, agg.fused(feats[idx], present), labels[idx], teacher_labels[idx],
+                                   teacher_feats[idx], settings)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -119,17 +118,16 @@ def train_aggregator(
     return agg.eval()
 
 
-def fusion_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_labels: torch.Tensor,
-                settings: CalibrationSettings, fused: torch.Tensor | None = None,
-                teacher_features: torch.Tensor | None = None) -> torch.Tensor:
-    """(1 - w)·CE(y) + w·CE(ŷ_t) [+ γ·MSE(fused, teacher features)] over a batch (w = teacher_weight,
-    γ = token_weight: DeViT eq. 14-15)."""
+def fusion_loss(aggregator: Aggregator, fused: torch.Tensor, labels: torch.Tensor, teacher_labels: torch.Tensor,
+                teacher_features: torch.Tensor, settings: CalibrationSettings) -> torch.Tensor:
+    """(1 - w)·CE(y) + w·CE(ŷ_t) + γ·MSE(fused, the teacher's pooled features) over a batch of fused
+    features (w = teacher_weight, γ = token_weight: DeViT eq. 14-15)."""
+    logits = aggregator.classify(fused)
     w = settings.teacher_weight
-    loss = ((1 - w) * F.cross_entropy(logits, labels) if w < 1 else 0.0) + \
-        (w * F.cross_entropy(logits, teacher_labels) if w > 0 else 0.0)
-    if settings.token_weight > 0 and fused is not None and teacher_features is not None:
+    loss = (1 - w) * F.cross_entropy(logits, labels) + w * F.cross_entropy(logits, teacher_labels)
+    if settings.token_weight > 0:
         loss = loss + settings.token_weight * F.mse_loss(fused, teacher_features)
-    return torch.as_tensor(loss)
+    return loss
 
 
 def _dropout_mask(batch: int, devices: int, p: float, gen: torch.Generator) -> torch.Tensor | None:
@@ -178,9 +176,8 @@ def joint_finetune(
                 teacher_feats = pooled_features(teacher, x)
                 teacher_labels = teacher.head(teacher_feats).argmax(1)
             present = _dropout_mask(len(idx), len(submodels), settings.device_dropout, gen)
-            fused = aggregator.fused([pooled_features(m, x) for m in submodels], present)
-            loss = fusion_loss(aggregator.head(aggregator.act(fused)), train.labels[idx].to(dev), teacher_labels,
-                               settings, fused, teacher_feats)
+            loss = fusion_loss(aggregator, aggregator.fused([pooled_features(m, x) for m in submodels], present),
+                               train.labels[idx].to(dev), teacher_labels, teacher_feats, settings)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -27,6 +27,7 @@ from shoal.data.datasets import TaskData
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError
 from shoal.models.accounting import shape_cost
+from shoal.models.config import ViTConfig
 from shoal.models.importance import ImportanceRule, ImportanceScores
 from shoal.models.spec import Policy
 from shoal.models.teacher import Teacher
@@ -50,18 +51,20 @@ def devit_plan(teacher: Teacher, data: TaskData, devices: DeviceSet, evaluator: 
     scores = []
     for name, group in zip(names, classes):
         taylor = subtask_importance(teacher, data, group, "taylor", cal_images, seed, "devit", name)
-        channels = (taylor.channels if channel_rule in ("taylor", "fisher", "kl")
+        channels = (taylor.channels if channel_rule == "taylor"
                     else subtask_importance(teacher, data, group, channel_rule, cal_images, seed, "devit",
                                             name).channels)
         scores.append(ImportanceScores(taylor.heads, taylor.neurons, channels, taylor.blocks, "taylor"))
     L, h = config.depth, config.num_heads
-    shapes = sorted(itertools.product(range(h, 0, -1), range(L, 0, -1)),
-                    key=lambda s: -_flops(teacher, s[0], s[1]))
+    def flops(heads: int, depth: int) -> int:
+        width, neurons = _widths(config, heads)
+        return shape_cost(config, width, (heads,) * depth, (neurons,) * depth).flops
+
+    shapes = sorted(itertools.product(range(h, 0, -1), range(L, 0, -1)), key=lambda s: -flops(*s))
     smallest_misfit: list[str] = []
     for heads, depth in shapes:
         layers = tuple(sorted({int(round(v)) for v in torch.linspace(0, L - 1, depth).tolist()}))
-        width = min(config.embed_dim, config.head_dim * heads)
-        neurons = max(1, round(config.mlp_hidden * heads / h))
+        width, neurons = _widths(config, heads)
         specs = tuple(pruned_spec(config, s, layers, width, heads, neurons) for s in scores)
         policy = Policy(tuple(names), specs, shared_channels=True, shared_units=True)
         smallest_misfit = misfits(config, devices, policy)
@@ -81,8 +84,6 @@ def devit_plan(teacher: Teacher, data: TaskData, devices: DeviceSet, evaluator: 
                       f"misses: {'; '.join(smallest_misfit)}")
 
 
-def _flops(teacher: Teacher, heads: int, depth: int) -> int:
-    c = teacher.config
-    width = min(c.embed_dim, c.head_dim * heads)
-    neurons = max(1, round(c.mlp_hidden * heads / c.num_heads))
-    return shape_cost(c, width, (heads,) * depth, (neurons,) * depth).flops
+def _widths(config: ViTConfig, heads: int) -> tuple[int, int]:
+    """DeViT's structure for h_s heads: D_s = head_dim · h_s residual channels, d_s = D · h_s / h neurons."""
+    return min(config.embed_dim, config.head_dim * heads), max(1, round(config.mlp_hidden * heads / config.num_heads))

@@ -85,17 +85,16 @@ def assign(config: ViTConfig, devices: DeviceSet, specs: list[SubModelSpec], spe
     compute = {d.name: float(d.compute_flops) if d.compute_flops is not None else math.inf for d in devices.devices}
     rank = {d.name: speed[i] for i, d in enumerate(devices.devices)}
     remaining = [d.name for d in devices.devices]
-    out: list[str | None] = [None] * len(specs)
+    out: dict[int, str] = {}
     for k in sorted(range(len(specs)), key=lambda k: -costs[k].flops):
-        while True:
+        while k not in out:
             if not remaining:
                 return None
             best = max(remaining, key=lambda n: (compute[n], -rank[n]))
             remaining.remove(best)   # fits: it is taken (one sub-model per device); else: dropped
             if memory[best] >= costs[k].memory_bytes and compute[best] >= costs[k].flops:
                 out[k] = best
-                break
-    return [n for n in out if n is not None] if all(n is not None for n in out) else None
+    return [out[k] for k in range(len(specs))]
 
 
 def _spec(config: ViTConfig, scores: ImportanceScores, heads: int) -> SubModelSpec:

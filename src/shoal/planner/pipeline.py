@@ -455,12 +455,13 @@ DEVIT_RELATION = (0.2, 0.1, 0.3)   # DeViT's feature-matching weights of Q, K, V
 
 def method_plan(problem: Problem, request: PlanRequest) -> SubtaskPlan:
     """DeViT's or ED-ViT's policy for the problem's devices."""
-    common = dict(target_ms=request.target_ms, cal_images=min(request.cal_images, 256), seed=request.search.seed)
+    cal_images, seed = min(request.cal_images, 256), request.search.seed
     if request.method == "devit":
         return devit_plan(problem.teacher, problem.data, problem.devices, problem.evaluator,
-                          channel_rule="magnitude" if request.importance == "mixed" else request.importance,
-                          **common)  # type: ignore[arg-type]
-    return edvit_plan(problem.teacher, problem.data, problem.devices, problem.evaluator, **common)  # type: ignore[arg-type]
+                          target_ms=request.target_ms, cal_images=cal_images, seed=seed,
+                          channel_rule="magnitude" if request.importance == "mixed" else request.importance)
+    return edvit_plan(problem.teacher, problem.data, problem.devices, problem.evaluator,
+                      target_ms=request.target_ms, cal_images=cal_images, seed=seed)
 
 
 def _variant_info(variant: Variant, policy: Policy, top1: float | None, where: str = ".") -> VariantInfo:
