@@ -136,7 +136,7 @@ def play(plan_dir: Path, slo_ms: float | None, victim: str, args: argparse.Names
                  for n in workers}
         cluster = stack.enter_context(LocalCluster(plan_dir, slo_ms=slo_ms,
                                                    placements={n: link.placement() for n, link in links.items()}))
-        planned = cluster.devices[victim].cpu_quota if victim in workers else None
+        planned = cluster.specs[victim].cpu_quota if victim in workers else None
         with ShoalClient(cluster.central_target, timeout_s=10.0) as client:
             for i in range(10):
                 client.predict(images[i:i + 1])

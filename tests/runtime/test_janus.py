@@ -27,7 +27,7 @@ def server():
     janus = JanusModel(configs, LayerLatency(0.2, 1.0), LayerLatency(0.01, 0.1), token_bytes=98,
                        image_bytes=1024, candidates=split_candidates(runner.depth, 3))
     identity = Identity("f" * 16, "server", "family", (1, 16, 16), 4)
-    running, servicer = start_janus_server(runner, janus, identity)
+    running, servicer = start_janus_server(runner, janus, identity, device="edge")
     yield running, runner, janus
     running.stop(0)
 
@@ -144,3 +144,119 @@ def test_a_directory_without_a_janus_plan_is_one_line(tmp_path):
     (tmp_path / "janus.json").write_text('{"format_version": 1, "teacher": "x"}')
     with pytest.raises(DataError, match="janus.json"):
         load_janus(tmp_path)
+
+
+# -- a whole Janus plan served as processes: the device answers clients, the server finishes ---------------
+
+TINY = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0)
+
+
+@pytest.fixture(scope="module")
+def janus_plan(tmp_path_factory):
+    """A Janus plan directory of a tiny checkpoint (17 tokens, 3 blocks), fits made up, nothing measured."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from shoal.devices.spec import DeviceSpec
+    from shoal.models import load_teacher
+    from shoal.plan.document import InputSpec
+    from shoal.plan.janus import JanusPlan
+
+    root = tmp_path_factory.mktemp("janus")
+    path = root / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in make_vit(**TINY).state_dict().items()}, str(path))
+    (root / "tiny.json").write_text(json.dumps({"timm_model": "vit_tiny_patch16_224", "timm_kwargs": TINY}))
+    teacher = load_teacher(str(path))
+    runner = TokenRunner(teacher.model)
+    grid = alpha_grid(runner.depth, runner.tokens)
+    configs = tuple(JanusConfig(a, counts(a, runner.depth, runner.tokens), 0.9 - a / 10) for a in grid)
+    model = JanusModel(configs, LayerLatency(0.05, 0.2), LayerLatency(0.01, 0.05), token_bytes=66, image_bytes=256,
+                       candidates=split_candidates(runner.depth, 2), fixed_ms=0.5)
+    plan_dir = root / "plan"
+    plan_dir.mkdir()
+    JanusPlan(str(path), teacher.config.fingerprint(), DeviceSpec("edge", 64 << 20),
+              DeviceSpec("hub", 64 << 20, central=True), "merge", model, tuple(c.accuracy for c in configs), 10,
+              InputSpec((0.5,), (0.5,), "uint8", 256), {}).write(plan_dir)
+    return plan_dir
+
+
+def _predict_through(cluster, ca=None, token=None):
+    from shoal.runtime.client import ShoalClient
+
+    with ShoalClient(cluster.central_target, ca=ca, server_name="edge", token=token, image_bytes=4 * 256) as client:
+        info = client.info()
+        prediction = client.predict(torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8), top_k=3,
+                                    normalisation=((0.5,), (0.5,)))
+        return info, prediction
+
+
+@pytest.mark.slow
+def test_a_janus_plan_serves_as_a_device_and_a_server(janus_plan):
+    from shoal.runtime.cluster import LocalCluster
+    from shoal.runtime.device import plan_fingerprint
+
+    with LocalCluster(janus_plan, emulate=False, slo_ms=50.0) as cluster:
+        assert cluster.janus and cluster.front == "edge" and set(cluster.worker_targets) == {"hub"}
+        info, prediction = _predict_through(cluster)
+        assert info.plan_fingerprint == plan_fingerprint(janus_plan) and list(info.devices) == ["edge", "hub"]
+        assert prediction.labels.shape == (2,) and prediction.top_indices.shape == (2, 3)
+        assert prediction.variant.startswith("α ") and " split " in prediction.variant
+        assert prediction.timings[0].device == "edge"   # the device's blocks first, then the server's
+        with grpc.insecure_channel(cluster.worker_targets["hub"]) as channel:   # the server is a Janus server
+            server_info = pb_grpc.JanusStub(channel).Info(pb.InfoRequest(), timeout=5)
+        assert server_info.plan_fingerprint == info.plan_fingerprint
+
+
+@pytest.mark.slow
+def test_a_janus_plan_with_keys_takes_only_its_device_and_its_token(janus_plan, tmp_path):
+    from shoal.runtime.cluster import LocalCluster
+    from shoal.runtime.device import plan_fingerprint
+    from shoal.runtime.pki import issue
+    from shoal.runtime.security import Security, Token
+    from shoal.runtime.status import RemoteError
+
+    keys = tmp_path / "keys"
+    issue(janus_plan, ["hub", "edge"], keys, plan_fingerprint(janus_plan))
+    token = Token.load(keys / "client.token")
+    with LocalCluster(janus_plan, emulate=False, security=Security(keys, keys / "client.token")) as cluster:
+        _, prediction = _predict_through(cluster, ca=keys / "ca.crt", token=token)
+        assert prediction.labels.shape == (2,)
+        with pytest.raises(RemoteError, match="UNAUTHENTICATED"):   # no token
+            _predict_through(cluster, ca=keys / "ca.crt")
+        # the server answers the plan's device only: TLS with another device's certificate is refused
+        from shoal.runtime.security import TlsFiles, name_override
+
+        hub = TlsFiles.from_dir(keys, "hub")
+        with grpc.secure_channel(cluster.worker_targets["hub"], hub.channel_credentials(),
+                                 options=name_override("hub")) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.JanusStub(channel).Info(pb.InfoRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "only edge" in err.value.details()
+
+
+def test_a_janus_plan_changed_after_certs_is_refused(janus_plan, tmp_path):
+    import shutil
+
+    from shoal.errors import ConfigError
+    from shoal.runtime.device import plan_fingerprint
+    from shoal.runtime.pki import check_signature, issue
+
+    plan = tmp_path / "plan"
+    shutil.copytree(janus_plan, plan)
+    issue(plan, ["hub", "edge"], tmp_path / "keys", plan_fingerprint(plan))
+    check_signature(tmp_path / "keys", plan)   # janus.json is what the CA signed
+    (plan / "janus.json").write_text((plan / "janus.json").read_text().replace('"test_n": 10', '"test_n": 11'))
+    with pytest.raises(ConfigError, match="janus.json is not the plan the CA signed"):
+        check_signature(tmp_path / "keys", plan)
+
+
+@pytest.mark.slow
+def test_shoal_bench_runs_a_janus_plan_beside_the_teacher_on_the_device(janus_plan):
+    from shoal.runtime.bench import run_bench
+
+    result = run_bench(janus_plan, requests=20, warmup=3, emulate=False, input_format="uint8", sla_ms=100.0,
+                       teacher_repeats=10)
+    assert result.latency.median_ms > 0 and not result.errors
+    assert [d.device for d in result.devices][0] == "edge" and result.teacher["device"] == "edge"
+    assert all(k.startswith("α ") for k in result.answers)   # every answer names its α and split

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import torch
 
+from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.bench import prepare_requests, run_load, summarise
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.status import RemoteError
@@ -106,3 +107,12 @@ def test_bench_counts_which_variant_answered_and_how(plan, in_process):
     with ShoalClient(cluster.central.target) as client:
         results, _ = run_load(client, prepare_requests(torch.randn(3, *plan.config.input_shape)), 6, 1)
     assert summarise(results).answers == {"primary": 6}
+
+
+def test_a_split_adds_its_parts_where_a_decomposition_takes_the_slowest():
+    reply = pb.PredictReply(aggregation_ms=1.0)
+    reply.timings.add(device="edge", compute_ms=3.0, ok=True)
+    reply.timings.add(device="hub", compute_ms=2.0, ok=True)
+    results = [(10.0, reply)]
+    assert summarise(results).critical_ms == 4.0                    # parallel devices: the slowest + aggregation
+    assert summarise(results, sequential=True).critical_ms == 6.0   # a Janus split: one after the other

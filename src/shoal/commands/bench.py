@@ -35,9 +35,12 @@ def main(
              "a local cluster is started with it too")] = None,
     token_file: Annotated[Path | None, typer.Option(
         help="bearer token file (default: the tls-dir's client.token, else $SHOAL_TOKEN)")] = None,
+    sla_ms: Annotated[float | None, typer.Option(
+        help="a Janus plan: the device's SLA (default: none; never prune, take the fastest split)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Latency (median, p95), throughput and accuracy through the runtime; the teacher alone beside it."""
+    """Latency (median, p95), throughput and accuracy through the runtime; the teacher alone beside it
+    (a Janus plan: served as its device and its server, the teacher timed alone on the device)."""
     from shoal.errors import ConfigError
     from shoal.runtime.bench import run_bench
 
@@ -50,7 +53,7 @@ def main(
         token_file = tls_dir / TOKEN_FILE
     result = run_bench(plan, target=target, requests=requests, concurrency=concurrency, warmup=warmup, data=data,
                        teacher=teacher, emulate=emulate, input_format=formats[input_format],
-                       security=Security(tls_dir, token_file))
+                       security=Security(tls_dir, token_file), sla_ms=sla_ms)
     if as_json:
         print_json(result.to_dict())
         return
@@ -88,7 +91,7 @@ def print_tables(r: BenchResult) -> None:
         parts.add_row(d.device, f"{d.compute_ms:.2f}", f"{d.queue_ms:.2f}", f"{d.transfer_ms:.2f}",
                       f"{d.round_trip_ms:.2f}")
     parts.add_row("aggregation", f"{r.aggregation_ms:.2f}", "", "", "")
-    parts.add_row("slowest compute + aggregation", f"{r.critical_ms:.2f}", "", "", "")
+    parts.add_row("compute on the critical path + aggregation", f"{r.critical_ms:.2f}", "", "", "")
     parts.add_row("central node, receipt to reply", f"{r.server_ms:.2f}", "", "", "")
     parts.add_row("runtime overhead", f"{r.overhead_ms:.2f}", "", "", f"median / critical = {r.overhead_ratio:.2f}")
     console.print(parts)

@@ -22,12 +22,18 @@ def main(
 ) -> None:
     """Create the key material to serve a plan with TLS and tokens (see README: deploying on a network)."""
     from shoal.errors import ConfigError
-    from shoal.plan.directory import load_plan
+    from shoal.plan.directory import is_janus_plan, load_plan
+    from shoal.plan.janus import JanusPlan
     from shoal.runtime.device import plan_fingerprint
     from shoal.runtime.pki import issue
 
-    loaded = load_plan(plan)
-    names = list(loaded.devices.names)
+    if is_janus_plan(plan):   # the server and the device (the device's Predict endpoint takes the token)
+        janus = JanusPlan.read(plan)
+        names = [janus.server.name, janus.device.name]
+        front = janus.device.name
+    else:
+        loaded = load_plan(plan)
+        names, front = list(loaded.devices.names), loaded.devices.central.name
     extra: dict[str, list[str]] = {}
     for item in address or []:
         device, sep, host = item.partition("=")
@@ -36,7 +42,8 @@ def main(
         extra.setdefault(device, []).append(host)
     issued = issue(plan, names, out, plan_fingerprint(plan), addresses=extra, days=days)
     files = {"ca": "ca.crt (every device and client), ca.key (keep it off the devices)",
-             **{n: f"{n}.crt, {n}.key" for n in names}, "token": "client.token (central node and clients)",
+             **{n: f"{n}.crt, {n}.key" for n in names},
+             "token": f"client.token ({front}, which clients call, and the clients)",
              "signature": "plan.sig (every device: the plan the CA signed)"}
     if as_json:
         print_json({"out": str(issued.out), "devices": names, "expires": issued.expires.isoformat(), "files": files})
@@ -47,5 +54,5 @@ def main(
     for who, what in files.items():
         table.add_row(who, what)
     console.print(table)
-    console.print(f"serve with --tls-dir {issued.out} (and the central node with --token-file "
+    console.print(f"serve with --tls-dir {issued.out} (and {front} with --token-file "
                   f"{issued.out / 'client.token'}); private files are mode 600", highlight=False)

@@ -77,19 +77,34 @@ def worker(
 @guard
 def janus(
     plan: Annotated[Path, typer.Option("--plan", help="Janus plan directory (`shoal plan --method janus`)")],
+    role: Annotated[str, typer.Option(
+        help="server: finish what the device sends; device: answer clients (the Predict API of a central "
+             "node), choosing α and the split per request")] = "server",
+    server: Annotated[str | None, typer.Option(
+        help="device: host:port of the Janus server ('-': read it from stdin)")] = None,
+    sla_ms: Annotated[float | None, typer.Option(
+        help="device: the latency every request must meet (default: none; never prune, take the fastest split)")
+    ] = None,
+    prior_mbps: Annotated[float, typer.Option(
+        help="device: uplink bandwidth assumed until a transfer is measured")] = 10.0,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 50053,
     threads: ThreadsOpt = None,
     emulate: EmulateOpt = True,
     grace: GraceOpt = 5.0,
     watch_parent: WatchOpt = False,
+    connect_timeout: Annotated[float, typer.Option(help="device: seconds to wait for the server")] = 60.0,
+    tls_dir: TlsDirOpt = None,
+    token_file: TokenOpt = None,
     insecure: InsecureOpt = False,
+    rate_limit: RateOpt = None,
 ) -> None:
-    """Serve the server's part of a Janus plan: finish what a device started (tokens or the image)."""
+    """Serve one side of a Janus plan: the server finishes what the device started; the device answers."""
     from shoal.runtime.janus import serve_janus
 
-    serve_janus(plan, host=host, port=port, emulate=emulate, threads=threads, grace=grace,
-                watch_parent=watch_parent, insecure=insecure)
+    serve_janus(plan, role=role, server=server, host=host, port=port, emulate=emulate, threads=threads,
+                grace=grace, watch_parent=watch_parent, sla_ms=sla_ms, prior_mbps=prior_mbps,
+                connect_timeout=connect_timeout, security=_security(tls_dir, token_file, insecure, rate_limit))
 
 
 @app.command("central")
@@ -139,7 +154,8 @@ def local(
     min_accuracy: MinAccOpt = None,
     restarts: Annotated[int, typer.Option(help="times a worker that exits is restarted (with back-off)")] = 5,
 ) -> None:
-    """Start every device of the plan on this machine, one process each, until Ctrl-C."""
+    """Start every device of the plan on this machine, one process each, until Ctrl-C (a Janus plan: its
+    server and its device, which clients call; --slo-ms is then the device's SLA)."""
     from shoal.runtime.cluster import LocalCluster
 
     stop = threading.Event()
@@ -154,9 +170,10 @@ def local(
             for column in ("device", "role", "address", "pid", "emulated limit", "threads"):
                 table.add_column(column)
             for child in sorted(cluster.children.values(), key=lambda c: c.role != "central"):
-                spec = cluster.devices[child.name]
+                spec = cluster.specs[child.name]
                 limit = spec.cpu_limit.describe() if emulate else "off"
-                table.add_row(child.name, child.role, child.target, str(child.proc.pid), limit, str(spec.threads))
+                role = f"janus {'device' if child.role == 'central' else 'server'}" if cluster.janus else child.role
+                table.add_row(child.name, role, child.target, str(child.proc.pid), limit, str(spec.threads))
             console.print(table)
             tls = f" --tls-dir {tls_dir}" if tls_dir else ""
             console.print(f"predict with: shoal bench --plan {plan} --target {cluster.central_target}{tls}; "
@@ -165,7 +182,7 @@ def local(
                 for event in cluster.revive():   # restarts dead workers with back-off; the central node
                     console.print(f"[yellow]{event}[/]", highlight=False)   # re-verifies them
                 if cluster.central_exited():
-                    console.print("[bold red]error:[/] the central node exited; stopping the cluster")
+                    console.print(f"[bold red]error:[/] {cluster.front} (which clients call) exited; stopping")
                     raise typer.Exit(1)
             console.print("stopping")
     finally:

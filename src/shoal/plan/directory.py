@@ -31,6 +31,7 @@ from shoal.models.config import ViTConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel
 from shoal.plan.document import PLAN_FILE, AggregatorInfo, InputSpec, PlanDocument, TeacherInfo, Versions
+from shoal.plan.janus import JANUS_FILE
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 
 
@@ -150,6 +151,18 @@ def write_document(root: str | Path, document: PlanDocument) -> Path:
     path = Path(root) / PLAN_FILE
     atomic_write_json(path, document.to_dict())
     return path
+
+
+def plan_document_file(root: str | Path) -> Path:
+    """The file that defines a plan directory: plan.json, or janus.json for a Janus plan (what its
+    fingerprint hashes and `shoal certs` signs)."""
+    root = Path(root)
+    return root / JANUS_FILE if not (root / PLAN_FILE).exists() and (root / JANUS_FILE).is_file() else root / PLAN_FILE
+
+
+def is_janus_plan(root: str | Path) -> bool:
+    """Whether `root` holds a Janus plan (`shoal plan --method janus`) rather than a decomposition."""
+    return plan_document_file(root).name == JANUS_FILE
 
 
 def read_plan_json(root: str | Path) -> PlanDocument:

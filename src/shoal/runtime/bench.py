@@ -2,7 +2,7 @@
 
 In one run on one machine: the plan served by its devices (a `LocalCluster`
 unless a target is given), then the teacher alone on the central device's
-share of the machine. Reported: end-to-end median and p95 and throughput, the
+share of the machine (a Janus plan: on its device's). Reported: end-to-end median and p95 and throughput, the
 per-device compute / queue / transfer medians, aggregation, the runtime's
 own overhead (end-to-end minus the slowest device's compute minus
 aggregation, per request), accuracy on the test split through the runtime
@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
+from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
-from shoal.plan.directory import load_plan
-from shoal.plan.document import RANDOM_WEIGHTS_NOTE
+from shoal.models.config import ViTConfig
+from shoal.plan.directory import Plan, is_janus_plan, load_plan
+from shoal.plan.document import RANDOM_WEIGHTS_NOTE, InputSpec
 from shoal.profiling.timing import LatencyStats
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.client import ShoalClient
@@ -160,8 +162,9 @@ def run_load(client: ShoalClient, requests: Sequence[pb.PredictRequest], total: 
     return [r for r in results if r is not None], time.perf_counter() - t0
 
 
-def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]) -> Summary:
-    """Summarise `run_load` results.
+def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]], sequential: bool = False) -> Summary:
+    """Summarise `run_load` results (`sequential`: the devices' compute adds up, as in a Janus split,
+    instead of running in parallel).
 
     Raises:
         RuntimeServiceError: no request was answered.
@@ -180,7 +183,8 @@ def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]]) ->
         for t in reply.timings:
             if t.ok:
                 per_device.setdefault(t.device, []).append(t)
-        critical.append(max(t.compute_ms for t in reply.timings if t.ok) + reply.aggregation_ms)
+        computes = [t.compute_ms for t in reply.timings if t.ok]
+        critical.append((sum(computes) if sequential else max(computes)) + reply.aggregation_ms)
         overhead.append(ms - critical[-1])
     med = statistics.median
     devices = tuple(DeviceBreakdown(name, med(t.compute_ms for t in ts), med(t.queue_ms for t in ts),
@@ -208,8 +212,11 @@ def run_bench(
     emulate: bool = True,
     input_format: str = "float32",
     security: Security = Security(),
+    sla_ms: float | None = None,
 ) -> BenchResult:
     """Benchmark a plan through the runtime and the teacher alone, side by side (see module docstring).
+    A Janus plan is served as its device and its server (the device under `sla_ms`), the teacher
+    timed alone on the device.
 
     Raises:
         ConfigError: bad counts, or `target` serves another plan.
@@ -217,22 +224,23 @@ def run_bench(
     """
     if requests < 1 or warmup < 0:
         raise ConfigError(f"need --requests >= 1 and --warmup >= 0, got {requests} and {warmup}")
-    plan = load_plan(plan_dir)
+    served = _served(plan_dir)
+    plan = served.plan
     fingerprint = plan_fingerprint(plan_dir)
     notes: list[str] = []
-    random_weights = plan.document.random_weights
-    test, data_note = resolve_test_data(plan.config, plan.teacher_source, data, random_weights=random_weights)
-    images = test.images if test is not None else torch.randn(64, *plan.config.input_shape)
+    random_weights = served.random_weights
+    test, data_note = resolve_test_data(served.config, served.teacher_source, data, random_weights=random_weights)
+    images = test.images if test is not None else torch.randn(64, *served.config.input_shape)
     if test is None:
         notes.append(f"accuracy skipped: {data_note}")
     if random_weights:
         notes.append(RANDOM_WEIGHTS_NOTE)
-    spec = plan.document.input
+    spec = served.input
     normalisation = (spec.mean, spec.std) if spec is not None else None
     if input_format != "float32" and normalisation is None:
         raise ConfigError(f"--input {input_format}: plan {plan_dir} records no input normalisation (made before "
                           "compact inputs); plan it again, or send float32")
-    image_bytes = 4 * int(torch.tensor(plan.config.input_shape).prod())
+    image_bytes = 4 * int(torch.tensor(served.config.input_shape).prod())
     phases: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -245,41 +253,42 @@ def run_bench(
     with ExitStack() as stack:
         if target is None:
             logger.info("starting a local cluster (one process per device)...")
-            cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate, security=security))
+            cluster = stack.enter_context(LocalCluster(plan_dir, emulate=emulate, security=security,
+                                                       slo_ms=sla_ms if plan is None else None))
             target = cluster.central_target
             notes.extend(cluster.warnings)
             lap("start the cluster")
         client = stack.enter_context(ShoalClient(target, image_bytes=image_bytes, timeout_s=30.0, ca=security.ca,
-                                                 server_name=plan.devices.central.name, token=security.token()))
-        served = client.info().plan_fingerprint
-        if served != fingerprint:
-            raise ConfigError(f"{target} serves plan {served}, but --plan {plan_dir} is plan {fingerprint}")
+                                                 server_name=served.front.name, token=security.token()))
+        serving = client.info().plan_fingerprint
+        if serving != fingerprint:
+            raise ConfigError(f"{target} serves plan {serving}, but --plan {plan_dir} is plan {fingerprint}")
         prepared = prepare_requests(images[:max(1, min(len(images), requests))], 1, input_format, normalisation)
         sent_bytes = sum(payload_bytes(r) for r in prepared) / len(prepared)
         logger.info(f"warm-up {warmup}, then {requests} requests at concurrency {concurrency} on {target}")
         run_load(client, prepared, warmup, concurrency)
         lap("warm up")
         results, wall = run_load(client, prepared, requests, concurrency)
-        summary = summarise(results)
+        summary = summarise(results, sequential=plan is None)
         lap("timed requests")
         top1 = None
         if test is not None:
             # batches the plan answers well within any fan-out deadline (~0.5 s by its prediction)
-            per_call = plan.document.predicted.total_ms if plan.document.predicted else 10.0
+            per_call = plan.document.predicted.total_ms if plan is not None and plan.document.predicted else 10.0
             batch = max(1, min(32, int(500.0 / max(per_call, 1e-3))))
             top1 = accuracy(lambda b: client.predict(b, top_k=1, input_format=input_format,
                                                      normalisation=normalisation).labels, test, batch=batch)
             lap("test accuracy")
     teacher_result = None
     if teacher:
-        teacher_result = _teacher_row(plan, data, teacher_repeats, emulate, notes)
+        teacher_result = _teacher_row(served, data, teacher_repeats, emulate, notes)
         lap("the teacher alone")
     speedup = None
     if teacher_result is not None:
         speedup = teacher_result["latency"]["median_ms"] / summary.latency.median_ms
-    predicted = plan.document.predicted
+    predicted = plan.document.predicted if plan is not None else None
     predicted_ms: float | None = None
-    if predicted is not None:   # T for the bytes this run sent, not the format the plan assumed
+    if predicted is not None and plan is not None:   # T for the bytes this run sent, not the format planned
         planned = spec.bytes if spec is not None and spec.bytes else image_bytes
         predicted_ms = predicted.total_ms_for_input(plan.devices, planned, sent_bytes)
     return BenchResult(
@@ -288,7 +297,7 @@ def run_bench(
         overhead_ratio=summary.latency.median_ms / summary.critical_ms,
         accuracy=top1, accuracy_n=len(test) if test is not None else 0, data=data_note, teacher=teacher_result,
         speedup=speedup, predicted_ms=predicted_ms,
-        predicted_speedup=(predicted.teacher_ms[plan.devices.central.name] / predicted_ms
+        predicted_speedup=(predicted.teacher_ms[served.front.name] / predicted_ms
                            if predicted is not None and predicted_ms else None), notes=tuple(notes),
         input_format=input_format, input_bytes=sent_bytes, phases=phases,
         accuracy_ci95=_ci95(top1, len(test) if test is not None else 0), random_weights=random_weights)
@@ -303,15 +312,50 @@ def _ci95(top1: float | None, n: int) -> tuple[float, float] | None:
     return wilson_interval(round(top1 * n), n)
 
 
-def _teacher_row(plan: Any, data: str | None, repeats: int, emulate: bool, notes: list[str],
+@dataclass(frozen=True)
+class _Served:
+    """What the bench needs of a plan of either kind.
+
+    Attributes:
+        plan: The decomposition (None for a Janus plan).
+        config: The teacher's family.
+        teacher_source: How to load the teacher.
+        random_weights: The teacher had random weights.
+        input: The clients' input format and normalisation (None: a plan made before compact inputs).
+        front: The device clients call (the central node; a Janus plan's device), where the teacher
+            alone is timed.
+    """
+
+    plan: Plan | None
+    config: ViTConfig
+    teacher_source: str
+    random_weights: bool
+    input: InputSpec | None
+    front: DeviceSpec
+
+
+def _served(plan_dir: str | Path) -> _Served:
+    if is_janus_plan(plan_dir):
+        from shoal.models import DEFAULT_TEACHER, load_teacher
+        from shoal.plan.janus import JanusPlan
+
+        janus = JanusPlan.read(plan_dir)
+        config = load_teacher(None if janus.teacher == DEFAULT_TEACHER else janus.teacher).config
+        return _Served(None, config, janus.teacher, False, janus.input, janus.device)
+    plan = load_plan(plan_dir)
+    return _Served(plan, plan.config, plan.teacher_source, plan.document.random_weights, plan.document.input,
+                   plan.devices.central)
+
+
+def _teacher_row(served: _Served, data: str | None, repeats: int, emulate: bool, notes: list[str],
                  ) -> dict[str, Any] | None:
-    central = plan.devices.central
+    central = served.front
     logger.info(f"timing the teacher alone on {central.name}'s share of the machine...")
     try:
-        result = time_teacher(plan.teacher_source, plan.config.input_shape, repeats=repeats,
+        result = time_teacher(served.teacher_source, served.config.input_shape, repeats=repeats,
                               warmup=max(5, repeats // 10), threads=central.threads,
                               limit=central if emulate else None, data=data,
-                              random_classes=plan.config.num_classes if plan.document.random_weights else None)
+                              random_classes=served.config.num_classes if served.random_weights else None)
     except ShoalError as exc:
         notes.append(f"teacher row skipped: {exc}")
         return None

@@ -28,12 +28,13 @@ import grpc
 from shoal.devices.child import LimitedChild
 from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError, PlatformError, RuntimeServiceError
-from shoal.plan.directory import load_plan
+from shoal.plan.directory import is_janus_plan, load_plan
+from shoal.plan.janus import JanusPlan
 from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.links import wait_until_serving
 from shoal.runtime.security import Security, is_loopback, name_override
 from shoal.runtime.server import LISTENING_PREFIX
-from shoal.runtime.status import CENTRAL_SERVICE, WORKER_SERVICE, RemoteError
+from shoal.runtime.status import CENTRAL_SERVICE, JANUS_SERVICE, WORKER_SERVICE, RemoteError
 from shoal.runtime.variants import load_variants, served_devices
 
 
@@ -107,8 +108,18 @@ class LocalCluster:
     ) -> None:
         if not 0 <= base_port <= 65535:
             raise ConfigError(f"base_port must be between 0 and 65535, got {base_port!r}")
-        self.plan = load_plan(plan_dir)
-        self.devices = served_devices(load_variants(self.plan))   # every variant's devices (a --pareto plan)
+        # the process clients call ("central" role) and the ones it calls ("worker" role): a decomposition's
+        # central node and workers, or a Janus plan's device and server
+        self.janus = is_janus_plan(plan_dir)
+        if self.janus:
+            janus = JanusPlan.read(plan_dir)
+            front, backs = janus.device, [janus.server]
+        else:
+            devices = served_devices(load_variants(load_plan(plan_dir)))   # every variant's (a --pareto plan)
+            front, backs = devices.central, [d for d in devices.devices if not d.central]
+        self.front = front.name
+        self.specs = {d.name: d for d in (front, *backs)}
+        self._backs = [d.name for d in backs]
         self.plan_dir = Path(plan_dir)
         self.base_port = base_port
         self.emulate = emulate
@@ -130,7 +141,7 @@ class LocalCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, _Child] = {}
         self.warnings: list[str] = []
-        unknown = sorted(set(self.placements) - {d.name for d in self.devices.devices if not d.central})
+        unknown = sorted(set(self.placements) - set(self._backs))
         if unknown:
             raise ConfigError(f"placements name devices that are not workers of the plan: {unknown}")
 
@@ -139,32 +150,25 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start every worker, then the central node; return once all report SERVING."""
         give_up = time.monotonic() + self.start_timeout
-        workers = [d for d in self.devices.devices if not d.central]
-        central = self.devices.central
         try:  # every process imports and loads in parallel; the central node reads worker addresses on stdin
             pending = []
-            for offset, spec in enumerate(workers, start=1):
-                place = self.placements.get(spec.name, Placement())
+            for offset, name in enumerate(self._backs, start=1):
+                place = self.placements.get(name, Placement())
                 port = place.bind_port or (self.base_port + offset if self.base_port else 0)
-                args = ["worker", "--device", spec.name, "--host", place.bind_host, "--port", str(port)]
+                args = (["janus", "--role", "server"] if self.janus else ["worker", "--device", name]) + [
+                    "--host", place.bind_host, "--port", str(port)]
                 if self.security.tls_dir is None and not is_loopback(place.bind_host):
                     args.append("--insecure")   # a namespace of this host: reachable from here only
-                self._worker_args[spec.name] = (args, place)
-                pending.append((self._spawn(spec.name, "worker", args, place.prefix,
-                                            self.worker_env.get(spec.name, {})), place))
-            args = ["central", "--workers", "-", "--port", str(self.base_port), "--deadline-ms",
-                    str(self.deadline_ms), "--connect-timeout", str(self.start_timeout)]
-            if self.slo_ms is not None:
-                args += ["--slo-ms", f"{self.slo_ms:g}"]
-            if self.min_accuracy is not None:
-                args += ["--min-accuracy", f"{self.min_accuracy:g}"]
-            central_child = self._spawn(central.name, "central", args + (["--degrade"] if self.degrade else []), (), {},
-                              stdin=True)
+                self._worker_args[name] = (args, place)
+                pending.append((self._spawn(name, "worker", args, place.prefix, self.worker_env.get(name, {})), place))
+            central_child = self._spawn(self.front, "central", self._front_args(), (), {}, stdin=True)
             for child, place in pending:
                 bound = _read_listening(child, give_up).rpartition(":")[2]
                 child.target = place.connect or f"{place.bind_host}:{bound}"
             assert central_child.proc.stdin is not None
-            central_child.proc.stdin.write(",".join(f"{c.name}={c.target}" for c, _ in pending).encode() + b"\n")
+            addresses = (pending[0][0].target if self.janus
+                         else ",".join(f"{c.name}={c.target}" for c, _ in pending))
+            central_child.proc.stdin.write(addresses.encode() + b"\n")
             central_child.proc.stdin.close()
             central_child.target = _read_listening(central_child, give_up)
             self._check_health(give_up)
@@ -173,10 +177,24 @@ class LocalCluster:
             raise
         return self
 
+    def _front_args(self) -> list[str]:
+        """`shoal serve` arguments of the process clients call (it reads its peers' addresses on stdin)."""
+        if self.janus:
+            return ["janus", "--role", "device", "--server", "-", "--port", str(self.base_port), "--connect-timeout",
+                    str(self.start_timeout)] + (["--sla-ms", f"{self.slo_ms:g}"] if self.slo_ms is not None else [])
+        args = ["central", "--workers", "-", "--port", str(self.base_port), "--deadline-ms",
+                str(self.deadline_ms), "--connect-timeout", str(self.start_timeout)]
+        if self.slo_ms is not None:
+            args += ["--slo-ms", f"{self.slo_ms:g}"]
+        if self.min_accuracy is not None:
+            args += ["--min-accuracy", f"{self.min_accuracy:g}"]
+        return args + (["--degrade"] if self.degrade else [])
+
     def _check_health(self, give_up: float) -> None:
         """Every process answers its health check with SERVING (the central node has checked its workers)."""
         for child in self.children.values():
-            service = CENTRAL_SERVICE if child.role == "central" else WORKER_SERVICE
+            service = (CENTRAL_SERVICE if child.role == "central" else JANUS_SERVICE if self.janus
+                       else WORKER_SERVICE)
             channel = self.channel(child.name)
             try:
                 wait_until_serving(channel, service, give_up, f"{child.role} {child.name!r} at {child.target}")
@@ -190,7 +208,7 @@ class LocalCluster:
         log = self.log_dir / f"{role}-{name}.log"
         command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
                    "--no-emulate", "--watch-parent", *self.security.args(central=role == "central")]
-        limit = self.devices[name].cpu_limit if self.emulate else CpuLimit()
+        limit = self.specs[name].cpu_limit if self.emulate else CpuLimit()
         with open(log, "wb") as stderr:
             process = LimitedChild(command, limit, who=f"device {name!r}", strict=False, stderr=stderr,
                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -202,7 +220,7 @@ class LocalCluster:
         return child
 
     def central_exited(self) -> bool:
-        return self.children[self.plan.devices.central.name].proc.poll() is not None
+        return self.children[self.front].proc.poll() is not None
 
     def revive(self, now: float | None = None) -> list[str]:
         """Restart every worker that exited, on its port, with back-off (1, 2, 4... s) and at most
@@ -261,7 +279,7 @@ class LocalCluster:
         """A channel to one process of the cluster, with the cluster's TLS (as the central node: workers
         answer nobody else)."""
         target = self.children[device].target
-        tls = self.security.tls(self.plan.devices.central.name)
+        tls = self.security.tls(self.front)
         if tls is None:
             return grpc.insecure_channel(target)
         return grpc.secure_channel(target, tls.channel_credentials(), options=name_override(device))
@@ -269,7 +287,7 @@ class LocalCluster:
     @property
     def central_target(self) -> str:
         """host:port of the central node."""
-        return self.children[self.plan.devices.central.name].target
+        return self.children[self.front].target
 
     @property
     def worker_targets(self) -> dict[str, str]:

@@ -25,7 +25,7 @@ from shoal.devices.emulation import remove_cgroup
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
 from shoal.models.surgery import pooled_features
-from shoal.plan.document import PLAN_FILE
+from shoal.plan.directory import plan_document_file
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ DEFAULT_MAX_BATCH = 64
 
 
 def plan_fingerprint(plan_dir: str | Path) -> str:
-    """A short id of one plan: sha256 of its plan.json, which lists the sha256 of every other file."""
-    return hashlib.sha256((Path(plan_dir) / PLAN_FILE).read_bytes()).hexdigest()[:16]
+    """A short id of one plan: sha256 of its plan.json, which lists the sha256 of every other file
+    (of its janus.json for a Janus plan)."""
+    return hashlib.sha256(plan_document_file(plan_dir).read_bytes()).hexdigest()[:16]
 
 
 def apply_device_limit(device: DeviceSpec, pid: int | None = None) -> tuple[Path | None, str | None]:

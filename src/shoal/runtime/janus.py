@@ -17,8 +17,9 @@ under-predicts a whole request by about 2× here), runs its part, and calls the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -27,15 +28,16 @@ import torch
 
 from shoal.errors import ConfigError, DataError
 from shoal.models.tokens import TokenRunner
-from shoal.plan.janus import JANUS_FILE, Choice, JanusModel, JanusPlan
+from shoal.plan.janus import Choice, JanusModel, JanusPlan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.central import LiveEstimates, top_k_reply
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
-from shoal.runtime.device import device_process
-from shoal.runtime.security import check_bind
+from shoal.runtime.device import device_process, plan_fingerprint
+from shoal.runtime.pki import check_signature
+from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind, name_override
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
-from shoal.runtime.status import JANUS_SERVICE, channel_options, error_from_rpc
+from shoal.runtime.status import CENTRAL_SERVICE, JANUS_SERVICE, RemoteError, channel_options, error_from_rpc
 from shoal.runtime.worker import Identity
 
 logger = logging.getLogger(__name__)
@@ -119,27 +121,29 @@ class JanusServicer(pb_grpc.JanusServicer):
         return tokens, sizes[..., None]
 
 
-def start_janus_server(runner: TokenRunner, model: JanusModel, identity: Identity, *, host: str = "127.0.0.1",
-                       port: int = 0) -> tuple[RunningServer, JanusServicer]:
-    """Serve the server's part in this process (plain TCP on `host`; TLS as `shoal serve` gives it comes
-    with the plan's `--method janus`)."""
+def start_janus_server(runner: TokenRunner, model: JanusModel, identity: Identity, *, device: str,
+                       host: str = "127.0.0.1", port: int = 0, security: Security = Security()
+                       ) -> tuple[RunningServer, JanusServicer]:
+    """Serve the server's part in this process. With `security.tls_dir`, mutual TLS: only the plan's
+    `device` (its certificate's name) may call, as only the central node may call a worker."""
     servicer = JanusServicer(runner, model, identity)
+    tls = security.tls(identity.device)
+    check_bind(host, tls, security.insecure)
     limit = max(image_message_bytes(identity.input_shape, identity.max_batch),
                 identity.max_batch * runner.tokens * (runner.model.embed_dim * 2 + 2) + 4096)
+    guard = Guard(GuardPolicy(frozenset({f"/{JANUS_SERVICE}/Finish", f"/{JANUS_SERVICE}/Info"}),
+                              peers=frozenset({device})))
     running = start_server(lambda s: pb_grpc.add_JanusServicer_to_server(servicer, s), JANUS_SERVICE,
-                           host=host, port=port, max_message_bytes=limit)
+                           host=host, port=port, max_message_bytes=limit,
+                           credentials=tls.server_credentials(require_client_cert=True) if tls else None,
+                           interceptors=[guard] if tls else [])
     running.set_serving(True)
     return running, servicer
 
 
-def janus_fingerprint(plan_dir: str | Path) -> str:
-    """A short id of one Janus plan: sha256 of its janus.json."""
-    return hashlib.sha256((Path(plan_dir) / JANUS_FILE).read_bytes()).hexdigest()[:16]
-
-
-def load_janus(plan_dir: str | Path) -> tuple[JanusPlan, TokenRunner, Identity]:
+def load_janus(plan_dir: str | Path, side: str = "server") -> tuple[JanusPlan, TokenRunner, Identity]:
     """A Janus plan, its teacher as a token runner (checked against the plan's family), and the identity
-    its server reports.
+    `side` ("server" or "device") reports.
 
     Raises:
         DataError: no janus.json, or the teacher is not the plan's.
@@ -151,22 +155,44 @@ def load_janus(plan_dir: str | Path) -> tuple[JanusPlan, TokenRunner, Identity]:
     if teacher.config.fingerprint() != plan.family:
         raise DataError(f"the teacher {plan.teacher!r} is family {teacher.config.fingerprint()}, the Janus plan "
                         f"{plan_dir} was made for {plan.family}")
-    identity = Identity(janus_fingerprint(plan_dir), plan.server.name, plan.family, teacher.config.input_shape,
+    spec = plan.server if side == "server" else plan.device
+    identity = Identity(plan_fingerprint(plan_dir), spec.name, plan.family, teacher.config.input_shape,
                         normalisation=(plan.input.mean, plan.input.std))
     return plan, TokenRunner(teacher.model, "merge" if plan.reduction == "merge" else "prune"), identity
 
 
-def serve_janus(plan_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, emulate: bool = True,
-                threads: int | None = None, grace: float = 5.0, watch_parent: bool = False,
-                insecure: bool = False) -> None:
-    """Process entry point of `shoal serve janus`: the server's part, under the server's limit, until a signal."""
-    check_bind(host, None, insecure)
-    plan, runner, identity = load_janus(plan_dir)
-    with device_process(plan.server, emulate=emulate, threads=threads):
-        running, _ = start_janus_server(runner, plan.model, identity, host=host, port=port)
+def serve_janus(plan_dir: str | Path, *, role: str = "server", server: str | None = None, host: str = "127.0.0.1",
+                port: int = 0, emulate: bool = True, threads: int | None = None, grace: float = 5.0,
+                watch_parent: bool = False, security: Security = Security(), sla_ms: float | None = None,
+                prior_mbps: float = 10.0, connect_timeout: float = 60.0) -> None:
+    """Process entry point of `shoal serve janus`: one side of a Janus plan, under that side's limit,
+    until a signal. The server finishes what the device sends; the device answers `shoal.v1.Central`
+    Predict calls of its clients (the same API as a central node), choosing α and the split for each.
+
+    Raises:
+        ConfigError: an unknown role, a device without `server` (host:port, "-": a line on stdin), a
+            token of another plan, or a server that serves another plan.
+    """
+    if role not in ("server", "device"):
+        raise ConfigError(f"--role must be server or device, got {role!r}")
+    if role == "device" and not server:
+        raise ConfigError("the device side needs --server host:port (the Janus server it sends its tokens to)")
+    check_signature(security.tls_dir, plan_dir)
+    plan, runner, identity = load_janus(plan_dir, role)
+    spec = plan.server if role == "server" else plan.device
+    with device_process(spec, emulate=emulate, threads=threads):
+        if role == "server":
+            running, _ = start_janus_server(runner, plan.model, identity, device=plan.device.name, host=host,
+                                            port=port, security=security)
+        else:
+            target = sys.stdin.readline().strip() if server == "-" else str(server)
+            running, front = start_janus_device(plan, runner, identity, target, host=host, port=port,
+                                                security=security, sla_ms=sla_ms, prior_mbps=prior_mbps,
+                                                connect_timeout=connect_timeout)
         announce(running)
-        logger.info(f"janus server {plan.server.name} of plan {identity.plan_fingerprint} serving on {running.target}")
-        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent)
+        logger.info(f"janus {role} {spec.name} of plan {identity.plan_fingerprint} serving on {running.target}")
+        wait_for_shutdown(running, grace=grace, watch_parent=watch_parent,
+                          on_stop=None if role == "server" else front.device.close)
 
 
 class JanusDevice:
@@ -181,18 +207,24 @@ class JanusDevice:
         fingerprint: The plan's fingerprint (sent with every request).
         fixed: (α, split) for every request instead of the scheduler's choice (the baselines:
             device only, server only, a fixed split).
+        credentials: TLS to the server with this device's certificate (None: plaintext).
+        server_name: The name the server's certificate must carry (the plan's server).
+        token: Bearer token sent with every call (None: none).
     """
 
     LINK = "server"
 
     def __init__(self, runner: TokenRunner, model: JanusModel, target: str, sla_ms: float, *,
-                 prior_mbps: float = 10.0, fingerprint: str = "", fixed: tuple[float, int] | None = None) -> None:
-        if not sla_ms > 0 or not prior_mbps > 0:
+                 prior_mbps: float = 10.0, fingerprint: str = "", fixed: tuple[float, int] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, server_name: str = "") -> None:
+        if not sla_ms > 0 or not prior_mbps > 0:   # an infinite SLA: never prune, the fastest split
             raise ConfigError(f"the SLA and the prior bandwidth must be positive, got {sla_ms!r} and {prior_mbps!r}")
         self.runner, self.model, self.sla_ms, self.fixed = runner, model, sla_ms, fixed
         self.prior_bps, self.fingerprint = prior_mbps * 1e6, fingerprint
         self.estimates = LiveEstimates(window=20)   # FESTIVE's 20 samples
-        self.channel = grpc.insecure_channel(target, options=channel_options(64 << 20))
+        options = channel_options(64 << 20)
+        self.channel = (grpc.secure_channel(target, credentials, options=options + name_override(server_name))
+                        if credentials is not None else grpc.insecure_channel(target, options=options))
         self.stub = pb_grpc.JanusStub(self.channel)
 
     def bandwidth_bps(self) -> float:
@@ -248,3 +280,86 @@ class JanusDevice:
     def close(self) -> None:
         self.channel.close()
 
+
+
+class JanusFront(pb_grpc.CentralServicer):
+    """The device's endpoint for its clients: `shoal.v1.Central` Predict and Info, so a client (and
+    `shoal bench`) calls a Janus device as it calls a central node. Each call is validated and
+    decoded here, then `JanusDevice.predict` runs it; the reply names the choice (`variant`:
+    "α 0.40 split 3") and carries the device's and the server's timings.
+    """
+
+    def __init__(self, device: JanusDevice, identity: Identity, server: str) -> None:
+        self.device, self.identity, self.server = device, identity, server
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
+        return self.identity.info("janus-device", True, devices=(self.identity.device, self.server))
+
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictReply:  # noqa: N802
+        t0 = time.perf_counter()
+        x = self.identity.decode_images(request, context)
+        remaining = context.time_remaining()
+        try:
+            reply, choice, device_ms = self.device.predict(request, x, timeout_s=min(remaining or 10.0, 60.0))
+        except RemoteError as exc:
+            context.abort(exc.code, exc.details)
+            raise
+        out = pb.PredictReply()
+        out.CopyFrom(reply)
+        del out.timings[:]
+        out.timings.append(pb.DeviceTiming(device=self.identity.device, compute_ms=device_ms,
+                                           round_trip_ms=device_ms, ok=True))
+        out.timings.extend(reply.timings)
+        out.variant = f"α {choice.alpha:.2f} split {choice.split}"
+        out.request_id = request.request_id
+        out.total_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+
+def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity, server: str, *,
+                       host: str = "127.0.0.1", port: int = 0, security: Security = Security(),
+                       sla_ms: float | None = None, prior_mbps: float = 10.0, connect_timeout: float = 60.0,
+                       warmup: int = 5) -> tuple[RunningServer, JanusFront]:
+    """Serve the device's side in this process: check the server at `server` serves this plan, warm up,
+    and answer clients (with `security`: TLS, the bearer token and the rate limit of a central node;
+    the server is called with this device's certificate).
+
+    Raises:
+        ConfigError: the token is for another plan.
+        RemoteError: the server does not answer within `connect_timeout`, or serves another plan.
+    """
+    tls = security.tls(identity.device)
+    check_bind(host, tls, security.insecure)
+    token = security.token()
+    if token is not None and token.plan != identity.plan_fingerprint:
+        raise ConfigError(f"the token is for plan {token.plan}, this is plan {identity.plan_fingerprint}; "
+                          "use the client.token `shoal certs` wrote for this plan")
+    sla = sla_ms if sla_ms is not None else math.inf   # no SLA: α = 0 always, on the fastest split
+    device = JanusDevice(runner, plan.model, server, sla, prior_mbps=prior_mbps,
+                         fingerprint=identity.plan_fingerprint,
+                         credentials=tls.channel_credentials() if tls else None, server_name=plan.server.name)
+    try:
+        info = pb_grpc.JanusStub(device.channel).Info(pb.InfoRequest(), timeout=connect_timeout, wait_for_ready=True)
+    except grpc.RpcError as exc:
+        device.close()
+        raise error_from_rpc(exc, "janus server") from None
+    if info.plan_fingerprint != identity.plan_fingerprint:
+        device.close()
+        raise RemoteError(grpc.StatusCode.FAILED_PRECONDITION, f"the Janus server at {server} serves plan "
+                          f"{info.plan_fingerprint}, this device plan {identity.plan_fingerprint}", plan.server.name)
+    front = JanusFront(device, identity, plan.server.name)
+    guard = Guard(GuardPolicy(frozenset({f"/{CENTRAL_SERVICE}/Predict"}), token=token,
+                              plan=identity.plan_fingerprint, rate=security.rate))
+    running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(front, s), CENTRAL_SERVICE,
+                           host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape,
+                                                                                       identity.max_batch),
+                           credentials=tls.server_credentials(require_client_cert=False) if tls else None,
+                           interceptors=[guard] if token is not None or security.rate else [])
+    with torch.inference_mode():   # the device's blocks at every α it may choose compile once here
+        x = torch.zeros(1, *identity.input_shape)
+        for _ in range(warmup):
+            tokens, sizes = runner.embed(x)
+            runner.head(runner.blocks(tokens, sizes, 0, plan.model.depth, 0.0)[0])
+    running.set_serving(True)
+    logger.info(f"janus device {identity.device}: SLA {sla:.2f} ms, server {plan.server.name} at {server}")
+    return running, front

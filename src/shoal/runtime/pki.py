@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.errors import ConfigError
+from shoal.plan.directory import plan_document_file
 from shoal.runtime.security import CA_FILE, TOKEN_FILE, Token
 
 SIGNATURE_FILE = "plan.sig"
@@ -118,11 +119,12 @@ def issue(plan_dir: str | Path, devices: Sequence[str], out: str | Path, fingerp
 
 
 def sign_plan(plan_dir: str | Path, ca_key: Path, signature: Path) -> None:
-    """The CA's detached ECDSA signature of plan.json (which lists the sha256 of every other file)."""
+    """The CA's detached ECDSA signature of plan.json (which lists the sha256 of every other file), or of
+    a Janus plan's janus.json."""
     key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{ca_key} is not an EC private key")
-    data = (Path(plan_dir) / "plan.json").read_bytes()
+    data = plan_document_file(plan_dir).read_bytes()
     _write(signature, key.sign(data, ec.ECDSA(hashes.SHA256())), private=False)
 
 
@@ -137,10 +139,10 @@ def verify_plan(plan_dir: str | Path, ca: Path, signature: Path) -> None:
         public = cert.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise ConfigError(f"{ca} does not hold an EC public key")
-        public.verify(signature.read_bytes(), (Path(plan_dir) / "plan.json").read_bytes(),
+        public.verify(signature.read_bytes(), plan_document_file(plan_dir).read_bytes(),
                       ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise ConfigError(f"{Path(plan_dir) / 'plan.json'} is not the plan the CA signed ({signature}); "
+        raise ConfigError(f"{plan_document_file(plan_dir)} is not the plan the CA signed ({signature}); "
                           "it was changed after `shoal certs`") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot verify the plan's signature {signature}: {exc}") from None
