@@ -36,12 +36,8 @@ of every mode over the scenario, the SLO drawn across). Needs root (`ip`, `tc`, 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import signal
-import statistics
-import time
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,15 +48,15 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.plan.directory import load_plan
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime.bench import prepare_requests, run_paced
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
 from shoal.runtime.evaldata import resolve_test_data
 from shoal.runtime.netns import NetnsLink, netns_unavailable_reason
-from shoal.runtime.status import RemoteError
 from shoal.runtime.timing import time_teacher
 from shoal.runtime.variants import load_variants, served_devices
 from shoal.utils.io import atomic_write_text
-from shoal.utils.stats import quantile, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -82,51 +78,8 @@ PHASES = (
 )
 
 
-def run_phase(client: ShoalClient, images: torch.Tensor, labels: torch.Tensor, start: int, phase_s: float,
-              interval_ms: float, slo_ms: float) -> dict[str, Any]:
-    """`phase_s` seconds of requests, one every `interval_ms` (a camera's frame rate; a request that
-    takes longer delays the next), images from index `start` on."""
-    latencies: list[float] = []
-    within = server_within = correct = answered = degraded = 0
-    errors: Counter[str] = Counter()
-    variants: Counter[str] = Counter()
-    now = time.monotonic()
-    give_up, slot = now + phase_s, now
-    for i in itertools.count():
-        now = time.monotonic()
-        if now >= give_up:
-            break
-        if slot > now:
-            time.sleep(slot - now)
-        slot = max(slot + interval_ms / 1e3, time.monotonic())
-        k = (start + i) % len(images)
-        t0 = time.perf_counter()
-        try:
-            p = client.predict(images[k:k + 1], top_k=1, timeout_s=5.0)
-        except RemoteError as exc:
-            errors[exc.code.name] += 1
-            latencies.append((time.perf_counter() - t0) * 1e3)
-            continue
-        ms = (time.perf_counter() - t0) * 1e3
-        latencies.append(ms)
-        answered += 1
-        within += ms <= slo_ms
-        server_within += p.server_ms <= slo_ms
-        degraded += p.degraded
-        correct += int(p.labels[0] == labels[k])
-        variants[p.variant] += 1
-    sent = len(latencies)
-    ordered = sorted(latencies)
-    low, high = wilson_interval(correct, answered) if answered else (0.0, 0.0)
-    return {"requests": sent, "answered": answered, "within_slo": within / sent,
-            "within_slo_server": server_within / sent, "degraded": degraded,
-            "p50_ms": statistics.median(ordered), "p99_ms": quantile(ordered, 0.99), "errors": dict(errors),
-            "top1": correct / answered if answered else None, "top1_ci95": [low, high], "n": answered,
-            "variants": dict(variants), "latencies_ms": [round(v, 3) for v in latencies]}
-
-
-def play(plan_dir: Path, slo_ms: float | None, victim: str, args: argparse.Namespace, images: torch.Tensor,
-         labels: torch.Tensor) -> dict[str, Any]:
+def play(plan_dir: Path, slo_ms: float | None, victim: str, args: argparse.Namespace,
+         requests: list[pb.PredictRequest], labels: torch.Tensor) -> dict[str, Any]:
     """The whole scenario against one mode: a cluster of `plan_dir` (with `slo_ms`: adaptive)."""
     workers = [d.name for d in served_devices(load_variants(load_plan(plan_dir))).devices if not d.central]
     out: dict[str, Any] = {}
@@ -139,7 +92,7 @@ def play(plan_dir: Path, slo_ms: float | None, victim: str, args: argparse.Names
         planned = cluster.specs[victim].cpu_quota if victim in workers else None
         with ShoalClient(cluster.central_target, timeout_s=10.0) as client:
             for i in range(10):
-                client.predict(images[i:i + 1])
+                client.call(requests[i])
             for index, phase in enumerate(PHASES):
                 for link in links.values():
                     if (link.rate_mbit, link.delay_ms) != (phase.rate_mbit, phase.delay_ms):
@@ -148,7 +101,7 @@ def play(plan_dir: Path, slo_ms: float | None, victim: str, args: argparse.Names
                     if planned is not None:
                         cluster.set_quota(victim, planned * phase.quota_factor)
                     cluster.kill(victim, signal.SIGSTOP if phase.stopped else signal.SIGCONT)
-                out[phase.name] = run_phase(client, images, labels, index * 1000, args.phase_s, args.interval_ms,
+                out[phase.name] = run_paced(client, requests, labels, index * 1000, args.phase_s, args.interval_ms,
                                             args.slo_ms)
     return out
 
@@ -181,6 +134,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)   # the same shuffled test images, in the same order, for every mode
     order = torch.randperm(len(test.labels), generator=g)
     images, labels = test.images[order], test.labels[order]
+    requests = prepare_requests(images, top_k=1)   # float32, as the scenario was first measured
     variants = {v.name: v for v in plan.document.variants} or {}
     modes = {"adaptive": (args.plan, args.slo_ms)}
     modes |= {f"static {name}": (args.plan / v.dir, None) for name, v in variants.items()}
@@ -204,7 +158,7 @@ def main() -> None:
                   f"victim {victim}; SLO {args.slo_ms:g} ms", highlight=False)
     for label, (plan_dir, slo) in modes.items():
         console.print(f"{label}: {len(PHASES)} phases of {args.phase_s:g} s, a request every {args.interval_ms:g} ms")
-        results["modes"][label] = play(plan_dir, slo, victim, args, images, labels)
+        results["modes"][label] = play(plan_dir, slo, victim, args, requests, labels)
     report(console, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")

@@ -1,192 +1,265 @@
-"""Janus under a changing link: the scheduler against device only, server only and a fixed split.
+"""Janus under a changing link: the scheduler against fixed splits and shoal's aggregate-edge mode.
 
-    sudo .venv/bin/python benchmarks/janus.py --plan DIR --data fashion-mnist [--sla-ms 60] [--phase-s 8]
+    sudo .venv/bin/python benchmarks/janus.py --plan JANUS_DIR --edge-plan COFORMER_DIR --data fashion-mnist \
+        [--sla-ms 25] [--phase-s 8] [--interval-ms 40]
 
-DIR is a Janus plan (`shoal plan --method janus`). The server (`shoal serve janus`, pinned to core 0
-under the plan's server quota, as it was profiled) runs in its own network namespace behind a shaped
-link (`NetnsLink`: tbf and the delay proxy); the device is a child process under a CPU quota
-(`--device-quota`, by default the plan's device's) on core 1 that sends one request after another
-for the whole scenario while this process changes the link at each phase boundary:
+JANUS_DIR is a Janus plan (`shoal plan --method janus --devices benchmarks/janus-devices.yaml`): a camera
+at a quarter of a core (the device) and a server with a whole core. COFORMER_DIR is shoal's
+aggregate-edge plan for the same two machines with the camera as the central node
+(`shoal plan --devices benchmarks/janus-edge-devices.yaml --pareto 4`). Both are served as
+`shoal serve local` serves them (`LocalCluster`: each process under its device's CPU limit), the
+server in its own network namespace behind a shaped link (`NetnsLink`: tbf and the delay proxy).
+A client on the camera's side sends a request every `--interval-ms` (a camera's frame rate; a request
+that takes longer delays the next) while this process changes the link at each phase boundary,
+without warning:
 
-    2 Mbit/s, 50 ms one way  →  10 Mbit/s, 20 ms  →  50 Mbit/s, 5 ms
+    scenario   2 Mbit/s, 50 ms one way  ->  10 Mbit/s, 20 ms  ->  50 Mbit/s, 5 ms
+    sweep      1, 3, 10, 30, 100 Mbit/s, 1 ms one way (janus and aggregate-edge only)
 
-Modes, each playing the same scenario: "janus" (α and the split per request, Algorithm 1, from the
-bandwidth measured on its own transfers), "device-only" (α = 0, every block on the device),
-"server-only" (α = 0, the image sent), "fixed split" (the α and split Janus picks at 10 Mbit/s,
-for every request). Per phase: SLA violation ratio, top-1 on the test images (n, 95% Wilson
-interval), throughput (answers per second), p50/p99, and the configurations used. Writes
-benchmarks/results/janus.json.
+Modes: "janus" (α and the split per request, Algorithm 1, from the bandwidth it measures on its own
+transfers); "fixed α:s" for every request (the baselines: 0:0 sends the image to the server,
+0:<blocks + 1> runs everything on the camera, and splits between, with and without the largest α);
+"aggregate-edge" (the CoFormer plan with `--slo-ms` = the SLA: variant choice, demotion, probes);
+"aggregate-edge static" (its primary, no SLO). Per phase and mode: the SLA violation ratio at the
+client (late or failed), top-1 on the same shuffled test images (n, 95% Wilson interval), answers per
+second, p50/p99, the configurations used. Writes benchmarks/results/janus.json, janus.png (every
+request's latency over the scenario) and janus-sweep.png (p50 and top-1 against bandwidth).
+Needs root (`ip`, `tc`, cgroups).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
-import time
-from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PHASES = ((2.0, 50.0), (10.0, 20.0), (50.0, 5.0))   # (Mbit/s, one-way ms)
-MODES = ("janus", "device-only", "server-only", "fixed split")
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from shoal.models import DEFAULT_TEACHER, load_teacher
+from shoal.plan.janus import JanusPlan
+from shoal.runtime import shoal_pb2 as pb
+from shoal.runtime.bench import prepare_requests, run_paced
+from shoal.runtime.client import ShoalClient
+from shoal.runtime.cluster import LocalCluster
+from shoal.runtime.evaldata import resolve_test_data
+from shoal.runtime.netns import NetnsLink, netns_unavailable_reason
+from shoal.utils.io import atomic_write_text
+from shoal.utils.stats import wilson_interval
 
 
-def child(args: argparse.Namespace) -> None:
-    """The device: run `args.mode` for len(PHASES) · phase_s seconds after "go"; print one JSON line."""
-    from shoal.runtime import shoal_pb2 as pb
-    from shoal.runtime.bench import prepare_requests
-    from shoal.runtime.device import set_torch_threads
-    from shoal.runtime.evaldata import resolve_test_data
-    from shoal.runtime.janus import JanusDevice, load_janus
-    from shoal.runtime.status import RemoteError
-
-    set_torch_threads(1)
-    plan, runner, identity = load_janus(args.plan)
-    m = plan.model
-    fixed = {"janus": None, "device-only": (0.0, m.depth + 1), "server-only": (0.0, 0),
-             "fixed split": None}[args.mode]
-    if args.mode == "fixed split":
-        choice = m.choose(10e6, args.sla_ms)
-        fixed = (choice.alpha, choice.split)
-    device = JanusDevice(runner, m, args.target, args.sla_ms, prior_mbps=10.0, fingerprint=identity.plan_fingerprint,
-                         fixed=fixed)
-    test, why = resolve_test_data(runner_config(runner), plan.teacher, args.data)
-    if test is None:
-        sys.exit(f"no test data: {why}")
-    images, labels = test.images[:1000], test.labels[:1000]
-    requests = prepare_requests(images, 1, plan.input.format, (plan.input.mean, plan.input.std))
-    for i in range(3):   # warm-up: compile, connect
-        device.predict(requests[i], images[i:i + 1])
-    print("READY device", flush=True)
-    sys.stdin.readline()
-    start, out = time.monotonic(), []
-    k = 0
-    for phase in range(len(PHASES)):
-        end = start + (phase + 1) * args.phase_s
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < end:
-            i = k % len(images)
-            k += 1
-            t0 = time.perf_counter()
-            try:
-                reply, choice, _ = device.predict(requests[i], images[i:i + 1], timeout_s=5.0)
-                ok = True
-            except RemoteError:
-                ok, reply, choice = False, pb.PredictReply(), None
-            ms = (time.perf_counter() - t0) * 1e3
-            top = reply.top_indices[0] if ok and reply.top_indices else -1
-            rows.append({"ms": ms, "ok": ok, "correct": int(top == int(labels[i])),
-                         "config": f"α {choice.alpha:.2f} s {choice.split}" if choice else "error"})
-        out.append(rows)
-    device.close()
-    print(json.dumps(out), flush=True)
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    rate_mbit: float
+    delay_ms: float
 
 
-def runner_config(runner: Any) -> Any:
-    from shoal.models import config_from_timm
+SCENARIO = (Phase("2 Mbit/s, 50 ms", 2.0, 50.0), Phase("10 Mbit/s, 20 ms", 10.0, 20.0),
+            Phase("50 Mbit/s, 5 ms", 50.0, 5.0))
+SWEEP_DELAY_MS = 1.0
+SWEEP = tuple(Phase(f"{r:g} Mbit/s", r, SWEEP_DELAY_MS) for r in (1.0, 3.0, 10.0, 30.0, 100.0))
 
-    return config_from_timm(runner.model)
+
+@dataclass(frozen=True)
+class Mode:
+    """One way of serving: a plan directory, its server-side device, and what the front is told."""
+
+    name: str
+    plan: Path
+    server: str
+    slo_ms: float | None = None
+    extra: tuple[str, ...] = ()
 
 
-def summarise(rows: list[dict[str, Any]], sla_ms: float, phase_s: float) -> dict[str, Any]:
-    from shoal.utils.stats import quantile, wilson_interval
+def play(mode: Mode, phases: tuple[Phase, ...], requests: list[pb.PredictRequest], labels: torch.Tensor,
+         args: argparse.Namespace, front: str) -> dict[str, Any]:
+    """The phases against one mode; the link to its server changes at each boundary."""
+    out: dict[str, Any] = {}
+    with ExitStack() as stack:
+        link = stack.enter_context(NetnsLink(phases[0].rate_mbit, phases[0].delay_ms, "janus", force_proxy=True))
+        cluster = stack.enter_context(LocalCluster(mode.plan, slo_ms=mode.slo_ms,
+                                                   placements={mode.server: link.placement()},
+                                                   extra_args={front: list(mode.extra)} if mode.extra else None))
+        with ShoalClient(cluster.central_target, timeout_s=10.0) as client:
+            for i in range(10):   # connect, warm up
+                client.call(requests[i])
+            for index, phase in enumerate(phases):
+                if (link.rate_mbit, link.delay_ms) != (phase.rate_mbit, phase.delay_ms):
+                    link.change(phase.rate_mbit, phase.delay_ms)
+                out[phase.name] = run_paced(client, requests, labels, index * 1000, args.phase_s,
+                                            args.interval_ms, args.sla_ms)
+    return out
 
-    answered = [r for r in rows if r["ok"]]
-    correct = sum(r["correct"] for r in answered)
-    low, high = wilson_interval(correct, len(answered)) if answered else (0.0, 0.0)
-    ms = sorted(r["ms"] for r in rows)
-    return {"requests": len(rows), "violation_ratio": sum(r["ms"] > sla_ms or not r["ok"] for r in rows) / len(rows),
-            "top1": correct / len(answered) if answered else None, "top1_ci95": [low, high], "n": len(answered),
-            "throughput_per_s": len(answered) / phase_s, "p50_ms": statistics.median(ms),
-            "p99_ms": quantile(ms, 0.99), "configs": dict(Counter(r["config"] for r in rows).most_common(4))}
+
+def overall(runs: dict[str, Any]) -> dict[str, Any]:
+    """A mode over the whole scenario: violations, top-1 (n, 95% CI) and answers per second."""
+    sent = sum(r["requests"] for r in runs.values())
+    late = sum(r["requests"] - round(r["within_slo"] * r["requests"]) for r in runs.values())
+    n = sum(r["n"] for r in runs.values())
+    correct = sum(round((r["top1"] or 0.0) * r["n"]) for r in runs.values())
+    low, high = wilson_interval(correct, n) if n else (0.0, 0.0)
+    return {"requests": sent, "violation_ratio": late / sent if sent else 1.0, "top1": correct / n if n else None,
+            "top1_ci95": [low, high], "n": n}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--plan", type=Path, required=True, help="the Janus plan")
+    parser.add_argument("--edge-plan", type=Path, default=None, help="shoal's aggregate-edge plan, same machines")
     parser.add_argument("--data", default=None)
-    parser.add_argument("--sla-ms", type=float, default=60.0)
+    parser.add_argument("--sla-ms", type=float, default=25.0)
     parser.add_argument("--phase-s", type=float, default=8.0)
-    parser.add_argument("--device-quota", type=float, default=None,
-                        help="the device's share of core 1 (default: the plan's device's, as it was profiled)")
-    parser.add_argument("--modes", nargs="*", default=list(MODES))
+    parser.add_argument("--interval-ms", type=float, default=40.0)
+    parser.add_argument("--modes", nargs="*", default=None, help="only these modes (names as printed)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the bandwidth sweep")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "janus.json")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--target", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="janus", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(args)
-        return
-    from rich.table import Table
-
-    from shoal.commands._common import console
-    from shoal.devices.child import LimitedChild
-    from shoal.devices.emulation import CpuLimit
-    from shoal.plan.janus import JanusPlan
-    from shoal.runtime.netns import NetnsLink, netns_unavailable_reason
-    from shoal.utils.io import atomic_write_text
-
+    console = Console()
     reason = netns_unavailable_reason()
     if reason:
-        sys.exit(f"needs network namespaces: {reason}")
-    plan = JanusPlan.read(args.plan)   # a clear line now if it is not a Janus plan
-    if args.device_quota is None:
-        args.device_quota = plan.device.cpu_quota or 1.0
-    server_limit = CpuLimit(plan.server.cpu_quota, (0,))   # as profiled
-    results: dict[str, Any] = {"plan": str(args.plan), "sla_ms": args.sla_ms, "phase_s": args.phase_s,
-                               "device_quota": args.device_quota, "phases": [list(p) for p in PHASES], "modes": {}}
-    for mode in args.modes:
-        console.print(f"{mode}: {len(PHASES)} phases of {args.phase_s:g} s", highlight=False)
-        with NetnsLink(PHASES[0][0], PHASES[0][1], "janus", force_proxy=True) as link:
-            placement = link.placement()
-            server = LimitedChild([*placement.prefix, sys.executable, "-m", "shoal.cli", "serve", "janus", "--plan",
-                                   str(args.plan), "--host", placement.bind_host, "--port", str(placement.bind_port),
-                                   "--no-emulate", "--insecure", "--watch-parent"], server_limit,
-                                  who="the janus server", strict=False, stdout=subprocess.PIPE, text=True)
-            device = None
-            try:
-                server.read_line("SHOAL_LISTENING", time.monotonic() + 120)
-                device = LimitedChild([sys.executable, __file__, "--child", "--plan", str(args.plan), "--target",
-                                       placement.connect, "--mode", mode, "--sla-ms", str(args.sla_ms),
-                                       "--phase-s", str(args.phase_s)] + (["--data", args.data] if args.data else []),
-                                      CpuLimit(args.device_quota, (1,)), who="the device", strict=False,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                device.read_line("READY", time.monotonic() + 300)
-                assert device.proc.stdin is not None
-                device.proc.stdin.write("go\n")
-                device.proc.stdin.flush()
-                start = time.monotonic()
-                for k, (rate, delay) in enumerate(PHASES[1:], start=1):
-                    time.sleep(max(0.0, start + k * args.phase_s - time.monotonic()))
-                    link.change(rate, delay)
-                out, _ = device.proc.communicate(timeout=len(PHASES) * args.phase_s + 120)
-            finally:
-                for proc in (device, server):
-                    if proc is not None:
-                        proc.stop()
-        phases = json.loads(out.strip().splitlines()[-1])
-        results["modes"][mode] = [summarise(rows, args.sla_ms, args.phase_s) for rows in phases]
-    table = Table(title=f"Janus: SLA {args.sla_ms:g} ms; device {args.device_quota:g} of a core, server "
-                        f"{plan.server.cpu_quota or 1:g}")
-    for col in ("link", "mode", "SLA violations", "top-1 [95% CI] n", "answers/s", "p50 ms", "p99 ms",
-                "configurations"):
-        table.add_column(col, justify="left" if col in ("link", "mode", "configurations") else "right")
-    for k, (rate, delay) in enumerate(PHASES):
-        for mode, phases in results["modes"].items():
-            r = phases[k]
-            top1 = f"{r['top1']:.1%} [{r['top1_ci95'][0]:.1%}, {r['top1_ci95'][1]:.1%}] {r['n']}" if r["top1"] else "-"
-            table.add_row(f"{rate:g} Mbit/s, {delay:g} ms", mode, f"{r['violation_ratio']:.1%}", top1,
-                          f"{r['throughput_per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                          ", ".join(f"{c} ×{n}" for c, n in r["configs"].items()))
-        table.add_section()
-    console.print(table)
+        raise SystemExit(f"needs network namespaces: {reason}")
+    janus = JanusPlan.read(args.plan)   # a clear line now if it is not a Janus plan
+    m = janus.model
+    teacher = load_teacher(None if janus.teacher == DEFAULT_TEACHER else janus.teacher)
+    test, note = resolve_test_data(teacher.config, janus.teacher, args.data)
+    if test is None:
+        raise SystemExit(f"no test data: {note}")
+    g = torch.Generator().manual_seed(0)   # the same shuffled test images, in the same order, for every mode
+    order = torch.randperm(len(test.labels), generator=g)
+    images, labels = test.images[order], test.labels[order]
+    requests = prepare_requests(images, 1, janus.input.format, (janus.input.mean, janus.input.std))
+    amax, mid, alone = m.configs[-1].alpha, m.candidates[len(m.candidates) // 2], m.depth + 1
+    fixed = [(0.0, 0), (0.0, 1), (0.0, mid), (0.0, alone), (amax, mid), (amax, alone)]
+    server, camera = janus.server.name, janus.device.name
+    modes = [Mode("janus", args.plan, server, args.sla_ms)]
+    modes += [Mode(f"fixed {a:g}:{s}", args.plan, server, None, ("--fixed", f"{a:g}:{s}")) for a, s in fixed]
+    if args.edge_plan is not None:
+        modes += [Mode("aggregate-edge", args.edge_plan, server, args.sla_ms),
+                  Mode("aggregate-edge static", args.edge_plan, server)]
+    if args.modes:
+        modes = [md for md in modes if md.name in args.modes]
+    results: dict[str, Any] = {
+        "plan": str(args.plan), "edge_plan": str(args.edge_plan) if args.edge_plan else None, "sla_ms": args.sla_ms,
+        "phase_s": args.phase_s, "interval_ms": args.interval_ms, "device": janus.device.to_dict(),
+        "server": janus.server.to_dict(), "phases": [p.__dict__ for p in SCENARIO],
+        "sweep_phases": [p.__dict__ for p in SWEEP],
+        "plan_test_top1": {"alpha_0": janus.test_accuracy[0], "alpha_max": janus.test_accuracy[-1],
+                           "n": janus.test_n, "alpha_max_value": amax},
+        "modes": {}, "sweep": {}}
+    for mode in modes:
+        console.print(f"{mode.name}: {len(SCENARIO)} phases of {args.phase_s:g} s", highlight=False)
+        results["modes"][mode.name] = play(mode, SCENARIO, requests, labels, args, camera)
+    if not args.no_sweep:
+        for mode in (md for md in modes if md.name in ("janus", "aggregate-edge")):
+            console.print(f"sweep, {mode.name}: {len(SWEEP)} phases of {args.phase_s:g} s", highlight=False)
+            results["sweep"][mode.name] = play(mode, SWEEP, requests, labels, args, camera)
+    report(console, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
-    console.print(f"wrote {args.out}")
+    figures(results, args.out)
+    console.print(f"wrote {args.out} and its figures")
+
+
+def report(console: Console, results: dict[str, Any]) -> None:
+    sla = results["sla_ms"]
+    for key, title in (("modes", "scenario"), ("sweep", f"bandwidth sweep, {SWEEP_DELAY_MS:g} ms one way")):
+        if not results[key]:
+            continue
+        table = Table(title=f"Janus {title}: SLA {sla:g} ms, one request every {results['interval_ms']:g} ms")
+        for col in ("link", "mode", "SLA violations", "top-1 [95% CI] n", "answers/s", "p50 ms", "p99 ms",
+                    "configurations"):
+            table.add_column(col, justify="left" if col in ("link", "mode", "configurations") else "right")
+        phases = next(iter(results[key].values()))
+        for phase in phases:
+            for mode, runs in results[key].items():
+                r = runs[phase]
+                top1 = (f"{r['top1']:.1%} [{r['top1_ci95'][0]:.1%}, {r['top1_ci95'][1]:.1%}] {r['n']}"
+                        if r["top1"] is not None else "-")
+                table.add_row(phase, mode, f"{1 - r['within_slo']:.1%}", top1,
+                              f"{r['answered'] / results['phase_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                              ", ".join(f"{c} ×{n}" for c, n in sorted(r["variants"].items(), key=lambda x: -x[1])[:3]))
+            table.add_section()
+        console.print(table)
+    totals = {mode: overall(runs) for mode, runs in results["modes"].items()}
+    results["overall"] = totals
+    janus = totals.get("janus")
+    fixed = {k: v for k, v in totals.items() if k.startswith("fixed")}
+    if janus and fixed and janus["top1"] is not None:
+        best = min(fixed, key=lambda k: (fixed[k]["violation_ratio"], -(fixed[k]["top1"] or 0.0)))
+        b = fixed[best]
+        ratio = b["violation_ratio"] / janus["violation_ratio"] if janus["violation_ratio"] else float("inf")
+        results["goal"] = {"best_fixed": best, "best_fixed_violations": b["violation_ratio"],
+                           "janus_violations": janus["violation_ratio"], "ratio": ratio,
+                           "top1_gap_pt": (janus["top1"] - (b["top1"] or 0.0)) * 100,
+                           "met": ratio >= 10 and janus["top1"] >= (b["top1"] or 0.0) - 0.01}
+        g = results["goal"]
+        console.print(f"whole scenario: janus {janus['violation_ratio']:.1%} violations, top-1 {janus['top1']:.1%}; "
+                      f"best fixed split {best}: {b['violation_ratio']:.1%}, top-1 {(b['top1'] or 0):.1%} -> "
+                      f"{ratio:.1f}x fewer violations, {g['top1_gap_pt']:+.1f} pt; goal (10x, within 1 pt) "
+                      f"{'met' if g['met'] else 'not met'}", highlight=False)
+    for mode, t in totals.items():
+        console.print(f"  {mode}: {t['violation_ratio']:.1%} violations, top-1 "
+                      f"{(t['top1'] or 0):.1%} [{t['top1_ci95'][0]:.1%}, {t['top1_ci95'][1]:.1%}] n={t['n']}",
+                      highlight=False)
+
+
+def figures(results: dict[str, Any], out: Path) -> None:
+    """janus.png: every request's latency over the scenario; janus-sweep.png: p50 and top-1 by bandwidth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phase_s, sla = results["phase_s"], results["sla_ms"]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    modes = list(results["modes"])
+    colours = dict(zip(modes, plt.get_cmap("tab10").colors))
+    for k, phase in enumerate(p["name"] for p in results["phases"]):
+        start = k * phase_s
+        if k % 2:
+            ax.axvspan(start, start + phase_s, alpha=0.08, color="grey")
+        ax.text(start + 0.1, 0.97, phase, transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+        for mode in modes:
+            ys = results["modes"][mode][phase]["latencies_ms"]
+            xs = [start + phase_s * i / max(len(ys), 1) for i in range(len(ys))]
+            ax.plot(xs, ys, ".", ms=2.5 if mode == "janus" else 1.5, color=colours[mode],
+                    label=mode if k == 0 else None, zorder=3 if mode == "janus" else 2)
+    ax.axhline(sla, color="red", lw=1, label=f"SLA {sla:g} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("time in the scenario (s)")
+    ax.set_ylabel("latency at the client (ms)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=4)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+    if not results["sweep"]:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    rates = [p["rate_mbit"] for p in results["sweep_phases"]]
+    for mode, runs in results["sweep"].items():
+        rows = [runs[p["name"]] for p in results["sweep_phases"]]
+        left.plot(rates, [r["p50_ms"] for r in rows], "o-", label=f"{mode} p50")
+        left.plot(rates, [r["p99_ms"] for r in rows], "x--", label=f"{mode} p99", alpha=0.6)
+        right.errorbar(rates, [100 * (r["top1"] or 0) for r in rows],
+                       yerr=[[100 * ((r["top1"] or 0) - r["top1_ci95"][0]) for r in rows],
+                             [100 * (r["top1_ci95"][1] - (r["top1"] or 0)) for r in rows]], fmt="o-", capsize=3,
+                       label=mode)
+    left.axhline(sla, color="red", lw=1, label=f"SLA {sla:g} ms")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel(f"link bandwidth (Mbit/s), {SWEEP_DELAY_MS:g} ms one way")
+        ax.legend(fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel("latency at the client (ms)")
+    right.set_ylabel("top-1 through the runtime (%)")
+    fig.tight_layout()
+    fig.savefig(out.with_name(out.stem + "-sweep.png"), dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

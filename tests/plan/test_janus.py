@@ -67,3 +67,37 @@ def test_the_summed_parts_are_the_per_layer_fits_and_alpha_must_increase():
     assert model.config(0.5) is model.configs[1] and model.config(0.123) is None
     with pytest.raises(ConfigError, match="α of a Janus model must increase"):
         JanusModel(model.configs[::-1], model.device, model.server, 1, 1, model.candidates)
+
+
+def test_a_pruned_run_pays_for_its_reducing_blocks_and_old_plans_still_read():
+    depth, tokens = 6, 65
+    configs = tuple(JanusConfig(a, counts(a, depth, tokens), 0.9) for a in (0.0, 0.5))
+    plain, reducing = LayerLatency(0.01, 1.0), LayerLatency(0.01, 3.0)   # reducing costs 2 ms more per block
+    model = JanusModel(configs, plain, plain, 386, 784, split_candidates(depth, 5), 0.0, reducing, reducing)
+    alone = depth + 1
+    assert model.parts_ms(configs[0], alone)[0] == pytest.approx(sum(plain(x) for x in configs[0].counts[:-1]))
+    assert model.parts_ms(configs[1], alone)[0] == pytest.approx(sum(reducing(x) for x in configs[1].counts[:-1]))
+    # so the scheduler keeps α = 0 when pruning saves no time
+    assert model.choose(1e3, sla_ms=1e3).alpha == 0.0
+    assert model.choose(1e3, sla_ms=1.0).alpha == 0.0   # nothing meets it: the fastest is still unpruned
+    without = JanusModel(configs, plain, plain, 386, 784, split_candidates(depth, 5))
+    assert without.parts_ms(configs[1], alone)[0] == pytest.approx(sum(plain(x) for x in configs[1].counts[:-1]))
+
+
+def test_janus_json_round_trips_and_format_1_reads_without_reducing_fits():
+    from shoal.devices.spec import DeviceSpec
+    from shoal.plan.document import InputSpec
+    from shoal.plan.janus import JanusPlan
+
+    depth, tokens = 6, 65
+    configs = tuple(JanusConfig(a, counts(a, depth, tokens), 0.9) for a in (0.0, 0.5))
+    model = JanusModel(configs, LayerLatency(0.01, 1.0), LayerLatency(0.02, 0.5), 386, 784,
+                       split_candidates(depth, 5), 1.5, LayerLatency(0.01, 3.0), LayerLatency(0.02, 2.0))
+    plan = JanusPlan("t", "f", DeviceSpec("edge", 1 << 20), DeviceSpec("hub", 1 << 20, central=True), "merge",
+                     model, (0.9, 0.8), 10, InputSpec((0.5,), (0.5,)), {})
+    data = plan.to_dict()
+    assert JanusPlan.from_dict(data) == plan
+    old = {**data, "format_version": 1, "latency": {k: v for k, v in data["latency"].items() if "reducing" not in k}}
+    assert JanusPlan.from_dict(old).model.device_reducing is None
+    with pytest.raises(Exception, match="unknown field"):   # format 1 has no reducing fits
+        JanusPlan.from_dict({**data, "format_version": 1})

@@ -26,3 +26,10 @@ def test_a_line_recovers_a_line_and_the_quadratic_term_a_parabola():
 def test_one_block_is_timed_at_each_token_count():
     samples = time_layers(make_vit(img_size=16, patch_size=2), [8, 32, 65], repeats=3, warmup=1)
     assert [t for t, _ in samples] == [8, 32, 65] and all(ms > 0 for _, ms in samples)
+
+
+def test_a_reducing_block_is_timed_as_a_reducing_run_runs_it():
+    model = make_vit(img_size=16, patch_size=2)
+    for reduction in ("merge", "prune"):
+        samples = time_layers(model, [8, 65], repeats=3, warmup=1, reduction=reduction)
+        assert [t for t, _ in samples] == [8, 65] and all(ms > 0 for _, ms in samples)

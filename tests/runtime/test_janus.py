@@ -260,3 +260,31 @@ def test_shoal_bench_runs_a_janus_plan_beside_the_teacher_on_the_device(janus_pl
     assert result.latency.median_ms > 0 and not result.errors
     assert [d.device for d in result.devices][0] == "edge" and result.teacher["device"] == "edge"
     assert all(k.startswith("α ") for k in result.answers)   # every answer names its α and split
+
+
+def test_a_fixed_configuration_outside_the_plan_is_one_line(janus_plan):
+    from shoal.errors import ConfigError
+    from shoal.runtime.janus import load_janus, start_janus_device
+
+    plan, runner, identity = load_janus(janus_plan, "device")
+    for fixed in ((0.013, 1), (0.0, plan.model.depth + 2)):
+        with pytest.raises(ConfigError, match="is not a configuration of this plan"):
+            start_janus_device(plan, runner, identity, "127.0.0.1:1", fixed=fixed)
+
+
+def test_each_alpha_is_corrected_by_its_own_measurements(server):
+    """A pruned configuration that measures slower than its fit must not make the unpruned one look slow."""
+    running, runner, janus = server
+    device = JanusDevice(runner, janus, running.target, sla_ms=1e3)
+    try:
+        pruned, plain = janus.configs[-1], janus.configs[0]
+        for _ in range(5):
+            device.estimates.observe("device", 40.0, 10.0, None)                        # 4x, any α
+            device.estimates.observe(f"device α{pruned.alpha:.2f}", 40.0, 10.0, None)   # 4x, that α
+            device.estimates.observe(f"device α{plain.alpha:.2f}", 10.0, 10.0, None)    # as predicted
+        assert device.scales(pruned)[0] == pytest.approx(4.0)
+        assert device.scales(plain)[0] == pytest.approx(1.0)
+        assert device.scales(janus.configs[1])[0] == pytest.approx(4.0)   # never measured: the side's ratio
+        assert device.scales(plain)[1] == 1.0                             # the server: nothing measured yet
+    finally:
+        device.close()

@@ -244,11 +244,12 @@ def show_janus(plan: JanusPlan, where: Path) -> None:
         table.add_row(f"{c.alpha:.2f}", " ".join(map(str, c.counts[1:])), f"{c.accuracy:.2%}",
                       f"{plan.test_accuracy[k]:.2%}")
     console.print(table)
-    for side, fit in (("device", m.device), ("server", m.server)):
+    for side, fit, reducing in (("device", m.device, m.device_reducing), ("server", m.server, m.server_reducing)):
         chosen = plan.profiles.get(getattr(plan, side).name, {})
         console.print(f"{side} {getattr(plan, side).name}: a block takes {fit.a:.4f}·x + {fit.c:.2e}·x² "
-                      f"+ {fit.b:.3f} ms for x tokens ({chosen.get('chosen', '?')} fit kept by leave-one-out)",
-                      highlight=False)
+                      f"+ {fit.b:.3f} ms for x tokens ({chosen.get('chosen', '?')} fit kept by leave-one-out)"
+                      + (f"; one that removes tokens {reducing.a:.4f}·x + {reducing.c:.2e}·x² + {reducing.b:.3f} ms"
+                         if reducing is not None else ""), highlight=False)
     console.print(f"split points {list(m.candidates)}; {m.token_bytes} bytes per token, {m.image_bytes} per image "
                   f"({plan.input.format}); fixed {m.fixed_ms:.2f} ms per request", highlight=False)
 

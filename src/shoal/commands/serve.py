@@ -87,6 +87,9 @@ def janus(
     ] = None,
     prior_mbps: Annotated[float, typer.Option(
         help="device: uplink bandwidth assumed until a transfer is measured")] = 10.0,
+    fixed: Annotated[str | None, typer.Option(
+        help="device: ALPHA:SPLIT for every request instead of the scheduler's choice (a baseline: 0:0 sends "
+             "the image, 0:<blocks + 1> runs everything on the device)")] = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 50053,
     threads: ThreadsOpt = None,
@@ -100,9 +103,19 @@ def janus(
     rate_limit: RateOpt = None,
 ) -> None:
     """Serve one side of a Janus plan: the server finishes what the device started; the device answers."""
+    from shoal.errors import ConfigError
     from shoal.runtime.janus import serve_janus
 
-    serve_janus(plan, role=role, server=server, host=host, port=port, emulate=emulate, threads=threads,
+    pinned = None
+    if fixed is not None:
+        alpha, sep, split = fixed.partition(":")
+        try:
+            pinned = (float(alpha), int(split))
+        except ValueError:
+            raise ConfigError(f"--fixed must be ALPHA:SPLIT (e.g. 0.3:2), got {fixed!r}") from None
+        if not sep:
+            raise ConfigError(f"--fixed must be ALPHA:SPLIT (e.g. 0.3:2), got {fixed!r}")
+    serve_janus(plan, role=role, fixed=pinned, server=server, host=host, port=port, emulate=emulate, threads=threads,
                 grace=grace, watch_parent=watch_parent, sla_ms=sla_ms, prior_mbps=prior_mbps,
                 connect_timeout=connect_timeout, security=_security(tls_dir, token_file, insecure, rate_limit))
 

@@ -157,7 +157,7 @@ class TokenRunner:
         """Blocks start..stop-1 (0-based; layer l = index + 1 of eq. 1), reducing by α's schedule."""
         schedule = removals(alpha, self.depth, self.tokens)
         for j in range(start, stop):
-            x, size = self._block(self.model.blocks[j], x, size, schedule[j])
+            x, size = self.block(j, x, size, schedule[j])
         return x, size
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +171,9 @@ class TokenRunner:
         x, _ = self.blocks(x, size, 0, self.depth, alpha)
         return self.head(x)
 
-    def _block(self, block: Any, x: torch.Tensor, size: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block(self, index: int, x: torch.Tensor, size: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block `index` (0-based) on tokens (B, T, d) of sizes (B, T, 1), removing `r` of them."""
+        block: Any = self.model.blocks[index]
         attn = block.attn
         # q|k|v are kept only for a block that reduces (a block at r = 0 runs as timm runs it)
         handle = attn.qkv.register_forward_hook(lambda _m, _i, out: self._captured.__setitem__("qkv", out)) \

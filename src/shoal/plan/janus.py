@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -80,6 +81,8 @@ class JanusModel:
         image_bytes: Bytes of the input when the server gets the image (s = 0).
         candidates: Split points (eq. 3).
         fixed_ms: Measured per-request cost outside the layers (embedding, head, the call).
+        device_reducing, server_reducing: Per-layer latency of a block that removes tokens (every
+            block of a run at α > 0); None: as a plain block (a plan of format 1).
     """
 
     configs: tuple[JanusConfig, ...]
@@ -89,6 +92,8 @@ class JanusModel:
     image_bytes: int
     candidates: tuple[int, ...]
     fixed_ms: float = 0.0
+    device_reducing: LayerLatency | None = None
+    server_reducing: LayerLatency | None = None
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -118,9 +123,12 @@ class JanusModel:
         """Per α, per split s = 0..N+1: (the device's blocks, the server's blocks), summed once: the
         fits are fixed, only the live scales and the bandwidth change from one request to the next."""
         out = {}
-        for c in self.configs:
-            dev = [self.device(x) for x in c.counts[:-1]]   # block l reads the x_{l-1} tokens
-            srv = [self.server(x) for x in c.counts[:-1]]
+        for c in self.configs:   # block l reads the x_{l-1} tokens; it reduces when x_l < x_{l-1}
+            reduces = [after < before for before, after in zip(c.counts[:-1], c.counts[1:])]
+            dev = [(self.device_reducing or self.device)(x) if r else self.device(x)
+                   for x, r in zip(c.counts[:-1], reduces)]
+            srv = [(self.server_reducing or self.server)(x) if r else self.server(x)
+                   for x, r in zip(c.counts[:-1], reduces)]
             out[round(c.alpha, 6)] = tuple((sum(dev[:min(s, self.depth)]), sum(srv[s:]))
                                            for s in range(self.depth + 2))
         return out
@@ -137,13 +145,16 @@ class JanusModel:
         sent = self.image_bytes if split == 0 else 0 if split > self.depth else config.counts[split] * self.token_bytes
         return device * device_scale + server * server_scale + sent * 8 / bandwidth_bps * 1e3 + self.fixed_ms
 
-    def choose(self, bandwidth_bps: float, sla_ms: float, device_scale: float = 1.0,
-               server_scale: float = 1.0) -> Choice:
-        """Algorithm 1: the least pruned α whose fastest split meets `sla_ms`, else the fastest of all."""
+    def choose(self, bandwidth_bps: float, sla_ms: float,
+               scales: Callable[[JanusConfig], tuple[float, float]] | None = None) -> Choice:
+        """Algorithm 1: the least pruned α whose fastest split meets `sla_ms`, else the fastest of all.
+        `scales(config)`: (device, server) corrections of that α's fits by what live calls measured
+        (None: as profiled)."""
         if not (bandwidth_bps > 0 and math.isfinite(bandwidth_bps)):
             raise ConfigError(f"bandwidth must be a positive number of bits per second, got {bandwidth_bps!r}")
         fastest: Choice | None = None
         for config in self.configs:   # least pruned first: the paper's order
+            device_scale, server_scale = scales(config) if scales is not None else (1.0, 1.0)
             ms, split = min((self.latency_ms(config, s, bandwidth_bps, device_scale, server_scale), s)
                             for s in self.candidates)
             if ms <= sla_ms:
@@ -189,13 +200,14 @@ class JanusPlan:
     def to_dict(self) -> dict[str, Any]:
         m = self.model
         return {
-            "format_version": 1, "teacher": self.teacher, "family": self.family,
+            "format_version": 2, "teacher": self.teacher, "family": self.family,
             "device": self.device.to_dict(), "server": self.server.to_dict(), "reduction": self.reduction,
             "alphas": [c.alpha for c in m.configs], "counts": [list(c.counts) for c in m.configs],
             "val_accuracy": [c.accuracy for c in m.configs], "test_accuracy": list(self.test_accuracy),
             "test_n": self.test_n,
-            "latency": {"device": [m.device.a, m.device.b, m.device.c], "server": [m.server.a, m.server.b, m.server.c],
-                        "fixed_ms": m.fixed_ms},
+            "latency": {**{side: [fit.a, fit.b, fit.c] for side, fit in (
+                ("device", m.device), ("server", m.server), ("device_reducing", m.device_reducing or m.device),
+                ("server_reducing", m.server_reducing or m.server))}, "fixed_ms": m.fixed_ms},
             "token_bytes": m.token_bytes, "image_bytes": m.image_bytes, "candidates": list(m.candidates),
             "input": self.input.to_dict(), "profiles": self.profiles}
 
@@ -203,8 +215,9 @@ class JanusPlan:
     def from_dict(cls, data: Any, where: str = JANUS_FILE) -> JanusPlan:
         """Read janus.json field by field; `DataError` names the first field that does not fit."""
         f = Fields(data, where)
-        if f.raw("format_version", None) != 1:
-            raise DataError(f"{where} is not a Janus plan this shoal reads (format_version 1)")
+        version = f.raw("format_version", None)
+        if version not in (1, 2):
+            raise DataError(f"{where} is not a Janus plan this shoal reads (format_version 1 or 2)")
         try:
             alphas, counts = f.floats("alphas"), f.raw("counts")
             accuracy, test = f.floats("val_accuracy"), f.floats("test_accuracy")
@@ -214,9 +227,11 @@ class JanusPlan:
             configs = tuple(JanusConfig(a, tuple(int(x) for x in c), acc)
                             for a, c, acc in zip(alphas, counts, accuracy))
             latency = f.obj("latency")
-            sides = [LayerLatency(*(float(v) for v in latency.floats(side))) for side in ("device", "server")]
+            names = ("device", "server") + (("device_reducing", "server_reducing") if version == 2 else ())
+            sides = [LayerLatency(*(float(v) for v in latency.floats(side))) for side in names]
             model = JanusModel(configs, sides[0], sides[1], f.integer("token_bytes"), f.integer("image_bytes"),
-                               tuple(int(s) for s in f.raw("candidates")), latency.number("fixed_ms"))
+                               tuple(int(s) for s in f.raw("candidates")), latency.number("fixed_ms"),
+                               *sides[2:])
             latency.done()
             plan = cls(f.text("teacher"), f.text("family"), DeviceSpec.from_dict(f.raw("device")),
                        DeviceSpec.from_dict(f.raw("server")), f.choice("reduction", ("merge", "prune")), model,

@@ -70,23 +70,26 @@ def janus_plan(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> Janu
         val_acc.append(_top1(runner, val.images, val.labels, alpha))
         test_acc.append(_top1(runner, test.images, test.labels, alpha))
         hooks.progress("scoring α", k + 1, len(grid))
-    hooks.phase(f"janus: timing one block per token count on {device.name} and {server.name}")
+    hooks.phase(f"janus: timing one block per token count, plain and reducing, on {device.name} and {server.name}")
     points = sorted({max(2, round(runner.tokens * f)) for f in (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85, 1.0)})
     fits = {side.name: profile_layers(teacher.source, side, points) for side in (device, server)}
     configs = tuple(JanusConfig(a, counts(a, runner.depth, runner.tokens), acc) for a, acc in zip(grid, val_acc))
     index = devices.names.index(device.name)
     fixed_ms = problem.evaluator.rpc_ms[index] + 2 * device.link_latency_ms
-    model = JanusModel(configs, fits[device.name].model, fits[server.name].model,
-                       token_bytes(int(teacher.model.embed_dim)), int(problem.evaluator.input_bytes),
-                       split_candidates(runner.depth, SPLIT_K), fixed_ms)
-    for name, fit in fits.items():
+    (dev_plain, dev_reducing), (srv_plain, srv_reducing) = fits[device.name], fits[server.name]
+    model = JanusModel(configs, dev_plain.model, srv_plain.model, token_bytes(int(teacher.model.embed_dim)),
+                       int(problem.evaluator.input_bytes), split_candidates(runner.depth, SPLIT_K), fixed_ms,
+                       dev_reducing.model, srv_reducing.model)
+    for name, (fit, _) in fits.items():
         log.info("janus: %s keeps the %s fit (leave-one-out %.3f vs %.3f ms)", name, fit.chosen,
                  fit.loo_ms["linear"], fit.loo_ms["quadratic"])
     return JanusPlan(
         teacher.source, teacher.config.fingerprint(), device, server, runner.reduction, model, tuple(test_acc),
         len(test), InputSpec(data.mean, data.std, request.input_format, int(problem.evaluator.input_bytes)),
         {name: {"chosen": fit.chosen, "loo_linear_ms": fit.loo_ms["linear"],
-                "loo_quadratic_ms": fit.loo_ms["quadratic"]} for name, fit in fits.items()})
+                "loo_quadratic_ms": fit.loo_ms["quadratic"], "reducing_chosen": reducing.chosen,
+                "reducing_loo_linear_ms": reducing.loo_ms["linear"],
+                "reducing_loo_quadratic_ms": reducing.loo_ms["quadratic"]} for name, (fit, reducing) in fits.items()})
 
 
 def _top1(runner: TokenRunner, images: torch.Tensor, labels: torch.Tensor, alpha: float) -> float:

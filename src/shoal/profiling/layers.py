@@ -5,7 +5,9 @@ per side (device, server), from layers timed at random token counts. Attention a
 x² (the x × x score matrix), which the line ignores; `fit_layers` fits both the line and the line
 plus that term, compares them by leave-one-out error on the same measurements, and keeps the
 better (with both errors, so the choice is on record). All blocks of a ViT are the same, so one
-block is timed.
+block is timed, twice: as timm runs it (every block of an α = 0 run) and removing a token (every
+block of a run at α > 0 removes at least one: eq. 1 gives the last layer ⌊2⁰⌋ = 1), because on a
+small model what the reduction itself costs outweighs what the fewer tokens save.
 
     profile_layers(source, device_spec, token_counts)   # in a child under the device's limit
 """
@@ -27,6 +29,7 @@ from shoal.devices.child import LimitedChild, child_main
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError
+from shoal.models.tokens import TokenRunner
 from shoal.profiling.timing import measure_latency
 
 
@@ -72,21 +75,28 @@ class LayerProfile:
 
 
 class _BlockAt(nn.Module):
-    """One block on (1, 1, T, d) random input (what `measure_latency` feeds), as (1, T, d)."""
+    """One block on (1, 1, T, d) random input (what `measure_latency` feeds), as (1, T, d): as timm
+    runs it, or (`reduction`) as a reducing run does, removing one token from tokens that stand for
+    two originals each (merging's proportional attention on)."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, model: Any, reduction: str | None = None) -> None:
         super().__init__()
-        self.block = block
+        self.model = model
+        self.runner = TokenRunner(model, reduction) if reduction else None   # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.block(x[0])
-        return out
+        if self.runner is None:
+            out: torch.Tensor = self.model.blocks[0](x[0])
+            return out
+        tokens = x[0]
+        return self.runner.block(0, tokens, torch.full_like(tokens[..., :1], 2.0), 1)[0]
 
 
 def time_layers(model: Any, token_counts: Sequence[int], *, repeats: int = 20, warmup: int = 5,
-                threads: int = 1) -> list[tuple[int, float]]:
-    """Median ms of the first block of `model` at each token count (this process, as it is limited)."""
-    block = _BlockAt(model.blocks[0]).eval()
+                threads: int = 1, reduction: str | None = None) -> list[tuple[int, float]]:
+    """Median ms of the first block of `model` at each token count (this process, as it is limited),
+    as timm runs it, or (`reduction`: "merge" or "prune") as a block that removes a token runs."""
+    block = _BlockAt(model, reduction).eval()
     width = int(model.embed_dim)
     return [(int(t), measure_latency(block, (1, 1, int(t), width), repeats=repeats, warmup=warmup,
                                      threads=threads).median_ms) for t in token_counts]
@@ -110,11 +120,13 @@ def fit_layers(samples: Sequence[tuple[int, float]]) -> LayerProfile:
 
 
 def profile_layers(source: str, device: DeviceSpec | None, token_counts: Sequence[int], *, repeats: int = 20,
-                   timeout: float = 600.0) -> LayerProfile:
-    """Time one block of the teacher `source` in a child under `device`'s CPU limit, and fit."""
-
+                   timeout: float = 600.0, reduction: str = "merge") -> tuple[LayerProfile, LayerProfile]:
+    """Time one block of the teacher `source` in a child under `device`'s CPU limit, and fit: as timm
+    runs it (what an unreduced run costs) and removing a token by `reduction` (what every block of a
+    reducing run costs: the hook, the matching or the class attention, the gather, and merging's
+    attention bias). Returns (plain, reducing)."""
     command = [sys.executable, "-m", "shoal.profiling.layers", "--source", source, "--repeats", str(repeats),
-               "--threads", str(device.threads if device is not None else 1),
+               "--threads", str(device.threads if device is not None else 1), "--reduction", reduction,
                "--tokens", ",".join(str(int(t)) for t in token_counts)]
     limit = device.cpu_limit if device is not None else CpuLimit()
     with LimitedChild(command, limit, who="the layer timing", strict=False, stdin=subprocess.PIPE, text=True) as child:
@@ -125,7 +137,9 @@ def profile_layers(source: str, device: DeviceSpec | None, token_counts: Sequenc
     if child.proc.returncode != 0:
         raise RuntimeServiceError(f"cannot time the layers of {source!r}: "
                                   f"{(err.strip().splitlines() or ['(no output)'])[-1]}")
-    return fit_layers([(int(t), float(ms)) for t, ms in json.loads(out.strip().splitlines()[-1])])
+    measured = json.loads(out.strip().splitlines()[-1])
+    plain, reducing = ([(int(t), float(ms)) for t, ms in measured[kind]] for kind in ("plain", "reducing"))
+    return fit_layers(plain), fit_layers(reducing)
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
@@ -134,14 +148,16 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tokens", required=True)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reduction", default="merge")
     args = parser.parse_args(argv)
     from shoal.models import DEFAULT_TEACHER, load_teacher
 
     teacher = load_teacher(None if args.source == DEFAULT_TEACHER else args.source)
     sys.stdin.readline()   # the parent applies the CPU limit, then says go
-    samples = time_layers(teacher.model, [int(t) for t in args.tokens.split(",")], repeats=args.repeats,
-                          threads=args.threads)
-    print(json.dumps(samples))
+    tokens = [int(t) for t in args.tokens.split(",")]
+    print(json.dumps({kind: time_layers(teacher.model, tokens, repeats=args.repeats, threads=args.threads,
+                                        reduction=reduction)
+                      for kind, reduction in (("plain", None), ("reducing", args.reduction))}))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,58 @@ def run_load(client: ShoalClient, requests: Sequence[pb.PredictRequest], total: 
     return [r for r in results if r is not None], time.perf_counter() - t0
 
 
+def run_paced(client: ShoalClient, requests: Sequence[pb.PredictRequest], labels: torch.Tensor, start: int,
+              seconds: float, interval_ms: float, slo_ms: float) -> dict[str, Any]:
+    """`seconds` of requests, one every `interval_ms` (a camera's frame rate: a request that takes
+    longer delays the next, so a slow system answers fewer), from `requests[start]` on (`labels`:
+    their classes). The scenario benchmarks play one such phase after another.
+
+    Returns:
+        requests sent, answered, the share within `slo_ms` at the client and at the server (receipt to
+        reply), degraded answers, p50/p99 ms, errors by status, top-1 with n and its 95% Wilson
+        interval, the variants that answered, and every request's latency (ms, in order).
+    """
+    from shoal.utils.stats import quantile, wilson_interval
+
+    latencies: list[float] = []
+    within = server_within = correct = answered = degraded = 0
+    errors: dict[str, int] = {}
+    variants: dict[str, int] = {}
+    now = time.monotonic()
+    give_up, slot = now + seconds, now
+    for i in itertools.count():
+        now = time.monotonic()
+        if now >= give_up:
+            break
+        if slot > now:
+            time.sleep(slot - now)
+        slot = max(slot + interval_ms / 1e3, time.monotonic())
+        k = (start + i) % len(requests)
+        t0 = time.perf_counter()
+        try:
+            reply = client.call(requests[k], timeout_s=5.0)
+        except RemoteError as exc:
+            errors[exc.code.name] = errors.get(exc.code.name, 0) + 1
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            continue
+        ms = (time.perf_counter() - t0) * 1e3
+        latencies.append(ms)
+        answered += 1
+        within += ms <= slo_ms
+        server_within += reply.total_ms <= slo_ms
+        degraded += reply.degraded
+        correct += int(reply.top_indices[0] == int(labels[k]))
+        variants[reply.variant or "primary"] = variants.get(reply.variant or "primary", 0) + 1
+    sent = len(latencies)
+    ordered = sorted(latencies)
+    low, high = wilson_interval(correct, answered) if answered else (0.0, 0.0)
+    return {"requests": sent, "answered": answered, "within_slo": within / sent,
+            "within_slo_server": server_within / sent, "degraded": degraded,
+            "p50_ms": statistics.median(ordered), "p99_ms": quantile(ordered, 0.99), "errors": errors,
+            "top1": correct / answered if answered else None, "top1_ci95": [low, high], "n": answered,
+            "variants": variants, "latencies_ms": [round(v, 3) for v in latencies]}
+
+
 def summarise(results: Sequence[tuple[float, pb.PredictReply | RemoteError]], sequential: bool = False) -> Summary:
     """Summarise `run_load` results (`sequential`: the devices' compute adds up, as in a Janus split,
     instead of running in parallel).

@@ -114,10 +114,10 @@ class LiveEstimates:
         self.throughput: dict[str, deque[float]] = {}   # per link: bits per second of its transfers
         self._lock = threading.Lock()
 
-    def compute_ratio(self, device: str) -> float:
-        """Median measured/predicted compute of `device` over its last calls (1 before any)."""
+    def compute_ratio(self, device: str, default: float = 1.0) -> float:
+        """Median measured/predicted compute of `device` over its last calls (`default` before any)."""
         with self._lock:
-            return _median(self.ratio.get(device), 1.0)
+            return _median(self.ratio.get(device), default)
 
     def observe_throughput(self, link: str, bits_per_s: float) -> None:
         """One transfer's throughput (bytes sent over the time they took), bits per second."""

@@ -79,6 +79,7 @@ class LocalCluster:
         degrade: Start the central node with --degrade.
         placements: Per worker device, where it runs (default: loopback in this namespace).
         worker_env: Per device, extra environment (tests: fault injection).
+        extra_args: Per device, more `shoal serve` options (e.g. a Janus device's `--fixed`).
         start_timeout: Seconds to wait for everything to report SERVING.
         log_dir: Where each process's stderr goes (default: a temporary directory).
         grace: Seconds a stopping process gets to finish in-flight calls.
@@ -105,6 +106,7 @@ class LocalCluster:
         slo_ms: float | None = None,
         min_accuracy: float | None = None,
         restarts: int = 0,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if not 0 <= base_port <= 65535:
             raise ConfigError(f"base_port must be between 0 and 65535, got {base_port!r}")
@@ -132,6 +134,7 @@ class LocalCluster:
         self.security = security
         self.slo_ms, self.min_accuracy = slo_ms, min_accuracy
         self.restarts = restarts
+        self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self._revivals: dict[str, tuple[int, float]] = {}   # worker -> (restarts made, next try time)
         self._worker_args: dict[str, tuple[list[str], Placement]] = {}
         if not log_dir:
@@ -207,7 +210,8 @@ class LocalCluster:
                env: Mapping[str, str], stdin: bool = False) -> _Child:
         log = self.log_dir / f"{role}-{name}.log"
         command = [*prefix, sys.executable, "-m", "shoal.cli", "serve", *args, "--plan", str(self.plan_dir),
-                   "--no-emulate", "--watch-parent", *self.security.args(central=role == "central")]
+                   "--no-emulate", "--watch-parent", *self.security.args(central=role == "central"),
+                   *self.extra_args.get(name, ())]
         limit = self.specs[name].cpu_limit if self.emulate else CpuLimit()
         with open(log, "wb") as stderr:
             process = LimitedChild(command, limit, who=f"device {name!r}", strict=False, stderr=stderr,

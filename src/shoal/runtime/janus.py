@@ -28,7 +28,7 @@ import torch
 
 from shoal.errors import ConfigError, DataError
 from shoal.models.tokens import TokenRunner
-from shoal.plan.janus import Choice, JanusModel, JanusPlan
+from shoal.plan.janus import Choice, JanusConfig, JanusModel, JanusPlan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.central import LiveEstimates, top_k_reply
@@ -164,7 +164,8 @@ def load_janus(plan_dir: str | Path, side: str = "server") -> tuple[JanusPlan, T
 def serve_janus(plan_dir: str | Path, *, role: str = "server", server: str | None = None, host: str = "127.0.0.1",
                 port: int = 0, emulate: bool = True, threads: int | None = None, grace: float = 5.0,
                 watch_parent: bool = False, security: Security = Security(), sla_ms: float | None = None,
-                prior_mbps: float = 10.0, connect_timeout: float = 60.0) -> None:
+                prior_mbps: float = 10.0, connect_timeout: float = 60.0, fixed: tuple[float, int] | None = None
+                ) -> None:
     """Process entry point of `shoal serve janus`: one side of a Janus plan, under that side's limit,
     until a signal. The server finishes what the device sends; the device answers `shoal.v1.Central`
     Predict calls of its clients (the same API as a central node), choosing α and the split for each.
@@ -188,7 +189,7 @@ def serve_janus(plan_dir: str | Path, *, role: str = "server", server: str | Non
             target = sys.stdin.readline().strip() if server == "-" else str(server)
             running, front = start_janus_device(plan, runner, identity, target, host=host, port=port,
                                                 security=security, sla_ms=sla_ms, prior_mbps=prior_mbps,
-                                                connect_timeout=connect_timeout)
+                                                connect_timeout=connect_timeout, fixed=fixed)
         announce(running)
         logger.info(f"janus {role} {spec.name} of plan {identity.plan_fingerprint} serving on {running.target}")
         wait_for_shutdown(running, grace=grace, watch_parent=watch_parent,
@@ -227,6 +228,15 @@ class JanusDevice:
                         if credentials is not None else grpc.insecure_channel(target, options=options))
         self.stub = pb_grpc.JanusStub(self.channel)
 
+    def scales(self, config: JanusConfig) -> tuple[float, float]:
+        """(device, server) corrections of `config`'s fits: the median measured/predicted time of that
+        α's own recent calls on each side, else of the side's calls at any α. Per α, because the fits
+        time plain blocks: what merging costs is in no fit, and one ratio for all α made a pruned
+        configuration that measured slow inflate the unpruned one's prediction, and stay chosen."""
+        est, alpha = self.estimates, f"{config.alpha:.2f}"
+        return (est.compute_ratio(f"device α{alpha}", est.compute_ratio("device")),
+                est.compute_ratio(f"server α{alpha}", est.compute_ratio("server")))
+
     def bandwidth_bps(self) -> float:
         return self.estimates.bandwidth_bps(self.LINK, self.prior_bps)
 
@@ -234,13 +244,12 @@ class JanusDevice:
                 ) -> tuple[pb.PredictReply, Choice, float]:
         """One request: `image` as the client has it (sent at split 0), `x` the same decoded (B, C, H, W).
         Returns the server's reply (or the device's own at split N + 1), the choice, and the device's ms."""
-        scales = (self.estimates.compute_ratio("device"), self.estimates.compute_ratio("server"))
         if self.fixed is None:
-            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, *scales)
+            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, self.scales)
         else:
             fixed = self.model.config(self.fixed[0])
             assert fixed is not None, f"α {self.fixed[0]} is not on the plan's grid"
-            ms = self.model.latency_ms(fixed, self.fixed[1], self.bandwidth_bps(), *scales)
+            ms = self.model.latency_ms(fixed, self.fixed[1], self.bandwidth_bps(), *self.scales(fixed))
             choice = Choice(fixed.alpha, self.fixed[1], ms, ms <= self.sla_ms)
         config = self.model.config(choice.alpha)
         assert config is not None
@@ -255,7 +264,8 @@ class JanusDevice:
                 logits = self.runner.head(tokens) if alone else None
         device_ms = (time.perf_counter() - t0) * 1e3
         if choice.split > 0:
-            self.estimates.observe("device", device_ms, predicted_device, None)
+            for key in ("device", f"device α{choice.alpha:.2f}"):
+                self.estimates.observe(key, device_ms, predicted_device, None)
         if logits is not None:
             return top_k_reply(logits, image.top_k, image.request_id), choice, device_ms
         if choice.split == 0:
@@ -274,7 +284,8 @@ class JanusDevice:
         rt_ms = (time.perf_counter() - t_send) * 1e3
         transfer_ms = max(0.05, rt_ms - reply.total_ms)
         self.estimates.observe_throughput(self.LINK, sent * 8 / (transfer_ms / 1e3))
-        self.estimates.observe("server", reply.total_ms, predicted_server, None)
+        for key in ("server", f"server α{choice.alpha:.2f}"):
+            self.estimates.observe(key, reply.total_ms, predicted_server, None)
         return reply, choice, device_ms
 
     def close(self) -> None:
@@ -319,13 +330,14 @@ class JanusFront(pb_grpc.CentralServicer):
 def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity, server: str, *,
                        host: str = "127.0.0.1", port: int = 0, security: Security = Security(),
                        sla_ms: float | None = None, prior_mbps: float = 10.0, connect_timeout: float = 60.0,
-                       warmup: int = 5) -> tuple[RunningServer, JanusFront]:
+                       warmup: int = 5, fixed: tuple[float, int] | None = None) -> tuple[RunningServer, JanusFront]:
     """Serve the device's side in this process: check the server at `server` serves this plan, warm up,
     and answer clients (with `security`: TLS, the bearer token and the rate limit of a central node;
-    the server is called with this device's certificate).
+    the server is called with this device's certificate). `fixed` (α, split): every request at that
+    configuration instead of the scheduler's choice (a baseline).
 
     Raises:
-        ConfigError: the token is for another plan.
+        ConfigError: the token is for another plan; `fixed` is not a configuration of the plan.
         RemoteError: the server does not answer within `connect_timeout`, or serves another plan.
     """
     tls = security.tls(identity.device)
@@ -335,8 +347,12 @@ def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity,
         raise ConfigError(f"the token is for plan {token.plan}, this is plan {identity.plan_fingerprint}; "
                           "use the client.token `shoal certs` wrote for this plan")
     sla = sla_ms if sla_ms is not None else math.inf   # no SLA: α = 0 always, on the fastest split
+    if fixed is not None and (plan.model.config(fixed[0]) is None or fixed[1] not in plan.model.candidates):
+        raise ConfigError(f"--fixed {fixed[0]:g}:{fixed[1]} is not a configuration of this plan: α on its grid "
+                          f"(0 to {plan.model.configs[-1].alpha:g} by 0.01), the split one of "
+                          f"{list(plan.model.candidates)}")
     device = JanusDevice(runner, plan.model, server, sla, prior_mbps=prior_mbps,
-                         fingerprint=identity.plan_fingerprint,
+                         fingerprint=identity.plan_fingerprint, fixed=fixed,
                          credentials=tls.channel_credentials() if tls else None, server_name=plan.server.name)
     try:
         info = pb_grpc.JanusStub(device.channel).Info(pb.InfoRequest(), timeout=connect_timeout, wait_for_ready=True)
