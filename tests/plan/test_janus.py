@@ -101,3 +101,28 @@ def test_janus_json_round_trips_and_format_1_reads_without_reducing_fits():
     assert JanusPlan.from_dict(old).model.device_reducing is None
     with pytest.raises(Exception, match="unknown field"):   # format 1 has no reducing fits
         JanusPlan.from_dict({**data, "format_version": 1})
+
+
+def test_the_vectorised_choice_is_algorithm_1():
+    """Every L(s, α) at once gives what the loop over α (least pruned first) and splits gives."""
+    import itertools
+
+    import numpy as np
+
+    model = _model()
+    rng = np.random.default_rng(0)
+    for bw, sla in itertools.product((1e5, 2e6, 1e8, 1e9), (1.0, 5.0, 20.0, 60.0, 1e3)):
+        dev, srv = rng.uniform(0.5, 3.0, len(model.configs)), rng.uniform(0.5, 3.0, len(model.configs))
+        expected = None
+        fastest = None
+        for k, c in enumerate(model.configs):
+            ms, s = min((model.latency_ms(c, s, bw, dev[k], srv[k]), s) for s in model.candidates)
+            if ms <= sla:
+                expected = (c.alpha, s, True)
+                break
+            if fastest is None or ms < fastest[2]:
+                fastest = (c.alpha, s, ms)
+        if expected is None:
+            expected = (fastest[0], fastest[1], False)
+        got = model.choose(bw, sla, (dev, srv))
+        assert (got.alpha, got.split, got.meets) == expected

@@ -279,12 +279,17 @@ def test_each_alpha_is_corrected_by_its_own_measurements(server):
     try:
         pruned, plain = janus.configs[-1], janus.configs[0]
         for _ in range(5):
-            device.estimates.observe("device", 40.0, 10.0, None)                        # 4x, any α
-            device.estimates.observe(f"device α{pruned.alpha:.2f}", 40.0, 10.0, None)   # 4x, that α
-            device.estimates.observe(f"device α{plain.alpha:.2f}", 10.0, 10.0, None)    # as predicted
-        assert device.scales(pruned)[0] == pytest.approx(4.0)
-        assert device.scales(plain)[0] == pytest.approx(1.0)
-        assert device.scales(janus.configs[1])[0] == pytest.approx(4.0)   # never measured: the side's ratio
-        assert device.scales(plain)[1] == 1.0                             # the server: nothing measured yet
+            device.estimates.observe("device", 40.0, 10.0, None)                     # 4x, any α
+            device.estimates.observe(f"device α{pruned.alpha:g}", 40.0, 10.0, None)   # 4x, that α
+            device.estimates.observe(f"device α{plain.alpha:g}", 10.0, 10.0, None)    # as predicted
+        dev, srv = device.scales()
+        assert dev[-1] == pytest.approx(4.0) and dev[0] == pytest.approx(1.0)
+        assert dev[1] == pytest.approx(4.0)          # never measured: the side's ratio
+        assert (srv == 1.0).all()                    # the server: nothing measured yet
+        x = torch.randn(1, 1, 16, 16)
+        request = pb.PredictRequest()
+        encode(x, request.input)
+        _, choice, _ = device.predict(request, x)    # and the keys it writes are the ones it reads
+        assert any(k.startswith("server α") for k in device.estimates.ratio) or choice.split > janus.depth
     finally:
         device.close()

@@ -119,6 +119,12 @@ class LiveEstimates:
         with self._lock:
             return _median(self.ratio.get(device), default)
 
+    def ratios(self, prefix: str) -> dict[str, float]:
+        """The median measured/predicted compute of every key `prefix` + suffix with calls, by suffix."""
+        with self._lock:
+            return {key[len(prefix):]: _median(values, 1.0) for key, values in self.ratio.items()
+                    if key.startswith(prefix) and values}
+
     def observe_throughput(self, link: str, bits_per_s: float) -> None:
         """One transfer's throughput (bytes sent over the time they took), bits per second."""
         if bits_per_s > 0 and math.isfinite(bits_per_s):

@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import torch
 
 from shoal.errors import ConfigError, DataError
 from shoal.models.tokens import TokenRunner
-from shoal.plan.janus import Choice, JanusConfig, JanusModel, JanusPlan
+from shoal.plan.janus import Choice, JanusModel, JanusPlan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.central import LiveEstimates, top_k_reply
@@ -228,14 +229,19 @@ class JanusDevice:
                         if credentials is not None else grpc.insecure_channel(target, options=options))
         self.stub = pb_grpc.JanusStub(self.channel)
 
-    def scales(self, config: JanusConfig) -> tuple[float, float]:
-        """(device, server) corrections of `config`'s fits: the median measured/predicted time of that
-        α's own recent calls on each side, else of the side's calls at any α. Per α, because the fits
-        time plain blocks: what merging costs is in no fit, and one ratio for all α made a pruned
-        configuration that measured slow inflate the unpruned one's prediction, and stay chosen."""
-        est, alpha = self.estimates, f"{config.alpha:.2f}"
-        return (est.compute_ratio(f"device α{alpha}", est.compute_ratio("device")),
-                est.compute_ratio(f"server α{alpha}", est.compute_ratio("server")))
+    def scales(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per α of the grid, the (device, server) corrections of its fits: the median measured/predicted
+        time of that α's own recent calls on each side, else of the side's calls at any α. Per α,
+        because one ratio for all made a pruned configuration that measured slow (what merging costs
+        is in no block fit of a format-1 plan) inflate the unpruned one's prediction, and stay chosen."""
+        out = []
+        for side in ("device", "server"):
+            ratios = self.estimates.ratios(f"{side} α")
+            row = np.full(len(self.model.configs), self.estimates.compute_ratio(side))
+            for key, ratio in ratios.items():
+                row[self.model.index(float(key))] = ratio
+            out.append(row)
+        return out[0], out[1]
 
     def bandwidth_bps(self) -> float:
         return self.estimates.bandwidth_bps(self.LINK, self.prior_bps)
@@ -244,12 +250,14 @@ class JanusDevice:
                 ) -> tuple[pb.PredictReply, Choice, float]:
         """One request: `image` as the client has it (sent at split 0), `x` the same decoded (B, C, H, W).
         Returns the server's reply (or the device's own at split N + 1), the choice, and the device's ms."""
+        scales = self.scales()
         if self.fixed is None:
-            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, self.scales)
+            choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, scales)
         else:
             fixed = self.model.config(self.fixed[0])
             assert fixed is not None, f"α {self.fixed[0]} is not on the plan's grid"
-            ms = self.model.latency_ms(fixed, self.fixed[1], self.bandwidth_bps(), *self.scales(fixed))
+            k = self.model.index(fixed.alpha)
+            ms = self.model.latency_ms(fixed, self.fixed[1], self.bandwidth_bps(), scales[0][k], scales[1][k])
             choice = Choice(fixed.alpha, self.fixed[1], ms, ms <= self.sla_ms)
         config = self.model.config(choice.alpha)
         assert config is not None
@@ -264,7 +272,7 @@ class JanusDevice:
                 logits = self.runner.head(tokens) if alone else None
         device_ms = (time.perf_counter() - t0) * 1e3
         if choice.split > 0:
-            for key in ("device", f"device α{choice.alpha:.2f}"):
+            for key in ("device", f"device α{choice.alpha:g}"):
                 self.estimates.observe(key, device_ms, predicted_device, None)
         if logits is not None:
             return top_k_reply(logits, image.top_k, image.request_id), choice, device_ms
@@ -284,7 +292,7 @@ class JanusDevice:
         rt_ms = (time.perf_counter() - t_send) * 1e3
         transfer_ms = max(0.05, rt_ms - reply.total_ms)
         self.estimates.observe_throughput(self.LINK, sent * 8 / (transfer_ms / 1e3))
-        for key in ("server", f"server α{choice.alpha:.2f}"):
+        for key in ("server", f"server α{choice.alpha:g}"):
             self.estimates.observe(key, reply.total_ms, predicted_server, None)
         return reply, choice, device_ms
 
