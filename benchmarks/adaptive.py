@@ -52,7 +52,7 @@ from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.bench import prepare_requests, run_paced
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
-from shoal.runtime.evaldata import resolve_test_data
+from shoal.runtime.evaldata import resolve_test_data, shuffled
 from shoal.runtime.netns import NetnsLink, netns_unavailable_reason
 from shoal.runtime.timing import time_teacher
 from shoal.runtime.variants import load_variants, served_devices
@@ -131,9 +131,7 @@ def main() -> None:
     test, note = resolve_test_data(plan.config, plan.teacher_source, args.data)
     if test is None:
         raise SystemExit(f"no test data: {note}")
-    g = torch.Generator().manual_seed(0)   # the same shuffled test images, in the same order, for every mode
-    order = torch.randperm(len(test.labels), generator=g)
-    images, labels = test.images[order], test.labels[order]
+    images, labels = shuffled(test)   # the same images, in the same order, for every mode
     requests = prepare_requests(images, top_k=1)   # float32, as the scenario was first measured
     variants = {v.name: v for v in plan.document.variants} or {}
     modes = {"adaptive": (args.plan, args.slo_ms)}

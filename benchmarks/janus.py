@@ -46,7 +46,7 @@ from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime.bench import prepare_requests, run_paced
 from shoal.runtime.client import ShoalClient
 from shoal.runtime.cluster import LocalCluster
-from shoal.runtime.evaldata import resolve_test_data
+from shoal.runtime.evaldata import resolve_test_data, shuffled
 from shoal.runtime.netns import NetnsLink, netns_unavailable_reason
 from shoal.utils.io import atomic_write_text
 from shoal.utils.stats import wilson_interval
@@ -129,9 +129,7 @@ def main() -> None:
     test, note = resolve_test_data(teacher.config, janus.teacher, args.data)
     if test is None:
         raise SystemExit(f"no test data: {note}")
-    g = torch.Generator().manual_seed(0)   # the same shuffled test images, in the same order, for every mode
-    order = torch.randperm(len(test.labels), generator=g)
-    images, labels = test.images[order], test.labels[order]
+    images, labels = shuffled(test)   # the same images, in the same order, for every mode
     requests = prepare_requests(images, 1, janus.input.format, (janus.input.mean, janus.input.std))
     amax, mid, alone = m.configs[-1].alpha, m.candidates[len(m.candidates) // 2], m.depth + 1
     fixed = [(0.0, 0), (0.0, 1), (0.0, mid), (0.0, alone), (amax, mid), (amax, alone)]

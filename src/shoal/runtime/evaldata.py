@@ -61,3 +61,10 @@ def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], dataset: TensorDat
         labels = out.argmax(-1) if out.dim() == 2 else out
         correct += int((labels == dataset.labels[start:start + batch]).sum())
     return correct / max(1, len(dataset))
+
+
+def shuffled(dataset: TensorDataset, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) in one seeded random order: the scenario benchmarks send every mode the same
+    images in the same order, and a phase that starts at image k sees a mix of classes."""
+    order = torch.randperm(len(dataset.labels), generator=torch.Generator().manual_seed(seed))
+    return dataset.images[order], dataset.labels[order]
