@@ -30,6 +30,31 @@ def tiny_vit():
     return make_vit()
 
 
+BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "fun", "dull", "a", "very"]
+
+
+def make_bert(seed: int = 0):
+    """A small Hugging Face BertModel (3 layers, 32 wide, 4 heads, 100 token ids), random weights."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+def bert_dir(path, safetensors: bool = True, tokenizer: bool = True):
+    """`make_bert()` saved as a local model directory, with a WordPiece vocabulary of its 100 ids."""
+    make_bert().save_pretrained(path)
+    if not safetensors:   # what an old checkpoint has: only the pickle
+        (path / "model.safetensors").unlink()
+        (path / "pytorch_model.bin").write_bytes(b"not loaded")
+    if tokenizer:
+        (path / "vocab.txt").write_text("\n".join(BERT_WORDS + [f"w{i}" for i in range(100 - len(BERT_WORDS))]) + "\n")
+    return path
+
+
 @pytest.fixture
 def tiny_config(tiny_vit):
     from shoal.models import config_from_timm

@@ -108,12 +108,15 @@ class SubModelSpec:
             raise ConfigError(
                 f"SubModelSpec.family={self.family!r} belongs to another teacher family "
                 f"(this teacher is {fingerprint!r})")
-        limits = {"layers": config.depth, "channels": config.embed_dim}
-        for name, limit in limits.items():
+        self.check_sizes(config.depth, config.embed_dim, config.num_heads, config.mlp_hidden)
+
+    def check_sizes(self, depth: int, width: int, heads: int, neurons: int) -> None:
+        """Raise `ConfigError` naming the first index beyond a teacher of these sizes (any family)."""
+        for name, limit in (("layers", depth), ("channels", width)):
             items = getattr(self, name)
             if items and items[-1] >= limit:
                 raise ConfigError(f"SubModelSpec.{name} index {items[-1]} is out of range (teacher has {limit})")
-        for name, limit in (("heads", config.num_heads), ("neurons", config.mlp_hidden)):
+        for name, limit in (("heads", heads), ("neurons", neurons)):
             for k, items in enumerate(getattr(self, name)):
                 if items and items[-1] >= limit:
                     raise ConfigError(
