@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 import torch
@@ -282,10 +284,14 @@ def test_each_alpha_is_corrected_by_its_own_measurements(server):
             device.estimates.observe("device", 40.0, 10.0, None)                     # 4x, any α
             device.estimates.observe(f"device α{pruned.alpha:g}", 40.0, 10.0, None)   # 4x, that α
             device.estimates.observe(f"device α{plain.alpha:g}", 10.0, 10.0, None)    # as predicted
+        for alpha in (pruned.alpha, plain.alpha):
+            device.seen[f"device α{alpha:g}"] = time.monotonic()
         dev, srv = device.scales()
         assert dev[-1] == pytest.approx(4.0) and dev[0] == pytest.approx(1.0)
         assert dev[1] == pytest.approx(4.0)          # never measured: the side's ratio
         assert (srv == 1.0).all()                    # the server: nothing measured yet
+        device.seen[f"device α{plain.alpha:g}"] -= 10 * device.STALE_S   # not chosen for a while:
+        assert device.scales()[0][0] == pytest.approx(4.0)              # judged by the side's ratio again
         x = torch.randn(1, 1, 16, 16)
         request = pb.PredictRequest()
         encode(x, request.input)

@@ -215,6 +215,7 @@ class JanusDevice:
     """
 
     LINK = "server"
+    STALE_S = 2.0
 
     def __init__(self, runner: TokenRunner, model: JanusModel, target: str, sla_ms: float, *,
                  prior_mbps: float = 10.0, fingerprint: str = "", fixed: tuple[float, int] | None = None,
@@ -224,6 +225,7 @@ class JanusDevice:
         self.runner, self.model, self.sla_ms, self.fixed = runner, model, sla_ms, fixed
         self.prior_bps, self.fingerprint = prior_mbps * 1e6, fingerprint
         self.estimates = LiveEstimates(window=20)   # FESTIVE's 20 samples
+        self.seen: dict[str, float] = {}            # per "side α" key: when it was last measured
         options = channel_options(64 << 20)
         self.channel = (grpc.secure_channel(target, credentials, options=options + name_override(server_name))
                         if credentials is not None else grpc.insecure_channel(target, options=options))
@@ -233,13 +235,17 @@ class JanusDevice:
         """Per α of the grid, the (device, server) corrections of its fits: the median measured/predicted
         time of that α's own recent calls on each side, else of the side's calls at any α. Per α,
         because one ratio for all made a pruned configuration that measured slow (what merging costs
-        is in no block fit of a format-1 plan) inflate the unpruned one's prediction, and stay chosen."""
-        out = []
+        is in no block fit of a format-1 plan) inflate the unpruned one's prediction, and stay chosen.
+        An α's own ratio counts for `STALE_S` seconds after its last call: one the scheduler stopped
+        choosing after a throttled spell is judged again by the side's current ratio, not for good
+        by that spell."""
+        out, now = [], time.monotonic()
         for side in ("device", "server"):
             ratios = self.estimates.ratios(f"{side} α")
             row = np.full(len(self.model.configs), self.estimates.compute_ratio(side))
             for key, ratio in ratios.items():
-                row[self.model.index(float(key))] = ratio
+                if now - self.seen.get(f"{side} α{key}", -math.inf) <= self.STALE_S:
+                    row[self.model.index(float(key))] = ratio
             out.append(row)
         return out[0], out[1]
 
@@ -274,6 +280,7 @@ class JanusDevice:
         if choice.split > 0:
             for key in ("device", f"device α{choice.alpha:g}"):
                 self.estimates.observe(key, device_ms, predicted_device, None)
+            self.seen[f"device α{choice.alpha:g}"] = time.monotonic()
         if logits is not None:
             return top_k_reply(logits, image.top_k, image.request_id), choice, device_ms
         if choice.split == 0:
@@ -294,6 +301,7 @@ class JanusDevice:
         self.estimates.observe_throughput(self.LINK, sent * 8 / (transfer_ms / 1e3))
         for key in ("server", f"server α{choice.alpha:g}"):
             self.estimates.observe(key, reply.total_ms, predicted_server, None)
+        self.seen[f"server α{choice.alpha:g}"] = time.monotonic()
         return reply, choice, device_ms
 
     def close(self) -> None:
