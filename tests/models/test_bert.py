@@ -104,3 +104,25 @@ def test_a_directory_without_weights_tokenizer_or_bert_is_one_line(tmp_path):
     (tmp_path / "c" / "vocab.txt").write_text("x\n")
     with pytest.raises(ModelError, match="shoal splits BERT encoders; this is 'gpt2'"):
         load_text_encoder(tmp_path / "c")
+
+
+def test_the_closed_form_cost_is_what_the_sub_model_has_and_computes():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from shoal.models.bert import text_spec_cost
+
+    teacher = make_bert()
+    teacher.config._attn_implementation = "eager"   # matrix products the counter sees
+    config = TextConfig.of(teacher)
+    specs = [SubModelSpec(tuple(range(3)), tuple(range(32)), (tuple(range(4)),) * 3, (tuple(range(64)),) * 3),
+             SubModelSpec((0, 2), tuple(range(0, 32, 2)), ((1,), ()), ((), tuple(range(8))))]
+    for spec in specs:
+        sub = build_text_submodel(teacher, spec)
+        cost = text_spec_cost(config, spec, seq_len=12)
+        assert cost.params == sum(p.numel() for p in sub.parameters())
+        ids, mask = torch.randint(1, 100, (1, 12)), torch.ones(1, 12, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            pooled_text_features(sub, ids, mask)
+        assert cost.flops == counter.get_total_flops()
+    with pytest.raises(ConfigError, match="sequence length must be 1..40"):
+        text_spec_cost(config, specs[0], seq_len=41)

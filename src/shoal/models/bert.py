@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from shoal.errors import ConfigError, ModelError
+from shoal.models.accounting import BYTES_PER_VALUE, SpecCost, feature_bytes
 from shoal.models.spec import SubModelSpec
 
 SPLITTABLE = ("bert",)
@@ -176,3 +177,25 @@ def pooled_text_features(encoder: nn.Module, input_ids: torch.Tensor, attention_
     mask = attention_mask.to(hidden.dtype)[..., None]                                      # (B, L, 1)
     features: torch.Tensor = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
     return features
+
+
+def text_spec_cost(config: TextConfig, spec: SubModelSpec, seq_len: int) -> SpecCost:
+    """Closed-form cost of the text sub-model of `spec` on `seq_len` tokens (no model is built):
+    parameters as `build_text_submodel` keeps them (a branch with no units keeps its output bias),
+    with the task head when `config.num_classes`; FLOPs as `torch.utils.flop_counter` counts them
+    (matrix products: the projections, QKᵀ and the weighted sum, the head)."""
+    if seq_len < 1 or seq_len > config.max_length:
+        raise ConfigError(f"sequence length must be 1..{config.max_length}, got {seq_len}")
+    d, hd, L, C = spec.width, config.head_dim, seq_len, config.num_classes
+    params = (config.vocab_size + config.max_length + 2) * d + 2 * d       # embeddings and their LayerNorm
+    params += C * d + C if C else 0
+    flops = 2 * d * C
+    peak = 0
+    for h, D in zip(spec.head_counts, spec.mlp_widths):
+        a = h * hd
+        params += 3 * (a * d + a) + a * d + d + 2 * d                      # q, k, v, output dense, LayerNorm
+        params += D * d + D + D * d + d + 2 * d                            # intermediate, output, LayerNorm
+        flops += 2 * L * d * 3 * a + 2 * 2 * L * L * a + 2 * L * a * d + 2 * 2 * L * d * D
+        peak = max(peak, 3 * L * a + h * L * L + L * a, 2 * L * D)
+    return SpecCost(params=params, flops=flops, weight_bytes=params * BYTES_PER_VALUE,
+                    activation_bytes=(2 * L * d + peak) * BYTES_PER_VALUE, feature_bytes=feature_bytes(d))
