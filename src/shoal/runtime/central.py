@@ -36,7 +36,7 @@ from shoal.runtime.defaults import DEFAULT_DEADLINE_MS
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process
 from shoal.runtime.links import PendingCall, WorkerLink, describe_failure, parse_workers
 from shoal.runtime.pki import check_signature
-from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
+from shoal.runtime.security import Security
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, RemoteError, error_from_rpc
 from shoal.runtime.variants import PRIMARY, ServedVariant, load_variants, served_devices
@@ -526,33 +526,25 @@ def start_central(
     if missing or unknown:
         raise ConfigError(f"--workers must name every worker device of the plan {expected} once; "
                           f"missing {missing}, unknown {unknown}")
-    tls = security.tls(central.name)
-    check_bind(host, tls, security.insecure)
-    check_signature(security.tls_dir, plan.root)
-    token = security.token()
     identity = Identity.of(plan, central.name, max_batch)
-    if token is not None and token.plan != identity.plan_fingerprint:
-        raise ConfigError(f"the token is for plan {token.plan}, this is plan {identity.plan_fingerprint}; "
-                          "use the client.token `shoal certs` wrote for this plan")
+    listener = security.for_clients(central.name, host, identity.plan_fingerprint, [f"/{CENTRAL_SERVICE}/Predict"])
+    check_signature(security.tls_dir, plan.root)
     message_bytes = image_message_bytes(identity.input_shape, max_batch)
     widths: dict[str, int] = {}
     for v in variants:   # a worker reports the width of the first variant it serves (primary first)
         for name in v.devices:
             widths.setdefault(name, v.plan.spec(name).width)
-    links = [WorkerLink(name, workers[name], widths[name], message_bytes,
-                        tls.channel_credentials() if tls else None) for name in expected]
+    links = [WorkerLink(name, workers[name], widths[name], message_bytes, listener.channel_credentials())
+             for name in expected]
     compute = compute_device(accelerator or central.accelerator)
     servicer = CentralServicer(identity, links, [_serving(v, central.name, expected, compute) for v in variants],
                                deadline_ms=deadline_ms, degrade=degrade, slo_ms=slo_ms, min_accuracy=min_accuracy)
     if degrade and not (plan.document.aggregator and plan.document.aggregator.device_dropout):
         logger.warning("--degrade: this plan's aggregator was not trained with device dropout; "
             "degraded answers will be less accurate")
-    guard = Guard(GuardPolicy(frozenset({f"/{CENTRAL_SERVICE}/Predict"}), token=token,
-                              plan=identity.plan_fingerprint, rate=security.rate))
     running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(servicer, s), CENTRAL_SERVICE,
                            host=host, port=port, max_message_bytes=message_bytes, threads=16, max_concurrent=128,
-                           credentials=tls.server_credentials(require_client_cert=False) if tls else None,
-                           interceptors=[guard] if token is not None or security.rate else [])
+                           credentials=listener.credentials, interceptors=listener.interceptors)
     try:
         give_up = time.monotonic() + connect_timeout
         for link in links:

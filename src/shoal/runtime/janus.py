@@ -36,7 +36,7 @@ from shoal.runtime.central import LiveEstimates, top_k_reply
 from shoal.runtime.codec import CodecError, decode, encode, image_message_bytes
 from shoal.runtime.device import device_process, plan_fingerprint
 from shoal.runtime.pki import check_signature
-from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind, name_override
+from shoal.runtime.security import Security, name_override
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import CENTRAL_SERVICE, JANUS_SERVICE, RemoteError, channel_options, error_from_rpc
 from shoal.runtime.worker import Identity
@@ -128,16 +128,12 @@ def start_janus_server(runner: TokenRunner, model: JanusModel, identity: Identit
     """Serve the server's part in this process. With `security.tls_dir`, mutual TLS: only the plan's
     `device` (its certificate's name) may call, as only the central node may call a worker."""
     servicer = JanusServicer(runner, model, identity)
-    tls = security.tls(identity.device)
-    check_bind(host, tls, security.insecure)
+    listener = security.for_peer(identity.device, host, device, [f"/{JANUS_SERVICE}/Finish", f"/{JANUS_SERVICE}/Info"])
     limit = max(image_message_bytes(identity.input_shape, identity.max_batch),
                 identity.max_batch * runner.tokens * (runner.model.embed_dim * 2 + 2) + 4096)
-    guard = Guard(GuardPolicy(frozenset({f"/{JANUS_SERVICE}/Finish", f"/{JANUS_SERVICE}/Info"}),
-                              peers=frozenset({device})))
     running = start_server(lambda s: pb_grpc.add_JanusServicer_to_server(servicer, s), JANUS_SERVICE,
-                           host=host, port=port, max_message_bytes=limit,
-                           credentials=tls.server_credentials(require_client_cert=True) if tls else None,
-                           interceptors=[guard] if tls else [])
+                           host=host, port=port, max_message_bytes=limit, credentials=listener.credentials,
+                           interceptors=listener.interceptors)
     running.set_serving(True)
     return running, servicer
 
@@ -356,12 +352,7 @@ def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity,
         ConfigError: the token is for another plan; `fixed` is not a configuration of the plan.
         RemoteError: the server does not answer within `connect_timeout`, or serves another plan.
     """
-    tls = security.tls(identity.device)
-    check_bind(host, tls, security.insecure)
-    token = security.token()
-    if token is not None and token.plan != identity.plan_fingerprint:
-        raise ConfigError(f"the token is for plan {token.plan}, this is plan {identity.plan_fingerprint}; "
-                          "use the client.token `shoal certs` wrote for this plan")
+    listener = security.for_clients(identity.device, host, identity.plan_fingerprint, [f"/{CENTRAL_SERVICE}/Predict"])
     sla = sla_ms if sla_ms is not None else math.inf   # no SLA: α = 0 always, on the fastest split
     if fixed is not None and (plan.model.config(fixed[0]) is None or fixed[1] not in plan.model.candidates):
         raise ConfigError(f"--fixed {fixed[0]:g}:{fixed[1]} is not a configuration of this plan: α on its grid "
@@ -369,7 +360,7 @@ def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity,
                           f"{list(plan.model.candidates)}")
     device = JanusDevice(runner, plan.model, server, sla, prior_mbps=prior_mbps,
                          fingerprint=identity.plan_fingerprint, fixed=fixed,
-                         credentials=tls.channel_credentials() if tls else None, server_name=plan.server.name)
+                         credentials=listener.channel_credentials(), server_name=plan.server.name)
     try:
         info = pb_grpc.JanusStub(device.channel).Info(pb.InfoRequest(), timeout=connect_timeout, wait_for_ready=True)
     except grpc.RpcError as exc:
@@ -380,13 +371,10 @@ def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity,
         raise RemoteError(grpc.StatusCode.FAILED_PRECONDITION, f"the Janus server at {server} serves plan "
                           f"{info.plan_fingerprint}, this device plan {identity.plan_fingerprint}", plan.server.name)
     front = JanusFront(device, identity, plan.server.name)
-    guard = Guard(GuardPolicy(frozenset({f"/{CENTRAL_SERVICE}/Predict"}), token=token,
-                              plan=identity.plan_fingerprint, rate=security.rate))
     running = start_server(lambda s: pb_grpc.add_CentralServicer_to_server(front, s), CENTRAL_SERVICE,
                            host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape,
                                                                                        identity.max_batch),
-                           credentials=tls.server_credentials(require_client_cert=False) if tls else None,
-                           interceptors=[guard] if token is not None or security.rate else [])
+                           credentials=listener.credentials, interceptors=listener.interceptors)
     with torch.inference_mode():   # the device's blocks at every α it may choose compile once here
         x = torch.zeros(1, *identity.input_shape)
         for _ in range(warmup):

@@ -15,7 +15,10 @@
   bucket; beyond it RESOURCE_EXHAUSTED. Concurrency is bounded by the server itself
   (`maximum_concurrent_rpcs`, also RESOURCE_EXHAUSTED): nothing queues without bound.
 
-`Guard` is one server interceptor doing the three checks for the methods it guards.
+`Guard` is one server interceptor doing the three checks for the methods it guards. A server
+listens in one of two ways, each in one place: `Security.for_clients` (a central node, a Janus
+device: token and rate limit) and `Security.for_peer` (a worker, a Janus server: mutual TLS with
+the one peer that may call it).
 """
 
 from __future__ import annotations
@@ -251,6 +254,25 @@ class Guard(grpc.ServerInterceptor):
 
 
 @dataclass(frozen=True)
+class Listener:
+    """How one server listens (`Security.for_clients`, `Security.for_peer`).
+
+    Attributes:
+        tls: Its device's TLS files (None: plaintext); also what it calls others with.
+        credentials: For `start_server` (None: plaintext).
+        interceptors: For `start_server` (the `Guard`, when there is something to check).
+    """
+
+    tls: TlsFiles | None
+    credentials: grpc.ServerCredentials | None
+    interceptors: tuple[grpc.ServerInterceptor, ...]
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """Credentials to call another device of the plan with this device's certificate."""
+        return self.tls.channel_credentials() if self.tls is not None else None
+
+
+@dataclass(frozen=True)
 class Security:
     """How a process of the runtime secures itself and its calls (the `--tls-dir`, `--token-file`,
     `--insecure` and `--rate-limit` options).
@@ -277,6 +299,37 @@ class Security:
     @property
     def ca(self) -> Path | None:
         return self.tls_dir / CA_FILE if self.tls_dir is not None else None
+
+    def for_clients(self, device: str, host: str, plan: str, methods: Sequence[str]) -> Listener:
+        """How a server that clients call listens (a central node, a Janus device): TLS with `device`'s
+        certificate (clients need none), the bearer token of plan `plan` and the rate limit on `methods`.
+
+        Raises:
+            ConfigError: plaintext beyond loopback without `insecure`, unreadable TLS files, or a
+                token of another plan.
+        """
+        tls = self.tls(device)
+        check_bind(host, tls, self.insecure)
+        token = self.token()
+        if token is not None and token.plan != plan:
+            raise ConfigError(f"the token is for plan {token.plan}, this is plan {plan}; "
+                              "use the client.token `shoal certs` wrote for this plan")
+        guard = Guard(GuardPolicy(frozenset(methods), token=token, plan=plan, rate=self.rate))
+        return Listener(tls, tls.server_credentials(require_client_cert=False) if tls else None,
+                        (guard,) if token is not None or self.rate else ())
+
+    def for_peer(self, device: str, host: str, peer: str, methods: Sequence[str]) -> Listener:
+        """How a server that one peer calls listens (a worker: its central node; a Janus server: its
+        device): with TLS, mutual, and `methods` answer only a certificate naming `peer`.
+
+        Raises:
+            ConfigError: plaintext beyond loopback without `insecure`, or unreadable TLS files.
+        """
+        tls = self.tls(device)
+        check_bind(host, tls, self.insecure)
+        guard = Guard(GuardPolicy(frozenset(methods), peers=frozenset({peer})))
+        return Listener(tls, tls.server_credentials(require_client_cert=True) if tls else None,
+                        (guard,) if tls else ())
 
     def args(self, central: bool) -> list[str]:
         """The same settings as `shoal serve central|worker` options (for child processes)."""

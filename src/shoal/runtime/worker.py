@@ -27,7 +27,7 @@ from shoal.runtime import shoal_pb2_grpc as pb_grpc
 from shoal.runtime.codec import CodecError, decode_input, encode, image_message_bytes
 from shoal.runtime.device import DEFAULT_MAX_BATCH, SubModelRunner, device_process, plan_fingerprint
 from shoal.runtime.pki import check_signature
-from shoal.runtime.security import Guard, GuardPolicy, Security, check_bind
+from shoal.runtime.security import Security
 from shoal.runtime.server import RunningServer, announce, start_server, wait_for_shutdown
 from shoal.runtime.status import WORKER_SERVICE
 from shoal.runtime.variants import PRIMARY, ServedVariant, device_spec, load_variants
@@ -198,8 +198,8 @@ def start_worker(
     spec = device_spec(variants, device)
     if spec.central:
         raise ConfigError(f"device {device!r} is the plan's central node; serve it with `shoal serve central`")
-    tls = security.tls(device)
-    check_bind(host, tls, security.insecure)
+    listener = security.for_peer(device, host, plan.devices.central.name,
+                                 [f"/{WORKER_SERVICE}/Features", f"/{WORKER_SERVICE}/Info"])
     check_signature(security.tls_dir, plan.root)
     identity = Identity.of(plan, device, max_batch)
     compute = compute_device(accelerator or spec.accelerator)
@@ -208,13 +208,10 @@ def start_worker(
     runner = runners.pop(PRIMARY, None)   # None: a worker only other variants use
     others = runners
     servicer = WorkerServicer(runner, identity, fault, others)
-    guard = Guard(GuardPolicy(frozenset({f"/{WORKER_SERVICE}/Features", f"/{WORKER_SERVICE}/Info"}),
-                              peers=frozenset({plan.devices.central.name})))
     running = start_server(lambda s: pb_grpc.add_WorkerServicer_to_server(servicer, s), WORKER_SERVICE,
                            host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape, max_batch),
-                           threads=4, max_concurrent=64,
-                           credentials=tls.server_credentials(require_client_cert=True) if tls else None,
-                           interceptors=[guard] if tls else [])
+                           threads=4, max_concurrent=64, credentials=listener.credentials,
+                           interceptors=listener.interceptors)
 
     def warm() -> None:
         for each in ([runner] if runner is not None else []) + list(others.values()):
