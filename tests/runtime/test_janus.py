@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 import torch
@@ -104,7 +102,7 @@ def test_the_device_follows_the_bandwidth_it_measures(server):
         x = torch.randn(1, 1, 16, 16)
         request = pb.PredictRequest(top_k=2)
         encode(x, request.input)
-        reply, choice, _ = device.predict(request, x)
+        reply, choice, _ = device.predict(request, lambda: x)
         assert choice.split == 0 and choice.alpha == 0.0 and reply.top_k == 2   # a fast prior: send the image
         assert device.estimates.throughput["server"]                           # and the transfer was measured
     finally:
@@ -128,9 +126,11 @@ def test_a_fixed_configuration_is_what_the_baselines_send(server):
     encode(x, request.input)
     for fixed in ((0.0, 0), (janus.configs[-1].alpha, 2), (0.0, janus.depth + 1)):
         device = JanusDevice(runner, janus, running.target, sla_ms=1.0, fixed=fixed)
+        decoded = []
         try:
-            reply, choice, _ = device.predict(request, x)
+            reply, choice, _ = device.predict(request, lambda seen=decoded: seen.append(1) or x)
             assert (choice.alpha, choice.split) == fixed and reply.top_k == 5
+            assert len(decoded) == (0 if fixed[1] == 0 else 1)   # the image is sent as it is, decoded there
             with torch.no_grad():
                 assert torch.allclose(decode(reply.logits), runner(x, fixed[0]), atol=3e-2)
         finally:
@@ -279,23 +279,22 @@ def test_each_alpha_is_corrected_by_its_own_measurements(server):
     running, runner, janus = server
     device = JanusDevice(runner, janus, running.target, sla_ms=1e3)
     try:
-        pruned, plain = janus.configs[-1], janus.configs[0]
+        pruned = len(janus.configs) - 1   # the grid's last α; the first is α = 0
         for _ in range(5):
-            device.estimates.observe("device", 40.0, 10.0, None)                     # 4x, any α
-            device.estimates.observe(f"device α{pruned.alpha:g}", 40.0, 10.0, None)   # 4x, that α
-            device.estimates.observe(f"device α{plain.alpha:g}", 10.0, 10.0, None)    # as predicted
-        for alpha in (pruned.alpha, plain.alpha):
-            device.seen[f"device α{alpha:g}"] = time.monotonic()
+            device.estimates.observe("device", 40.0, 10.0, None)              # 4x, any α
+            device.estimates.observe(f"device α{pruned}", 40.0, 10.0, None)   # 4x, that α
+            device.estimates.observe("device α0", 10.0, 10.0, None)           # as predicted
         dev, srv = device.scales()
         assert dev[-1] == pytest.approx(4.0) and dev[0] == pytest.approx(1.0)
         assert dev[1] == pytest.approx(4.0)          # never measured: the side's ratio
         assert (srv == 1.0).all()                    # the server: nothing measured yet
-        device.seen[f"device α{plain.alpha:g}"] -= 10 * device.STALE_S   # not chosen for a while:
-        assert device.scales()[0][0] == pytest.approx(4.0)              # judged by the side's ratio again
+        device.estimates.last["device α0"] -= 10 * device.STALE_S   # not chosen for a while:
+        assert device.scales()[0][0] == pytest.approx(4.0)         # judged by the side's ratio again
         x = torch.randn(1, 1, 16, 16)
         request = pb.PredictRequest()
         encode(x, request.input)
-        _, choice, _ = device.predict(request, x)    # and the keys it writes are the ones it reads
-        assert any(k.startswith("server α") for k in device.estimates.ratio) or choice.split > janus.depth
+        _, choice, _ = device.predict(request, lambda: x)   # and the keys it writes are the ones it reads
+        side = "server" if choice.split == 0 else "device"
+        assert f"{side} α{janus.index(choice.alpha)}" in device.estimates.ratio
     finally:
         device.close()

@@ -113,47 +113,54 @@ class JanusModel:
 
     def config(self, alpha: float) -> JanusConfig | None:
         """The configuration of `alpha` (to 1e-6), or None when it is not on the grid."""
-        return self._by_alpha.get(round(alpha, 6))
+        k = self._index.get(round(alpha, 6))
+        return None if k is None else self.configs[k]
+
+    def index(self, alpha: float) -> int:
+        """The position of `alpha` on the grid (KeyError when it is not on it)."""
+        return self._index[round(alpha, 6)]
 
     @cached_property
-    def _by_alpha(self) -> dict[float, JanusConfig]:
-        return {round(c.alpha, 6): c for c in self.configs}
+    def _index(self) -> dict[float, int]:
+        return {round(c.alpha, 6): k for k, c in enumerate(self.configs)}
 
     @cached_property
-    def _parts(self) -> dict[float, tuple[tuple[float, float], ...]]:
-        """Per α, per split s = 0..N+1: (the device's blocks, the server's blocks), summed once: the
-        fits are fixed, only the live scales and the bandwidth change from one request to the next."""
-        out = {}
+    def _parts(self) -> tuple[tuple[tuple[float, float], ...], ...]:
+        """Per α (the grid's order), per split s = 0..N+1: (the device's blocks, the server's blocks),
+        summed once: the fits are fixed, only the live scales and the bandwidth change per request."""
+        out = []
         for c in self.configs:   # block l reads the x_{l-1} tokens; it reduces when x_l < x_{l-1}
             reduces = [after < before for before, after in zip(c.counts[:-1], c.counts[1:])]
             dev = [(self.device_reducing or self.device)(x) if r else self.device(x)
                    for x, r in zip(c.counts[:-1], reduces)]
             srv = [(self.server_reducing or self.server)(x) if r else self.server(x)
                    for x, r in zip(c.counts[:-1], reduces)]
-            out[round(c.alpha, 6)] = tuple((sum(dev[:min(s, self.depth)]), sum(srv[s:]))
-                                           for s in range(self.depth + 2))
-        return out
+            out.append(tuple((sum(dev[:min(s, self.depth)]), sum(srv[s:])) for s in range(self.depth + 2)))
+        return tuple(out)
 
     def parts_ms(self, config: JanusConfig, split: int) -> tuple[float, float]:
         """(the device's blocks, the server's blocks) of L(s, α), as the per-layer fits predict them."""
-        return self._parts[round(config.alpha, 6)][split]
+        return self._parts[self.index(config.alpha)][split]
+
+    def sent_bytes(self, config: JanusConfig, split: int) -> int:
+        """What crosses the link at split s: the image (s = 0), the tokens left after s blocks, nothing
+        (s = N + 1: the device answers alone)."""
+        return self.image_bytes if split == 0 else 0 if split > self.depth else config.counts[split] * self.token_bytes
 
     def latency_ms(self, config: JanusConfig, split: int, bandwidth_bps: float, device_scale: float = 1.0,
                    server_scale: float = 1.0) -> float:
         """L(s, α) under `bandwidth_bps` (bits per second); the scales correct each side's fit by what
         its live calls measured (1: as profiled)."""
         device, server = self.parts_ms(config, split)
-        sent = self.image_bytes if split == 0 else 0 if split > self.depth else config.counts[split] * self.token_bytes
-        return device * device_scale + server * server_scale + sent * 8 / bandwidth_bps * 1e3 + self.fixed_ms
+        return (device * device_scale + server * server_scale + self.sent_bytes(config, split) * 8 / bandwidth_bps * 1e3
+                + self.fixed_ms)
 
     @cached_property
     def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(device ms, server ms, bytes sent) per α (rows, the grid's order) and split candidate (columns)."""
-        dev = np.array([[self.parts_ms(c, s)[0] for s in self.candidates] for c in self.configs])
-        srv = np.array([[self.parts_ms(c, s)[1] for s in self.candidates] for c in self.configs])
-        sent = np.array([[self.image_bytes if s == 0 else 0 if s > self.depth else c.counts[s] * self.token_bytes
-                          for s in self.candidates] for c in self.configs], dtype=np.float64)
-        return dev, srv, sent
+        cells = [[(*self.parts_ms(c, s), self.sent_bytes(c, s)) for s in self.candidates] for c in self.configs]
+        grid = np.array(cells, dtype=np.float64)   # (α, split, 3)
+        return grid[..., 0], grid[..., 1], grid[..., 2]
 
     def choose(self, bandwidth_bps: float, sla_ms: float,
                scales: tuple[np.ndarray, np.ndarray] | None = None) -> Choice:
@@ -172,14 +179,6 @@ class JanusModel:
         meets = np.flatnonzero(fastest <= sla_ms)   # least pruned first: the paper's order
         k = int(meets[0]) if len(meets) else int(fastest.argmin())
         return Choice(self.configs[k].alpha, self.candidates[int(best[k])], float(fastest[k]), bool(len(meets)))
-
-    def index(self, alpha: float) -> int:
-        """The position of `alpha` on the grid (KeyError when it is not on it)."""
-        return self._index[round(alpha, 6)]
-
-    @cached_property
-    def _index(self) -> dict[float, int]:
-        return {round(c.alpha, 6): k for k, c in enumerate(self.configs)}
 
 
 JANUS_FILE = "janus.json"

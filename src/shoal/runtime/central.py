@@ -112,6 +112,7 @@ class LiveEstimates:
         self.transfer: dict[str, deque[float]] = {}
         self.total: dict[str, deque[float]] = {}   # per variant: measured receipt-to-reply / its prediction
         self.throughput: dict[str, deque[float]] = {}   # per link: bits per second of its transfers
+        self.last: dict[str, float] = {}                # per device: when its last compute was observed
         self._lock = threading.Lock()
 
     def compute_ratio(self, device: str, default: float = 1.0) -> float:
@@ -119,11 +120,13 @@ class LiveEstimates:
         with self._lock:
             return _median(self.ratio.get(device), default)
 
-    def ratios(self, prefix: str) -> dict[str, float]:
-        """The median measured/predicted compute of every key `prefix` + suffix with calls, by suffix."""
+    def ratios(self, prefix: str, max_age_s: float = math.inf) -> dict[str, float]:
+        """The median measured/predicted compute of every key `prefix` + suffix observed within the last
+        `max_age_s` seconds, by suffix (older windows say what was, not what is)."""
+        oldest = time.monotonic() - max_age_s
         with self._lock:
             return {key[len(prefix):]: _median(values, 1.0) for key, values in self.ratio.items()
-                    if key.startswith(prefix) and values}
+                    if key.startswith(prefix) and values and self.last.get(key, -math.inf) >= oldest}
 
     def observe_throughput(self, link: str, bits_per_s: float) -> None:
         """One transfer's throughput (bytes sent over the time they took), bits per second."""
@@ -149,6 +152,7 @@ class LiveEstimates:
         with self._lock:
             if predicted_ms > 0:
                 self.ratio.setdefault(device, deque(maxlen=self.window)).append(compute_ms / predicted_ms)
+                self.last[device] = time.monotonic()
             if transfer_ms is not None:
                 self.transfer.setdefault(device, deque(maxlen=self.window)).append(transfer_ms)
 

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -220,8 +221,7 @@ class JanusDevice:
             raise ConfigError(f"the SLA and the prior bandwidth must be positive, got {sla_ms!r} and {prior_mbps!r}")
         self.runner, self.model, self.sla_ms, self.fixed = runner, model, sla_ms, fixed
         self.prior_bps, self.fingerprint = prior_mbps * 1e6, fingerprint
-        self.estimates = LiveEstimates(window=20)   # FESTIVE's 20 samples
-        self.seen: dict[str, float] = {}            # per "side α" key: when it was last measured
+        self.estimates = LiveEstimates(window=20)   # FESTIVE's 20 samples; keys "device", "device α<k>", ...
         options = channel_options(64 << 20)
         self.channel = (grpc.secure_channel(target, credentials, options=options + name_override(server_name))
                         if credentials is not None else grpc.insecure_channel(target, options=options))
@@ -235,48 +235,44 @@ class JanusDevice:
         An α's own ratio counts for `STALE_S` seconds after its last call: one the scheduler stopped
         choosing after a throttled spell is judged again by the side's current ratio, not for good
         by that spell."""
-        out, now = [], time.monotonic()
+        out = []
         for side in ("device", "server"):
-            ratios = self.estimates.ratios(f"{side} α")
             row = np.full(len(self.model.configs), self.estimates.compute_ratio(side))
-            for key, ratio in ratios.items():
-                if now - self.seen.get(f"{side} α{key}", -math.inf) <= self.STALE_S:
-                    row[self.model.index(float(key))] = ratio
+            for k, ratio in self.estimates.ratios(f"{side} α", max_age_s=self.STALE_S).items():
+                row[int(k)] = ratio
             out.append(row)
         return out[0], out[1]
 
     def bandwidth_bps(self) -> float:
         return self.estimates.bandwidth_bps(self.LINK, self.prior_bps)
 
-    def predict(self, image: pb.PredictRequest, x: torch.Tensor, timeout_s: float = 10.0
+    def predict(self, image: pb.PredictRequest, decode: Callable[[], torch.Tensor], timeout_s: float = 10.0
                 ) -> tuple[pb.PredictReply, Choice, float]:
-        """One request: `image` as the client has it (sent at split 0), `x` the same decoded (B, C, H, W).
+        """One request: `image` as the client has it (sent as it is at split 0), `decode` what turns it into
+        the (B, C, H, W) input (called only when the device runs blocks: at split 0 the server decodes).
         Returns the server's reply (or the device's own at split N + 1), the choice, and the device's ms."""
         scales = self.scales()
         if self.fixed is None:
             choice = self.model.choose(self.bandwidth_bps(), self.sla_ms, scales)
         else:
-            fixed = self.model.config(self.fixed[0])
-            assert fixed is not None, f"α {self.fixed[0]} is not on the plan's grid"
-            k = self.model.index(fixed.alpha)
-            ms = self.model.latency_ms(fixed, self.fixed[1], self.bandwidth_bps(), scales[0][k], scales[1][k])
-            choice = Choice(fixed.alpha, self.fixed[1], ms, ms <= self.sla_ms)
-        config = self.model.config(choice.alpha)
-        assert config is not None
-        predicted_device, predicted_server = self.model.parts_ms(config, choice.split)
+            k = self.model.index(self.fixed[0])
+            ms = self.model.latency_ms(self.model.configs[k], self.fixed[1], self.bandwidth_bps(), scales[0][k],
+                                       scales[1][k])
+            choice = Choice(self.model.configs[k].alpha, self.fixed[1], ms, ms <= self.sla_ms)
+        k = self.model.index(choice.alpha)
+        predicted_device, predicted_server = self.model.parts_ms(self.model.configs[k], choice.split)
         depth, alone = self.model.depth, choice.split > self.model.depth
         logits: torch.Tensor | None = None
         t0 = time.perf_counter()
         with torch.inference_mode():
             if choice.split > 0:   # the device's blocks (all of them, and the head, when it answers alone)
-                tokens, sizes = self.runner.embed(x)
+                tokens, sizes = self.runner.embed(decode())
                 tokens, sizes = self.runner.blocks(tokens, sizes, 0, min(choice.split, depth), choice.alpha)
                 logits = self.runner.head(tokens) if alone else None
         device_ms = (time.perf_counter() - t0) * 1e3
         if choice.split > 0:
-            for key in ("device", f"device α{choice.alpha:g}"):
+            for key in ("device", f"device α{k}"):
                 self.estimates.observe(key, device_ms, predicted_device, None)
-            self.seen[f"device α{choice.alpha:g}"] = time.monotonic()
         if logits is not None:
             return top_k_reply(logits, image.top_k, image.request_id), choice, device_ms
         if choice.split == 0:
@@ -295,9 +291,8 @@ class JanusDevice:
         rt_ms = (time.perf_counter() - t_send) * 1e3
         transfer_ms = max(0.05, rt_ms - reply.total_ms)
         self.estimates.observe_throughput(self.LINK, sent * 8 / (transfer_ms / 1e3))
-        for key in ("server", f"server α{choice.alpha:g}"):
+        for key in ("server", f"server α{k}"):
             self.estimates.observe(key, reply.total_ms, predicted_server, None)
-        self.seen[f"server α{choice.alpha:g}"] = time.monotonic()
         return reply, choice, device_ms
 
     def close(self) -> None:
@@ -307,8 +302,9 @@ class JanusDevice:
 
 class JanusFront(pb_grpc.CentralServicer):
     """The device's endpoint for its clients: `shoal.v1.Central` Predict and Info, so a client (and
-    `shoal bench`) calls a Janus device as it calls a central node. Each call is validated and
-    decoded here, then `JanusDevice.predict` runs it; the reply names the choice (`variant`:
+    `shoal bench`) calls a Janus device as it calls a central node. `JanusDevice.predict` runs each
+    call; the input is decoded (and checked) here only when the device runs blocks: sent as it is
+    (split 0), the server decodes and checks it. The reply names the choice (`variant`:
     "α 0.40 split 3") and carries the device's and the server's timings.
     """
 
@@ -320,23 +316,22 @@ class JanusFront(pb_grpc.CentralServicer):
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictReply:  # noqa: N802
         t0 = time.perf_counter()
-        x = self.identity.decode_images(request, context)
         remaining = context.time_remaining()
         try:
-            reply, choice, device_ms = self.device.predict(request, x, timeout_s=min(remaining or 10.0, 60.0))
+            reply, choice, device_ms = self.device.predict(
+                request, lambda: self.identity.decode_images(request, context), timeout_s=min(remaining or 10.0, 60.0))
         except RemoteError as exc:
             context.abort(exc.code, exc.details)
             raise
-        out = pb.PredictReply()
-        out.CopyFrom(reply)
-        del out.timings[:]
-        out.timings.append(pb.DeviceTiming(device=self.identity.device, compute_ms=device_ms,
-                                           round_trip_ms=device_ms, ok=True))
-        out.timings.extend(reply.timings)
-        out.variant = f"α {choice.alpha:.2f} split {choice.split}"
-        out.request_id = request.request_id
-        out.total_ms = (time.perf_counter() - t0) * 1e3
-        return out
+        server = list(reply.timings)   # the device's part first, then the server's
+        del reply.timings[:]
+        reply.timings.append(pb.DeviceTiming(device=self.identity.device, compute_ms=device_ms,
+                                             round_trip_ms=device_ms, ok=True))
+        reply.timings.extend(server)
+        reply.variant = f"α {choice.alpha:.2f} split {choice.split}"
+        reply.request_id = request.request_id
+        reply.total_ms = (time.perf_counter() - t0) * 1e3
+        return reply
 
 
 def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity, server: str, *,
@@ -375,11 +370,12 @@ def start_janus_device(plan: JanusPlan, runner: TokenRunner, identity: Identity,
                            host=host, port=port, max_message_bytes=image_message_bytes(identity.input_shape,
                                                                                        identity.max_batch),
                            credentials=listener.credentials, interceptors=listener.interceptors)
-    with torch.inference_mode():   # the device's blocks at every α it may choose compile once here
+    with torch.inference_mode():   # both kinds of block (plain at α = 0, reducing above) run once before a client
         x = torch.zeros(1, *identity.input_shape)
         for _ in range(warmup):
-            tokens, sizes = runner.embed(x)
-            runner.head(runner.blocks(tokens, sizes, 0, plan.model.depth, 0.0)[0])
+            for alpha in (0.0, plan.model.configs[-1].alpha):
+                tokens, sizes = runner.embed(x)
+                runner.head(runner.blocks(tokens, sizes, 0, plan.model.depth, alpha)[0])
     running.set_serving(True)
     logger.info(f"janus device {identity.device}: SLA {sla:.2f} ms, server {plan.server.name} at {server}")
     return running, front
