@@ -65,18 +65,15 @@ def shape_cost(config: ViTConfig, width: int, head_counts: Sequence[int], mlp_wi
     params += C * d + C                                               # task head
     flops = 2 * config.num_patches * d * patch_in + 2 * d * C
 
-    peak_block = 0
     for h, D in zip(head_counts, mlp_widths):
         a = h * hd
         if h:
             params += 2 * d + 3 * a * d + (3 * a if config.qkv_bias else 0) + a * d + d
             params += 4 * hd * int(config.qk_norm) + d * int(config.layer_scale)
-            flops += 2 * S * d * 3 * a + 2 * 2 * S * S * a + 2 * S * a * d
         if D:
             params += 2 * d + D * d + D + D * d + d + d * int(config.layer_scale)
-            flops += 2 * 2 * S * d * D
-        peak_block = max(peak_block, 3 * S * a + h * S * S + S * a, 2 * S * D)
-
+    block_flops, peak_block = blocks_cost(d, hd, S, head_counts, mlp_widths)
+    flops += block_flops
     activations = 2 * S * d + peak_block
     return SpecCost(
         params=params,
@@ -85,6 +82,21 @@ def shape_cost(config: ViTConfig, width: int, head_counts: Sequence[int], mlp_wi
         activation_bytes=activations * BYTES_PER_VALUE,
         feature_bytes=feature_bytes(d),
     )
+
+
+def blocks_cost(width: int, head_dim: int, tokens: int, head_counts: Sequence[int], mlp_widths: Sequence[int]
+                ) -> tuple[int, int]:
+    """(FLOPs, peak live activation values) of transformer blocks of these unit counts on `tokens`
+    tokens, any family: the q/k/v and output projections, QKᵀ and the weighted sum, the two MLP
+    layers (matrix products, flop_counter's convention); the peak is the larger of one block's
+    attention and MLP intermediates."""
+    flops = peak = 0
+    for h, D in zip(head_counts, mlp_widths):
+        a = h * head_dim
+        flops += 2 * tokens * width * 3 * a + 2 * 2 * tokens * tokens * a + 2 * tokens * a * width
+        flops += 2 * 2 * tokens * width * D
+        peak = max(peak, 3 * tokens * a + h * tokens * tokens + tokens * a, 2 * tokens * D)
+    return flops, peak
 
 
 def feature_bytes(width: int) -> int:

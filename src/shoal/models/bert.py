@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from shoal.errors import ConfigError, ModelError
-from shoal.models.accounting import BYTES_PER_VALUE, SpecCost, feature_bytes
+from shoal.models.accounting import BYTES_PER_VALUE, SpecCost, blocks_cost, feature_bytes
 from shoal.models.spec import SubModelSpec
 
 SPLITTABLE = ("bert",)
@@ -65,21 +65,22 @@ class TextConfig:
     @classmethod
     def of(cls, encoder: nn.Module, num_classes: int = 0) -> TextConfig:
         """The shape of a Hugging Face BERT encoder (refused by name when it is not one)."""
-        config = check_text_architecture(encoder)
+        config = getattr(encoder, "config", None)
+        if config is None:
+            raise ModelError(f"shoal splits BERT encoders; {type(encoder).__name__} is not a Hugging Face model")
+        check_text_architecture(config, type(encoder).__name__)
         return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
                    config.intermediate_size, config.vocab_size, config.max_position_embeddings, num_classes)
 
 
-def check_text_architecture(encoder: nn.Module) -> Any:
-    """The encoder's Hugging Face config, or `ModelError` naming an architecture shoal cannot split."""
-    config = getattr(encoder, "config", None)
+def check_text_architecture(config: Any, what: str) -> None:
+    """`ModelError` naming an architecture shoal cannot split, from a Hugging Face config (before any
+    weights are read); `what` names the model in the message."""
     kind = getattr(config, "model_type", None)
     if kind not in SPLITTABLE:
-        raise ModelError(f"shoal splits BERT encoders ({', '.join(SPLITTABLE)}); "
-                         f"{type(encoder).__name__} is {kind or 'not a Hugging Face model'}")
+        raise ModelError(f"shoal splits BERT encoders ({', '.join(SPLITTABLE)}); {what} is {kind!r}")
     if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_decoder", False):
-        raise ModelError(f"{type(encoder).__name__}: only encoders with absolute position embeddings are split")
-    return config
+        raise ModelError(f"{what}: only encoders with absolute position embeddings are split")
 
 
 class _ZeroWidth(nn.Module):
@@ -189,13 +190,11 @@ def text_spec_cost(config: TextConfig, spec: SubModelSpec, seq_len: int) -> Spec
     d, hd, L, C = spec.width, config.head_dim, seq_len, config.num_classes
     params = (config.vocab_size + config.max_length + 2) * d + 2 * d       # embeddings and their LayerNorm
     params += C * d + C if C else 0
-    flops = 2 * d * C
-    peak = 0
     for h, D in zip(spec.head_counts, spec.mlp_widths):
         a = h * hd
         params += 3 * (a * d + a) + a * d + d + 2 * d                      # q, k, v, output dense, LayerNorm
         params += D * d + D + D * d + d + 2 * d                            # intermediate, output, LayerNorm
-        flops += 2 * L * d * 3 * a + 2 * 2 * L * L * a + 2 * L * a * d + 2 * 2 * L * d * D
-        peak = max(peak, 3 * L * a + h * L * L + L * a, 2 * L * D)
+    flops, peak = blocks_cost(d, hd, L, spec.head_counts, spec.mlp_widths)
+    flops += 2 * d * C
     return SpecCost(params=params, flops=flops, weight_bytes=params * BYTES_PER_VALUE,
                     activation_bytes=(2 * L * d + peak) * BYTES_PER_VALUE, feature_bytes=feature_bytes(d))

@@ -73,9 +73,7 @@ def load_text_encoder(model_dir: str | Path) -> TextEncoder:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {path / 'config.json'}: {exc}") from None
-    if getattr(config, "model_type", None) != "bert":
-        raise ModelError(f"{path}: shoal splits BERT encoders; this is {config.model_type!r} "
-                         f"({', '.join(getattr(config, 'architectures', None) or ['?'])})")
+    check_text_architecture(config, str(path))
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its load report lists the pooler we leave out on purpose
     try:
         model = transformers.BertModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
@@ -84,7 +82,6 @@ def load_text_encoder(model_dir: str | Path) -> TextEncoder:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the encoder in {path}: {exc}") from None
     nn.Module.eval(model)
-    check_text_architecture(model)
     return TextEncoder(model, tokenizer, TextConfig.of(model), str(path))
 
 
