@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from shoal.errors import ConfigError, ModelError  # noqa: E402
-from shoal.models.bert import TextConfig, build_text_submodel, pooled_text_features  # noqa: E402
+from shoal.models.bert import build_text_submodel, encoder_config, pooled_text_features  # noqa: E402
 from shoal.models.spec import SubModelSpec  # noqa: E402
 from tests.conftest import bert_dir, make_bert  # noqa: E402
 
@@ -23,8 +23,8 @@ def _batch():
 
 def test_the_whole_spec_is_the_teacher():
     teacher = make_bert()
-    config = TextConfig.of(teacher)
-    assert (config.depth, config.width, config.num_heads, config.mlp_hidden, config.head_dim) == (3, 32, 4, 64, 8)
+    config = encoder_config(teacher, 12, 2)
+    assert (config.depth, config.embed_dim, config.num_heads, config.mlp_hidden, config.head_dim) == (3, 32, 4, 64, 8)
     spec = SubModelSpec(tuple(range(3)), tuple(range(32)), (tuple(range(4)),) * 3, (tuple(range(64)),) * 3)
     ids, mask = _batch()
     with torch.no_grad():
@@ -68,9 +68,9 @@ def test_a_narrow_shallow_sub_model_is_physically_smaller_and_runs():
 def test_what_cannot_be_split_is_refused_by_name():
     gpt = transformers.GPT2Model(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
     with pytest.raises(ModelError, match="GPT2Model is 'gpt2'"):
-        TextConfig.of(gpt)
+        encoder_config(gpt, 12, 2)
     with pytest.raises(ModelError, match="Linear is not a Hugging Face model"):
-        TextConfig.of(torch.nn.Linear(2, 2))
+        encoder_config(torch.nn.Linear(2, 2), 12, 2)
     spec = SubModelSpec((0, 5), tuple(range(32)), ((0,), (0,)), ((0,), (0,)))
     with pytest.raises(ConfigError, match=r"layers index 5 is out of range \(teacher has 3\)"):
         build_text_submodel(make_bert(), spec)
@@ -79,15 +79,16 @@ def test_what_cannot_be_split_is_refused_by_name():
 # -- a local encoder directory -------------------------------------------------------------------
 
 def test_a_local_encoder_directory_loads_with_its_tokenizer(tmp_path):
-    from shoal.models.text_teacher import TextClassifier, load_text_encoder
+    from shoal.models.bert import TextClassifier
+    from shoal.models.text_teacher import load_text_encoder
 
     loaded = load_text_encoder(bert_dir(tmp_path))
-    assert loaded.config.width == 32 and loaded.config.vocab_size == 100
+    assert loaded.model.config.hidden_size == 32 and loaded.model.config.vocab_size == 100
     batch = loaded.tokenizer(["a very good film", "dull"], padding=True, return_tensors="pt")
     assert batch["input_ids"].shape[0] == 2 and int(batch["attention_mask"][1].sum()) == 3   # [CLS] dull [SEP]
     teacher = TextClassifier(loaded.model, classes=2)
     with torch.no_grad():
-        assert teacher(batch["input_ids"], batch["attention_mask"]).shape == (2, 2)
+        assert teacher(torch.stack([batch["input_ids"], batch["attention_mask"]], 1)).shape == (2, 2)
 
 
 def test_a_directory_without_weights_tokenizer_or_bert_is_one_line(tmp_path):
@@ -109,20 +110,25 @@ def test_a_directory_without_weights_tokenizer_or_bert_is_one_line(tmp_path):
 def test_the_closed_form_cost_is_what_the_sub_model_has_and_computes():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from shoal.models.bert import text_spec_cost
+    from shoal.models.accounting import text_shape_cost
+
+    def text_spec_cost(config, spec, seq_len):
+        return text_shape_cost(config, spec.width, spec.head_counts, spec.mlp_widths, seq_len)
 
     teacher = make_bert()
     teacher.config._attn_implementation = "eager"   # matrix products the counter sees
-    config = TextConfig.of(teacher)
+    config = encoder_config(teacher, 12, 2)
     specs = [SubModelSpec(tuple(range(3)), tuple(range(32)), (tuple(range(4)),) * 3, (tuple(range(64)),) * 3),
              SubModelSpec((0, 2), tuple(range(0, 32, 2)), ((1,), ()), ((), tuple(range(8))))]
+    from shoal.models.bert import TextClassifier
+
     for spec in specs:
-        sub = build_text_submodel(teacher, spec)
+        sub = TextClassifier(build_text_submodel(teacher, spec), 2)   # with its task head, as the config has
         cost = text_spec_cost(config, spec, seq_len=12)
         assert cost.params == sum(p.numel() for p in sub.parameters())
-        ids, mask = torch.randint(1, 100, (1, 12)), torch.ones(1, 12, dtype=torch.long)
+        x = torch.stack([torch.randint(1, 100, (1, 12)), torch.ones(1, 12, dtype=torch.long)], 1)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            pooled_text_features(sub, ids, mask)
+            sub(x)
         assert cost.flops == counter.get_total_flops()
     with pytest.raises(ConfigError, match="sequence length must be 1..40"):
         text_spec_cost(config, specs[0], seq_len=41)

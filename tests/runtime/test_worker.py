@@ -103,7 +103,7 @@ def test_request_for_another_plan_or_device_is_failed_precondition(plan, worker,
 
 def test_request_before_warm_up_is_unavailable_and_health_not_serving(plan):
     identity = Identity.of(plan, "edge-b")
-    servicer = WorkerServicer(SubModelRunner(plan.build_submodel("edge-b"), plan.config.input_shape, "edge-b"),
+    servicer = WorkerServicer(SubModelRunner(plan.build_submodel("edge-b"), plan.config, "edge-b"),
                               identity)
     running = start_server(lambda s: pb_grpc.add_WorkerServicer_to_server(servicer, s), WORKER_SERVICE)
     channel = grpc.insecure_channel(running.target)
@@ -174,7 +174,7 @@ def test_a_cuda_device_without_a_gpu_is_refused_in_one_line(plan):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_worker_on_cuda_answers_what_the_cpu_answers(plan):
     x = torch.randn(3, *plan.config.input_shape)
-    on_cpu = SubModelRunner(plan.build_submodel("edge-a"), plan.config.input_shape, "edge-a")(x)
-    on_gpu = SubModelRunner(plan.build_submodel("edge-a"), plan.config.input_shape, "edge-a", "cuda")(x)
+    on_cpu = SubModelRunner(plan.build_submodel("edge-a"), plan.config, "edge-a")(x)
+    on_gpu = SubModelRunner(plan.build_submodel("edge-a"), plan.config, "edge-a", "cuda")(x)
     assert on_gpu.features.device.type == "cpu"   # features leave on the host, ready to encode
     torch.testing.assert_close(on_gpu.features, on_cpu.features, rtol=1e-3, atol=1e-3)

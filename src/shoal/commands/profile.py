@@ -17,7 +17,7 @@ from shoal.predictors.settings import DEFAULT_TARGET, TrainSettings
 from shoal.profiling.settings import DeviceKind, SamplerSettings, TimingSettings
 
 if TYPE_CHECKING:
-    from shoal.models.config import ViTConfig
+    from shoal.models.config import TeacherConfig
     from shoal.profiling.profile import DeviceProfile
 
 DEFAULT_SAMPLES = 600   # `shoal profile` of one device (a device set profiled by `shoal plan`: 300)
@@ -34,7 +34,7 @@ BudgetOpt = Annotated[float | None, typer.Option(
          "devices")]
 
 
-def teacher_family(model: str | None, checkpoint: str | None) -> tuple[ViTConfig, str]:
+def teacher_family(model: str | None, checkpoint: str | None) -> tuple[TeacherConfig, str]:
     """(family, source) of the teacher; timing needs no trained weights, so timm models are not downloaded."""
     from shoal.models.teacher import load_teacher
 
@@ -148,7 +148,7 @@ def read_specs(path: Path) -> list[SubModelSpec]:
     return specs
 
 
-def _check_family(specs: list[SubModelSpec], config: ViTConfig, path: Path, what: str) -> None:
+def _check_family(specs: list[SubModelSpec], config: TeacherConfig, path: Path, what: str) -> None:
     for number, spec in enumerate(specs, start=1):
         try:
             spec.check_against(config)
@@ -156,7 +156,7 @@ def _check_family(specs: list[SubModelSpec], config: ViTConfig, path: Path, what
             raise ConfigError(f"{path} spec {number} does not fit {what}: {exc}") from None
 
 
-def _spec_row(spec: SubModelSpec, config: ViTConfig) -> dict[str, Any]:
+def _spec_row(spec: SubModelSpec, config: TeacherConfig) -> dict[str, Any]:
     from shoal.models.accounting import spec_cost
 
     return {"l": spec.depth, "d": spec.width, "h_mean": sum(spec.head_counts) / max(spec.depth, 1),

@@ -21,6 +21,7 @@ repeated, its own normalisation kept (`fit_input`). Only the class count must ma
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,10 @@ import torch.nn.functional as F
 
 from shoal.data import digits, fashion_mnist
 from shoal.data.digits import TensorDataset, augment, load_digits_split
+from shoal.data.text import ROTTEN_CLASSES, ROTTEN_TOMATOES, TEXT_SUFFIXES, read_labelled_text, text_splits, tokenize
 from shoal.errors import DataError
 from shoal.models.teacher import DEFAULT_TEACHER, FASHION_TEACHER, Teacher
+from shoal.models.text_teacher import TEXT_TEACHER
 from shoal.utils.fields import FlatRecord
 
 # built-in task -> the shipped teacher trained on it
@@ -44,6 +47,11 @@ def default_teacher_for(data: str | Path | None) -> str:
         return DEFAULT_TEACHER
     if str(data) in BUILTIN_TASKS:
         return BUILTIN_TASKS[str(data)]
+    if str(data) == ROTTEN_TOMATOES:
+        return TEXT_TEACHER
+    if Path(data).suffix in TEXT_SUFFIXES:
+        raise DataError(f"{data} is a text task: name its teacher with --model (a fine-tuned text teacher's "
+                        "JSON from `python -m shoal.data.train_text_teacher --data FILE`, or an encoder directory)")
     if Path(data).is_dir() and fashion_mnist.available(data) and not (Path(data) / "train").is_dir():
         return FASHION_TEACHER
     return DEFAULT_TEACHER
@@ -60,6 +68,10 @@ def task_classes(data: str | Path | None) -> int | None:
     """
     if data is None or str(data) in BUILTIN_TASKS:
         return BUILTIN_CLASSES
+    if str(data) == ROTTEN_TOMATOES:
+        return len(ROTTEN_CLASSES)
+    if Path(data).suffix in TEXT_SUFFIXES:
+        return len(read_labelled_text(data).classes) if Path(data).is_file() else None
     root = Path(data)
     if root.is_dir() and not (root / "train").is_dir() and fashion_mnist.available(root):
         return len(fashion_mnist.CLASSES)
@@ -136,7 +148,13 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
     Raises:
         DataError: missing/empty/corrupt folder, or classes that do not match the teacher's head.
     """
-    shape = teacher.config.input_shape
+    if teacher.is_text:
+        return _text_task(teacher, data, max_per_split)
+    vit = teacher.vit("image data")
+    if str(data) == ROTTEN_TOMATOES or Path(str(data)).suffix in TEXT_SUFFIXES:
+        raise DataError(f"{data} is a text task but teacher {teacher.source} is a vision model; leave out --model "
+                        "(rotten-tomatoes brings its text teacher) or name a text teacher")
+    shape = vit.input_shape
     if data is None or str(data) == "digits":
         _check_classes("the built-in digits data", teacher, "pass --data DIR")
         train, val, test = (fit_input(load_digits_split(s).subset(max_per_split), shape)
@@ -153,6 +171,28 @@ def load_task_data(teacher: Teacher, data: str | Path | None = None, *, max_per_
         return TaskData(fashion_mnist.NAME, train, val, test, augment=chosen, mean=(fashion_mnist.MEAN,),
                         std=(fashion_mnist.STD,))
     return _image_folder(teacher, Path(data), max_per_split)
+
+
+def _text_task(teacher: Teacher, data: str | Path | None, max_per_split: int | None) -> TaskData:
+    """A text task tokenised once by the teacher's tokenizer: (N, 2, seq_len) ids and mask per split,
+    each split in the order of its texts' sha256 (a fixed, content-blind order: `max_per_split` keeps a
+    fair sample, not the alphabetically first texts)."""
+    source = ROTTEN_TOMATOES if data is None else data
+    splits = text_splits(source)
+    names = splits["train"].classes
+    if len(names) != teacher.config.num_classes:
+        raise DataError(f"{source} has {len(names)} classes but teacher {teacher.source} has a head of "
+                        f"{teacher.config.num_classes}; use its own task, or fine-tune a teacher on this one")
+    out = []
+    for split in ("train", "val", "test"):
+        part = splits[split]
+        order = sorted(range(len(part)), key=lambda i: hashlib.sha256(part.texts[i].encode("utf-8")).digest())
+        order = order[:max_per_split] if max_per_split is not None else order
+        texts = [part.texts[i] for i in order]
+        tokens = tokenize(teacher.tokenizer, texts, teacher.config.seq_len, pad_to_max=True)   # (N, 2, L)
+        out.append(TensorDataset(tokens, part.labels[order], names))
+    name = ROTTEN_TOMATOES if str(source) == ROTTEN_TOMATOES else str(source)
+    return TaskData(name, out[0], out[1], out[2])
 
 
 def _check_classes(what: str, teacher: Teacher, hint: str) -> None:
@@ -181,7 +221,7 @@ def _image_folder(teacher: Teacher, root: Path, max_per_split: int | None) -> Ta
             raise DataError(f"{found['val']} has too few images to also serve as a test split; add {root}/test")
         val, test = (TensorDataset(val.images[idx], val.labels[idx], val.classes)
                      for idx in (order[:half], order[half:]))
-    c = teacher.config.in_chans
+    c = teacher.vit("an ImageFolder tree").in_chans
     mean = tuple(float(v) for v in teacher.data_config.get("mean", (0.0,) * c))[:c]
     std = tuple(float(v) for v in teacher.data_config.get("std", (1.0,) * c))[:c]
     return TaskData(str(root), train, val, test, augment=_flip_augment, mean=mean, std=std)
@@ -193,10 +233,11 @@ def _read_split(teacher: Teacher, folder: Path, limit: int | None,
     from torchvision.datasets import ImageFolder
 
     config = dict(teacher.data_config)
-    config["input_size"] = tuple(teacher.config.input_shape)
+    vit = teacher.vit("an ImageFolder tree")
+    config["input_size"] = tuple(vit.input_shape)
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     transform = create_transform(**{k: config[k] for k in keys if k in config}, is_training=False)
-    if teacher.config.in_chans == 1:
+    if vit.in_chans == 1:
         import torchvision.transforms as T
 
         transform = T.Compose([T.Grayscale(1), transform])

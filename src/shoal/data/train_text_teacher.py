@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from shoal.data.text import ROTTEN_TOMATOES, SPLITS, TextDataset, read_labelled_text, rotten_tomatoes, split_of
-from shoal.errors import DataError
-from shoal.models.text_teacher import TextClassifier, TextEncoder, load_text_encoder, minilm_dir
+from shoal.data.text import ROTTEN_TOMATOES, TextDataset, text_splits, tokenize
+from shoal.models.bert import TextClassifier
+from shoal.models.text_teacher import TextEncoder, load_text_encoder, minilm_dir
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from shoal.utils.stats import wilson_interval
 
@@ -46,30 +46,6 @@ class TextRecipe:
     seed: int = 0
 
 
-def load_task(data: str) -> dict[str, TextDataset]:
-    """train/val/test of the built-in task or of a labelled text file (split by each text's sha256)."""
-    if data == ROTTEN_TOMATOES:
-        return rotten_tomatoes()
-    whole = read_labelled_text(data)
-    parts: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
-    for text, label in zip(whole.texts, whole.labels.tolist()):
-        texts, labels = parts[split_of(text)]
-        texts.append(text)
-        labels.append(label)
-    out = {s: TextDataset(tuple(t), torch.tensor(y, dtype=torch.int64), whole.classes) for s, (t, y) in parts.items()}
-    if any(len(d) == 0 for d in out.values()):
-        sizes = {s: len(d) for s, d in out.items()}
-        raise DataError(f"{data}: too few texts to split into train, val and test ({sizes})")
-    return out
-
-
-def tokenize(encoder: TextEncoder, texts: tuple[str, ...] | list[str], max_length: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, L) token ids and attention mask, padded to the longest text, cut at `max_length`."""
-    batch = encoder.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"]
-
-
 def evaluate(model: TextClassifier, encoder: TextEncoder, data: TextDataset, max_length: int,
              batch_size: int = 128) -> dict[str, Any]:
     """top-1 and mean loss with n and the 95% Wilson interval."""
@@ -77,8 +53,7 @@ def evaluate(model: TextClassifier, encoder: TextEncoder, data: TextDataset, max
     correct, loss = 0, 0.0
     with torch.inference_mode():
         for i in range(0, len(data), batch_size):
-            ids, mask = tokenize(encoder, data.texts[i:i + batch_size], max_length)
-            logits = model(ids, mask)
+            logits = model(tokenize(encoder.tokenizer, data.texts[i:i + batch_size], max_length))
             labels = data.labels[i:i + batch_size]
             correct += int((logits.argmax(1) == labels).sum())
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -108,8 +83,8 @@ def train(encoder: TextEncoder, task: dict[str, TextDataset], recipe: TextRecipe
         order = torch.randperm(len(train_set), generator=gen).tolist()
         for i in range(0, len(order), recipe.batch_size):
             index = order[i:i + recipe.batch_size]
-            ids, mask = tokenize(encoder, [train_set.texts[k] for k in index], recipe.max_length)
-            loss = F.cross_entropy(model(ids, mask), train_set.labels[index])
+            x = tokenize(encoder.tokenizer, [train_set.texts[k] for k in index], recipe.max_length)
+            loss = F.cross_entropy(model(x), train_set.labels[index])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
     encoder = load_text_encoder(args.model or minilm_dir())
-    task = load_task(args.data)
+    task = text_splits(args.data)
     recipe = TextRecipe(epochs=args.epochs, max_length=args.max_length)
     name = args.name or f"{Path(args.data).stem}-{Path(encoder.source).name}".lower()
     t0 = time.perf_counter()

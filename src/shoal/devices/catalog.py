@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from shoal.errors import ConfigError
 from shoal.models.accounting import shape_cost
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 
 GIB = 1 << 30
 
@@ -59,7 +59,7 @@ class Board:
         if self.peak_gflops <= 0:
             raise ConfigError(f"board {self.name!r}: peak_gflops must be positive, got {self.peak_gflops!r}")
 
-    def estimate_ms(self, config: ViTConfig, width: int, heads: Sequence[int], mlp: Sequence[int]) -> float:
+    def estimate_ms(self, config: TeacherConfig, width: int, heads: Sequence[int], mlp: Sequence[int]) -> float:
         """Estimated batch-1 latency (ms) of a sub-model with these unit counts."""
         flops = shape_cost(config, width, heads, mlp).flops
         return flops / (self.peak_gflops * 1e9 * self.efficiency) * 1e3 + self.per_block_ms * len(heads) + self.base_ms

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from shoal.models.config import ViTConfig
+from shoal.errors import ConfigError
+from shoal.models.config import TeacherConfig, TextConfig
 from shoal.models.spec import SubModelSpec
 
 BYTES_PER_VALUE = 4  # float32
@@ -47,13 +48,17 @@ class SpecCost:
         return asdict(self) | {"memory_bytes": self.memory_bytes}
 
 
-def spec_cost(config: ViTConfig, spec: SubModelSpec) -> SpecCost:
-    """Closed-form cost of the sub-model of `spec` (no model is built)."""
+def spec_cost(config: TeacherConfig, spec: SubModelSpec) -> SpecCost:
+    """Closed-form cost of the sub-model of `spec` (no model is built); a text family's at its `seq_len`."""
     return shape_cost(config, spec.width, spec.head_counts, spec.mlp_widths)
 
 
-def shape_cost(config: ViTConfig, width: int, head_counts: Sequence[int], mlp_widths: Sequence[int]) -> SpecCost:
-    """Closed-form cost from unit counts alone: d_n, and h_n^k, D_n^k per kept block."""
+def shape_cost(config: TeacherConfig, width: int, head_counts: Sequence[int], mlp_widths: Sequence[int],
+               tokens: int | None = None) -> SpecCost:
+    """Closed-form cost from unit counts alone: d_n, and h_n^k, D_n^k per kept block (a text family
+    at `tokens` tokens, default its `seq_len`)."""
+    if isinstance(config, TextConfig):
+        return text_shape_cost(config, width, head_counts, mlp_widths, tokens)
     d, hd, S, C = width, config.head_dim, config.seq_len, config.num_classes
     patch_in = config.in_chans * config.patch_size ** 2
     embed_len = config.num_patches + (0 if config.no_embed_class else config.num_prefix_tokens)
@@ -82,6 +87,28 @@ def shape_cost(config: ViTConfig, width: int, head_counts: Sequence[int], mlp_wi
         activation_bytes=activations * BYTES_PER_VALUE,
         feature_bytes=feature_bytes(d),
     )
+
+
+def text_shape_cost(config: TextConfig, width: int, head_counts: Sequence[int], mlp_widths: Sequence[int],
+                    seq_len: int | None = None) -> SpecCost:
+    """Closed-form cost of a text sub-model of these unit counts on `seq_len` tokens (no model is built):
+    parameters as `build_text_submodel` keeps them (a branch with no units keeps its output bias),
+    with the task head when `config.num_classes`; FLOPs as `torch.utils.flop_counter` counts them
+    (matrix products: the projections, QKᵀ and the weighted sum, the head)."""
+    seq_len = config.seq_len if seq_len is None else seq_len
+    if seq_len < 1 or seq_len > config.max_positions:
+        raise ConfigError(f"sequence length must be 1..{config.max_positions}, got {seq_len}")
+    d, hd, L, C = width, config.head_dim, seq_len, config.num_classes
+    params = (config.vocab_size + config.max_positions + config.type_vocab_size) * d + 2 * d   # embeddings, LN
+    params += C * d + C if C else 0
+    for h, D in zip(head_counts, mlp_widths):
+        a = h * hd
+        params += 3 * (a * d + a) + a * d + d + 2 * d                      # q, k, v, output dense, LayerNorm
+        params += D * d + D + D * d + d + 2 * d                            # intermediate, output, LayerNorm
+    flops, peak = blocks_cost(d, hd, L, head_counts, mlp_widths)
+    flops += 2 * d * C
+    return SpecCost(params=params, flops=flops, weight_bytes=params * BYTES_PER_VALUE,
+                    activation_bytes=(2 * L * d + peak) * BYTES_PER_VALUE, feature_bytes=feature_bytes(d))
 
 
 def blocks_cost(width: int, head_dim: int, tokens: int, head_counts: Sequence[int], mlp_widths: Sequence[int]

@@ -17,60 +17,26 @@ what distillation calibrates, as for the pre-LN ViT. Architectures other than BE
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import functools
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from shoal.errors import ConfigError, ModelError
-from shoal.models.accounting import BYTES_PER_VALUE, SpecCost, blocks_cost, feature_bytes
+from shoal.models.config import TextConfig
 from shoal.models.spec import SubModelSpec
 
 SPLITTABLE = ("bert",)
 
 
-@dataclass(frozen=True)
-class TextConfig:
-    """A BERT-family teacher's shape: what search, accounting and surgery need.
-
-    Attributes:
-        depth: Encoder layers.
-        width: Hidden size (residual channels).
-        num_heads: Attention heads per layer.
-        mlp_hidden: Intermediate (MLP) size.
-        vocab_size: Token ids accepted (0..vocab_size - 1).
-        max_length: Longest input in tokens (position embeddings).
-        num_classes: Classes of the task head (0: none).
-    """
-
-    depth: int
-    width: int
-    num_heads: int
-    mlp_hidden: int
-    vocab_size: int
-    max_length: int
-    num_classes: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.depth, self.width, self.num_heads, self.mlp_hidden, self.vocab_size, self.max_length) < 1:
-            raise ConfigError(f"a text teacher needs positive sizes, got {self}")
-        if self.width % self.num_heads:
-            raise ConfigError(f"hidden size {self.width} is not a multiple of the {self.num_heads} heads")
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
-    @classmethod
-    def of(cls, encoder: nn.Module, num_classes: int = 0) -> TextConfig:
-        """The shape of a Hugging Face BERT encoder (refused by name when it is not one)."""
-        config = getattr(encoder, "config", None)
-        if config is None:
-            raise ModelError(f"shoal splits BERT encoders; {type(encoder).__name__} is not a Hugging Face model")
-        check_text_architecture(config, type(encoder).__name__)
-        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-                   config.intermediate_size, config.vocab_size, config.max_position_embeddings, num_classes)
+def encoder_config(encoder: nn.Module, seq_len: int, num_classes: int) -> TextConfig:
+    """The `TextConfig` of a Hugging Face BERT encoder (refused by name when it is not one)."""
+    config = getattr(encoder, "config", None)
+    if config is None:
+        raise ModelError(f"shoal splits BERT encoders; {type(encoder).__name__} is not a Hugging Face model")
+    check_text_architecture(config, type(encoder).__name__)
+    return TextConfig.of_hf(config, seq_len, num_classes)
 
 
 def check_text_architecture(config: Any, what: str) -> None:
@@ -131,8 +97,11 @@ def build_text_submodel(encoder: nn.Module, spec: SubModelSpec) -> nn.Module:
         ModelError: `encoder` is not a BERT encoder.
         ConfigError: `spec` names units the teacher does not have.
     """
-    config = TextConfig.of(encoder)
-    spec.check_sizes(config.depth, config.width, config.num_heads, config.mlp_hidden)
+    hf = getattr(encoder, "config", None)
+    if hf is None:
+        raise ModelError(f"shoal splits BERT encoders; {type(encoder).__name__} is not a Hugging Face model")
+    check_text_architecture(hf, type(encoder).__name__)
+    spec.check_sizes(hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads, hf.intermediate_size)
     dev = next(encoder.parameters()).device
     ch = torch.tensor(spec.channels, dtype=torch.long, device=dev)
     sub: Any = copy.deepcopy(encoder)
@@ -141,7 +110,7 @@ def build_text_submodel(encoder: nn.Module, spec: SubModelSpec) -> nn.Module:
         setattr(emb, name, _embedding(getattr(emb, name), ch))
     emb.LayerNorm = _layer_norm(emb.LayerNorm, ch)
     layers = []
-    hd = config.head_dim
+    hd = hf.hidden_size // hf.num_attention_heads
     for layer_index, heads, neurons in zip(spec.layers, spec.heads, spec.neurons):
         layer = sub.encoder.layer[layer_index]
         attention = layer.attention
@@ -180,21 +149,65 @@ def pooled_text_features(encoder: nn.Module, input_ids: torch.Tensor, attention_
     return features
 
 
-def text_spec_cost(config: TextConfig, spec: SubModelSpec, seq_len: int) -> SpecCost:
-    """Closed-form cost of the text sub-model of `spec` on `seq_len` tokens (no model is built):
-    parameters as `build_text_submodel` keeps them (a branch with no units keeps its output bias),
-    with the task head when `config.num_classes`; FLOPs as `torch.utils.flop_counter` counts them
-    (matrix products: the projections, QKᵀ and the weighted sum, the head)."""
-    if seq_len < 1 or seq_len > config.max_length:
-        raise ConfigError(f"sequence length must be 1..{config.max_length}, got {seq_len}")
-    d, hd, L, C = spec.width, config.head_dim, seq_len, config.num_classes
-    params = (config.vocab_size + config.max_length + 2) * d + 2 * d       # embeddings and their LayerNorm
-    params += C * d + C if C else 0
-    for h, D in zip(spec.head_counts, spec.mlp_widths):
-        a = h * hd
-        params += 3 * (a * d + a) + a * d + d + 2 * d                      # q, k, v, output dense, LayerNorm
-        params += D * d + D + D * d + d + 2 * d                            # intermediate, output, LayerNorm
-    flops, peak = blocks_cost(d, hd, L, spec.head_counts, spec.mlp_widths)
-    flops += 2 * d * C
-    return SpecCost(params=params, flops=flops, weight_bytes=params * BYTES_PER_VALUE,
-                    activation_bytes=(2 * L * d + peak) * BYTES_PER_VALUE, feature_bytes=feature_bytes(d))
+class TextClassifier(nn.Module):
+    """A BERT encoder and a linear head on its pooled features (the mean over real tokens).
+
+    Its input is one tensor, as an image is a ViT's: (B, 2, L) int64, the token ids stacked on
+    their 0/1 attention mask, right-padded. Columns past the longest real text are cut before
+    the encoder runs, so a batch costs what its longest text costs, and one text what it is long.
+
+    Args:
+        encoder: A BERT encoder (`transformers.BertModel`, or a sub-model of one).
+        classes: Number of classes.
+    """
+
+    def __init__(self, encoder: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hf: Any = encoder.config
+        self.embed_dim = int(hf.hidden_size)
+        self.head = nn.Linear(self.embed_dim, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2, L) ids and mask -> (B, embed_dim)."""
+        if x.dim() != 3 or x.shape[1] != 2:
+            raise ConfigError(f"a text model takes (B, 2, L) token ids and mask, got {list(x.shape)}")
+        longest = max(int(x[:, 1].sum(1).max()), 1)
+        x = x[..., :longest]
+        return pooled_text_features(self.encoder, x[:, 0], x[:, 1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2, L) ids and mask -> (B, classes) logits."""
+        out: torch.Tensor = self.head(self.features(x))
+        return out
+
+
+@functools.lru_cache(maxsize=2)
+def _random_encoder(config: TextConfig) -> nn.Module:
+    """A randomly initialised encoder of `config`'s shape (the template random sub-models are cut from)."""
+    import transformers
+
+    torch.manual_seed(0)
+    model: nn.Module = transformers.BertModel(config.hf_config(), add_pooling_layer=False)
+    return model.eval()
+
+
+def text_submodel(config: TextConfig, spec: SubModelSpec, teacher: nn.Module | None = None,
+                  device: torch.device | str | None = None) -> TextClassifier:
+    """The sub-model of `spec` with its encoder cut from the teacher's and its head the teacher's read
+    on the kept channels; without a teacher, cut from a random encoder of the family (to time a
+    shape, or to load a plan's weights into). Eval mode, on `device` (None: the teacher's, or the CPU;
+    "meta" builds on the CPU: the encoder's position buffers must be real)."""
+    spec.check_sizes(config.depth, config.embed_dim, config.num_heads, config.mlp_hidden)
+    if teacher is not None and not isinstance(teacher, TextClassifier):
+        raise ModelError(f"a text sub-model is cut from a TextClassifier, got {type(teacher).__name__}")
+    source = teacher.encoder if teacher is not None else _random_encoder(config)
+    model = TextClassifier(build_text_submodel(source, spec), config.num_classes)
+    if teacher is not None:
+        ch = torch.tensor(spec.channels, dtype=torch.long, device=teacher.head.weight.device)
+        with torch.no_grad():
+            model.head.weight.copy_(teacher.head.weight.detach().index_select(1, ch))
+            model.head.bias.copy_(teacher.head.bias.detach())
+    target = device if device is not None and str(device) != "meta" else (
+        next(teacher.parameters()).device if teacher is not None else "cpu")
+    return model.to(target).eval()

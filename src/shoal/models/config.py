@@ -1,7 +1,12 @@
-"""`ViTConfig`: the shape of a teacher family, read off a timm VisionTransformer.
+"""The shape of a teacher family: `ViTConfig` (a timm VisionTransformer) or `TextConfig` (a BERT encoder).
 
 A sub-model spec only makes sense against the teacher it was cut from, so
-every spec, predictor and plan carries the family's `fingerprint()`.
+every spec, predictor and plan carries the family's `fingerprint()`. Both
+configs answer what search, accounting and surgery ask of a family (depth,
+embed_dim, num_heads, head_dim, mlp_hidden, num_classes, seq_len,
+input_shape); `config_from_dict` reads either back (a text config's dict
+names its family, "bert"; a ViT's has no family key, so the fingerprints of
+every existing ViT profile and plan stay what they were).
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class ViTConfig:
     qk_norm: bool = False
     norm_eps: float = 1e-6
     act: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+
+    family = "vit"
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth",
@@ -211,3 +218,123 @@ def config_from_timm(model: nn.Module, name: str = "model") -> ViTConfig:
         norm_eps=float(norm.eps),
         act=act_name,
     )
+
+
+TEXT_FAMILY = "bert"
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Architecture of a BERT-family teacher (`transformers.BertModel`) with its task head.
+
+    Attributes:
+        depth: Encoder layers L.
+        embed_dim: Hidden size d (residual channels).
+        num_heads: Attention heads per layer h.
+        mlp_hidden: Intermediate (MLP) size D.
+        vocab_size: Token ids accepted: 0..vocab_size - 1.
+        max_positions: Position embeddings (the encoder's own length limit).
+        seq_len: Tokens per input the plan is made for and serving accepts at most (the
+            teacher's tokenisation length); latency is predicted at this length.
+        num_classes: Classes of the task head.
+        type_vocab_size: Token type embeddings.
+        pad_token_id: The padding id (its embedding row is the padding one).
+        norm_eps: LayerNorm epsilon.
+        act: Intermediate activation (Hugging Face name).
+    """
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    mlp_hidden: int
+    vocab_size: int
+    max_positions: int
+    seq_len: int
+    num_classes: int
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    norm_eps: float = 1e-12
+    act: str = "gelu"
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "embed_dim", "num_heads", "mlp_hidden", "vocab_size", "max_positions", "seq_len",
+                     "num_classes", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"TextConfig.{name} must be a positive integer, got {value!r}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"TextConfig: hidden size {self.embed_dim} is not a multiple of {self.num_heads} heads")
+        if self.seq_len > self.max_positions:
+            raise ConfigError(f"TextConfig.seq_len {self.seq_len} exceeds the {self.max_positions} positions")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"TextConfig.pad_token_id {self.pad_token_id} is not a token id")
+
+    family = TEXT_FAMILY
+    num_prefix_tokens = 0
+
+    @property
+    def global_pool(self) -> Literal["avg"]:
+        """Sub-models pool by the mean over real tokens (no class token)."""
+        return "avg"
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(2, seq_len): one input's token ids and attention mask, stacked (right-padded)."""
+        return (2, self.seq_len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": TEXT_FAMILY, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextConfig:
+        data = dict(data)
+        if data.pop("family", TEXT_FAMILY) != TEXT_FAMILY:
+            raise ConfigError(f"not a {TEXT_FAMILY} config: {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"TextConfig has no field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"TextConfig: {exc}") from None
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def hf_config(self) -> Any:
+        """The `transformers.BertConfig` of this shape (a random encoder to time, or to load weights into)."""
+        import transformers
+
+        return transformers.BertConfig(
+            vocab_size=self.vocab_size, hidden_size=self.embed_dim, num_hidden_layers=self.depth,
+            num_attention_heads=self.num_heads, intermediate_size=self.mlp_hidden, hidden_act=self.act,
+            max_position_embeddings=self.max_positions, type_vocab_size=self.type_vocab_size,
+            layer_norm_eps=self.norm_eps, pad_token_id=self.pad_token_id, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0)
+
+    @classmethod
+    def of_hf(cls, config: Any, seq_len: int, num_classes: int) -> TextConfig:
+        """The shape of a Hugging Face BERT config (checked by `shoal.models.bert.check_text_architecture`)."""
+        return cls(int(config.num_hidden_layers), int(config.hidden_size), int(config.num_attention_heads),
+                   int(config.intermediate_size), int(config.vocab_size), int(config.max_position_embeddings),
+                   min(int(seq_len), int(config.max_position_embeddings)), int(num_classes),
+                   int(config.type_vocab_size), int(config.pad_token_id or 0), float(config.layer_norm_eps),
+                   str(config.hidden_act))
+
+
+TeacherConfig = ViTConfig | TextConfig
+
+
+def config_from_dict(data: dict[str, Any]) -> TeacherConfig:
+    """A family config from its `to_dict()`: a text config names its family, a ViT config does not."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a teacher config must be a mapping, got {type(data).__name__}")
+    if "family" in data:
+        return TextConfig.from_dict(data)
+    return ViTConfig.from_dict(data)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.utils.accel import device_of
 
 ImportanceRule = Literal["mixed", "taylor", "fisher", "magnitude", "random", "kl"]
@@ -67,8 +67,8 @@ class ImportanceScores:
 
 
 def compute_importance(
-    teacher: VisionTransformer,
-    config: ViTConfig,
+    teacher: nn.Module,
+    config: TeacherConfig,
     images: torch.Tensor,
     labels: torch.Tensor,
     rule: ImportanceRule = "mixed",
@@ -117,7 +117,7 @@ def compute_importance(
     raise ConfigError(f"importance rule must be mixed, taylor, fisher, magnitude, random or kl, got {rule!r}")
 
 
-def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, labels: torch.Tensor,
+def _taylor(teacher: nn.Module, config: TeacherConfig, images: torch.Tensor, labels: torch.Tensor,
             batch_size: int, squared: bool = False, classes: Sequence[int] | None = None) -> ImportanceScores:
     L, h, hd = config.depth, config.num_heads, config.head_dim
     dev = device_of(teacher)   # gates and batches on the teacher's device, totals on the host
@@ -159,7 +159,7 @@ def _taylor(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor,
     return ImportanceScores(**{k: v / n for k, v in totals.items()}, rule="fisher" if squared else "taylor")
 
 
-def _kl(teacher: VisionTransformer, config: ViTConfig, images: torch.Tensor, batch_size: int, seed: int,
+def _kl(teacher: nn.Module, config: TeacherConfig, images: torch.Tensor, batch_size: int, seed: int,
         classes: Sequence[int] | None) -> ImportanceScores:
     """ED-ViT's KL criterion: D_KL(P || Q_u), P the teacher's output distribution (over `classes`,
     renormalised, when given), Q_u the same with unit u removed. Heads and blocks: exact, one pass
@@ -207,7 +207,7 @@ def _restrict(logits: torch.Tensor, classes: Sequence[int] | None) -> torch.Tens
     return logits if classes is None else logits[:, list(classes)]
 
 
-def _unit_gates(config: ViTConfig, b: int, dev: torch.device) -> dict[str, torch.Tensor]:
+def _unit_gates(config: TeacherConfig, b: int, dev: torch.device) -> dict[str, torch.Tensor]:
     """Gates at 1 (no gradient) for every unit, as `_install_gates` reads them."""
     L, h = config.depth, config.num_heads
     return {"heads": torch.ones(L, b, 1, h, 1, device=dev),
@@ -215,12 +215,17 @@ def _unit_gates(config: ViTConfig, b: int, dev: torch.device) -> dict[str, torch
             "channels": torch.ones(b, 1, config.embed_dim, device=dev), "blocks": torch.ones(L, b, 1, 1, device=dev)}
 
 
-def _install_gates(teacher: VisionTransformer, gates: dict[str, torch.Tensor], h: int, hd: int) -> list[Any]:
+def _install_gates(teacher: nn.Module, gates: dict[str, torch.Tensor], h: int, hd: int) -> list[Any]:
+    """Multiply every unit's output by its gate: channels after the embeddings and after every block,
+    heads on the attention output before its projection, neurons after the MLP's activation, and a
+    block's whole update (a timm ViT's blocks, or a BERT encoder's layers)."""
     handles: list[Any] = []
 
     def gate_channels(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
         return out * gates["channels"]
 
+    if not isinstance(teacher, VisionTransformer):
+        return _install_text_gates(teacher, gates, h, hd, gate_channels)
     handles.append(teacher.pos_drop.register_forward_hook(gate_channels))
     for j, block in enumerate(_blocks(teacher)):
         def gate_heads(_m: nn.Module, args: tuple[torch.Tensor], j: int = j) -> tuple[torch.Tensor]:
@@ -241,8 +246,55 @@ def _install_gates(teacher: VisionTransformer, gates: dict[str, torch.Tensor], h
     return handles
 
 
-def _magnitude(teacher: VisionTransformer, config: ViTConfig) -> ImportanceScores:
+def _install_text_gates(teacher: nn.Module, gates: dict[str, torch.Tensor], h: int, hd: int, gate_channels: Any
+                        ) -> list[Any]:
+    """`_install_gates` on a `TextClassifier`'s BERT encoder (post-LN: a layer's output is gated whole)."""
+    encoder: Any = teacher.encoder
+    handles = [encoder.embeddings.register_forward_hook(gate_channels)]
+    for j, layer in enumerate(encoder.encoder.layer):
+        def gate_heads(_m: nn.Module, args: tuple[torch.Tensor, ...], j: int = j) -> tuple[torch.Tensor, ...]:
+            x = args[0]   # (B, S, h*hd) context before the attention output dense
+            B, S, _ = x.shape
+            return ((x.view(B, S, h, hd) * gates["heads"][j]).view(B, S, h * hd), *args[1:])
+
+        def gate_neurons(_m: nn.Module, _inp: object, out: torch.Tensor, j: int = j) -> torch.Tensor:
+            return out * gates["neurons"][j]   # (B, S, D) after the activation
+
+        def gate_layer(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor, j: int = j) -> torch.Tensor:
+            x = args[0]
+            return (x + gates["blocks"][j] * (out - x)) * gates["channels"]
+
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(gate_heads))
+        handles.append(layer.intermediate.register_forward_hook(gate_neurons))
+        handles.append(layer.register_forward_hook(gate_layer))
+    return handles
+
+
+def _text_magnitude(teacher: nn.Module, config: TeacherConfig) -> ImportanceScores:
+    """`_magnitude` of a BERT encoder: query/key/value rows and output columns per head, intermediate rows
+    and output columns per neuron, every weight that reads or writes a channel."""
+    L, h, hd = config.depth, config.num_heads, config.head_dim
+    encoder: Any = teacher.encoder
+    heads, neurons, blocks = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden), torch.zeros(L)
+    channels = encoder.embeddings.word_embeddings.weight.detach().cpu().pow(2).sum(0)
+    for j, layer in enumerate(encoder.encoder.layer):
+        att = layer.attention
+        qkv = torch.stack([getattr(att.self, n).weight.detach().cpu() for n in ("query", "key", "value")])
+        qkv = qkv.view(3, h, hd, -1)
+        proj = att.output.dense.weight.detach().cpu().view(-1, h, hd)
+        heads[j] = qkv.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
+        fc1, fc2 = layer.intermediate.dense.weight.detach().cpu(), layer.output.dense.weight.detach().cpu()
+        neurons[j] = fc1.pow(2).sum(1) + fc2.pow(2).sum(0)
+        channels = channels + qkv.pow(2).sum(dim=(0, 1, 2)) + proj.pow(2).sum(dim=(1, 2))
+        channels = channels + fc1.pow(2).sum(0) + fc2.pow(2).sum(1)
+        blocks[j] = heads[j].sum() + neurons[j].sum()
+    return ImportanceScores(heads.sqrt(), neurons.sqrt(), channels.sqrt(), blocks.sqrt(), "magnitude")
+
+
+def _magnitude(teacher: nn.Module, config: TeacherConfig) -> ImportanceScores:
     """L2 norm of each unit's weights (the pruning baseline a user would reach for)."""
+    if not isinstance(teacher, VisionTransformer):
+        return _text_magnitude(teacher, config)
     L, h, hd = config.depth, config.num_heads, config.head_dim
     heads, neurons = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden)
     channels = teacher.patch_embed.proj.weight.detach().cpu().flatten(1).pow(2).sum(1)   # all on the host

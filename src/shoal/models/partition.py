@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.models.importance import ImportanceScores
 from shoal.models.spec import Policy, SubModelSpec
 
@@ -37,15 +37,19 @@ class SubModelShape:
         width: Residual channels d_n.
         head_counts: Heads h_n^k per kept block.
         mlp_widths: MLP neurons D_n^k per kept block.
+        tokens: Tokens per input it is timed or predicted at (a text family's sequence length);
+            0: the family's own (`config.seq_len`).
 
     Its JSON form (`to_dict`; measurement files, search journals, shape ids) keeps the keys
-    it has always had: {"layers", "width", "heads", "mlp"}, with counts (ADR 010).
+    it has always had: {"layers", "width", "heads", "mlp"}, with counts (ADR 010), and
+    "tokens" only when it is set.
     """
 
     layers: tuple[int, ...]
     width: int
     head_counts: tuple[int, ...]
     mlp_widths: tuple[int, ...]
+    tokens: int = 0
 
     def __post_init__(self) -> None:
         if len(self.head_counts) != len(self.layers) or len(self.mlp_widths) != len(self.layers):
@@ -54,23 +58,31 @@ class SubModelShape:
                 f"head_counts={self.head_counts}, mlp_widths={self.mlp_widths}")
         if self.width < 1:
             raise ConfigError(f"SubModelShape.width must be at least 1, got {self.width}")
+        if self.tokens < 0:
+            raise ConfigError(f"SubModelShape.tokens must be non-negative, got {self.tokens}")
         if any(h < 0 for h in self.head_counts) or any(m < 0 for m in self.mlp_widths):
             raise ConfigError(f"SubModelShape counts must be non-negative: head_counts={self.head_counts}, "
                               f"mlp_widths={self.mlp_widths}")
 
     @classmethod
-    def of(cls, spec: SubModelSpec) -> SubModelShape:
-        return cls(spec.layers, spec.width, spec.head_counts, spec.mlp_widths)
+    def of(cls, spec: SubModelSpec | SubModelShape, tokens: int = 0) -> SubModelShape:
+        """The counts of a spec (or a shape), at `tokens` tokens (0: the shape's own, else the family's)."""
+        own = spec.tokens if isinstance(spec, SubModelShape) else 0
+        return cls(spec.layers, spec.width, tuple(spec.head_counts), tuple(spec.mlp_widths), tokens or own)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "width": self.width, "heads": list(self.head_counts),
-                "mlp": list(self.mlp_widths)}
+        out: dict[str, Any] = {"layers": list(self.layers), "width": self.width, "heads": list(self.head_counts),
+                               "mlp": list(self.mlp_widths)}
+        if self.tokens:
+            out["tokens"] = self.tokens
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> SubModelShape:
         try:
             return cls(tuple(int(v) for v in data["layers"]), int(data["width"]),
-                       tuple(int(v) for v in data["heads"]), tuple(int(v) for v in data["mlp"]))
+                       tuple(int(v) for v in data["heads"]), tuple(int(v) for v in data["mlp"]),
+                       int(data.get("tokens", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a sub-model shape ({type(exc).__name__}: {exc}): {data!r}") from None
 
@@ -126,7 +138,7 @@ def deal(ranking: torch.Tensor, quotas: Sequence[int], rule: DealRule = "fair") 
 
 
 def decompose(
-    config: ViTConfig,
+    config: TeacherConfig,
     devices: Sequence[str],
     shapes: Sequence[SubModelShape],
     scores: ImportanceScores,
@@ -169,7 +181,7 @@ def decompose(
     return Policy(tuple(devices), tuple(specs), shared_channels)
 
 
-def _check_budgets(config: ViTConfig, devices: Sequence[str], shapes: Sequence[SubModelShape],
+def _check_budgets(config: TeacherConfig, devices: Sequence[str], shapes: Sequence[SubModelShape],
                    shared_channels: bool = False) -> None:
     widths = [s.width for s in shapes]
     if shared_channels:

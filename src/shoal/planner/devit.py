@@ -45,7 +45,7 @@ def devit_plan(teacher: Teacher, data: TaskData, devices: DeviceSet, evaluator: 
         ConfigError: more devices than classes, or no homogeneous shape fits every device (and
             the latency target), naming the devices that do not fit the smallest one.
     """
-    config = teacher.config
+    config = teacher.vit("--method devit")
     names = list(devices.names)
     classes = split_classes(config.num_classes, len(names), seed, "devit")
     scores = []

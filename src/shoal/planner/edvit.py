@@ -42,7 +42,7 @@ def edvit_plan(teacher: Teacher, data: TaskData, devices: DeviceSet, evaluator: 
     Raises:
         ConfigError: more devices than classes, or no pruning down to one head per block fits.
     """
-    config = teacher.config
+    config = teacher.vit("--method edvit")
     names = list(devices.names)
     h = config.num_heads
     classes = split_classes(config.num_classes, len(names), seed, "edvit")

@@ -21,12 +21,11 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
 
 from shoal.data.digits import TensorDataset
 from shoal.errors import ConfigError
 from shoal.models.aggregator import Aggregator
-from shoal.models.surgery import batched, submodel_features
+from shoal.models.surgery import batched, head_of, submodel_features
 from shoal.plan.document import PairedTest, PlanAccuracy, Score
 from shoal.utils.accel import device_of
 from shoal.utils.stats import mcnemar
@@ -72,7 +71,7 @@ class Scored:
 def score_decomposition(
     teacher_logits: torch.Tensor,
     names: Sequence[str],
-    submodels: Sequence[VisionTransformer],
+    submodels: Sequence[nn.Module],
     aggregator: Aggregator,
     split: TensorDataset,
     *,
@@ -98,7 +97,7 @@ def score_decomposition(
     sub_scores: dict[str, Score] = {}
     with torch.no_grad():
         for name, m, f in zip(names, submodels, features):
-            sub_scores[name], correct[f"submodels/{name}"] = _scores(m.head(f.to(device_of(m))).cpu(), split.labels)
+            sub_scores[name], correct[f"submodels/{name}"] = _scores(head_of(m)(f.to(device_of(m))).cpu(), split.labels)
         ens_logits = aggregator(features)
     ens_scores, correct["ensemble"] = _scores(ens_logits, split.labels)
     ens_scores = replace(ens_scores,

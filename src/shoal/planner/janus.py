@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +61,9 @@ def janus_plan(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> Janu
     if not workers:
         raise ConfigError("--method janus: the device set needs a device besides the central node (the server)")
     device, server = workers[0], devices.central
-    runner = TokenRunner(teacher.model)
+    teacher.vit("--method janus")
+    vit: Any = teacher.model   # a timm ViT: checked above
+    runner = TokenRunner(vit)
     grid = alpha_grid(runner.depth, runner.tokens)
     val = data.val.subset(request.val_images)
     test = data.test.subset(TEST_IMAGES)
@@ -77,7 +80,7 @@ def janus_plan(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> Janu
     index = devices.names.index(device.name)
     fixed_ms = problem.evaluator.rpc_ms[index] + 2 * device.link_latency_ms
     (dev_plain, dev_reducing), (srv_plain, srv_reducing) = fits[device.name], fits[server.name]
-    model = JanusModel(configs, dev_plain.model, srv_plain.model, token_bytes(int(teacher.model.embed_dim)),
+    model = JanusModel(configs, dev_plain.model, srv_plain.model, token_bytes(teacher.config.embed_dim),
                        int(problem.evaluator.input_bytes), split_candidates(runner.depth, SPLIT_K), fixed_ms,
                        dev_reducing.model, srv_reducing.model)
     for name, (fit, _) in fits.items():

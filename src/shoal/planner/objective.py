@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError
-from shoal.models.accounting import BYTES_PER_VALUE, feature_bytes, spec_cost
-from shoal.models.config import ViTConfig
+from shoal.models.accounting import BYTES_PER_VALUE, feature_bytes, shape_cost, spec_cost
+from shoal.models.config import TeacherConfig
+from shoal.models.partition import SubModelShape
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import batched, build_submodel, submodel_features
 from shoal.plan.latency import LatencyBreakdown, transfer_ms
@@ -99,15 +100,17 @@ class Evaluator:
             them the teacher's decisions stand in).
         augment: Train-time augmentation for the "distill" proxy.
         input_bytes: Bytes of one image as clients send it (None: float32), charged on every
-            worker's link (`shoal.data.imagecodec.mean_encoded_bytes`).
+            worker's link (`shoal.data.imagecodec.mean_encoded_bytes`; a text: its ids and mask).
+        tokens: A text family: the tokens per input latency is predicted at (the task's mean
+            length; 0: the family's `seq_len`).
     """
 
-    def __init__(self, teacher: torch.nn.Module, config: ViTConfig, devices: DeviceSet,
+    def __init__(self, teacher: torch.nn.Module, config: TeacherConfig, devices: DeviceSet,
                  predictors: Sequence[LatencyPredictor], cal_images: torch.Tensor, val_images: torch.Tensor,
                  val_labels: torch.Tensor, delta: float, proxy: ProxySettings | ProxyKind = "distill",
                  batch_size: int = 256, rpc_ms: Sequence[float | None] | None = None,
                  cal_labels: torch.Tensor | None = None, augment: Augment | None = None,
-                 input_bytes: int | None = None) -> None:
+                 input_bytes: int | None = None, tokens: int = 0) -> None:
         if len(predictors) != len(devices):
             raise ConfigError(f"{len(devices)} devices but {len(predictors)} predictors")
         self.teacher, self.config, self.devices = teacher, config, devices
@@ -118,6 +121,7 @@ class Evaluator:
         self.augment = augment
         self.input_bytes = input_bytes if input_bytes is not None else BYTES_PER_VALUE * math.prod(config.input_shape)
         self.rpc_ms = [float(r or 0.0) for r in (rpc_ms or [None] * len(devices))]
+        self.tokens = int(tokens)
         self.cal_targets = batched(teacher, cal_images, batch_size)      # (M, classes) teacher logits
         self.teacher_val_logits = batched(teacher, val_images, batch_size)
         self.cal_teacher_labels = self.cal_targets.argmax(1)
@@ -125,8 +129,13 @@ class Evaluator:
         self.teacher_val_loss = F.cross_entropy(self.teacher_val_logits, val_labels).item()
         self.prior_loss = prior_loss(self.cal_labels, val_labels, config.num_classes)
         full = SubModelSpec.full(config)
-        central_ms = self.predictors[0].predict_ms([full])[0]
-        self.central_flops_per_ms = spec_cost(config, full).flops / max(central_ms, 1e-6)
+        central_ms = self.predictors[0].predict_ms([self._at_length(full)])[0]
+        cost = shape_cost(config, full.width, full.head_counts, full.mlp_widths, self.tokens or None)
+        self.central_flops_per_ms = cost.flops / max(central_ms, 1e-6)
+
+    def _at_length(self, shape: Shape) -> Shape:
+        """`shape` at the planned tokens per input (a text family), else as it is."""
+        return SubModelShape.of(shape, self.tokens) if self.tokens else shape
 
     @property
     def proxy(self) -> ProxyKind:
@@ -158,7 +167,7 @@ class Evaluator:
         the whole batch, no sub-model built. Each breakdown lists the devices used, in set order."""
         if any(len(p) != len(self.devices) for p in policies):
             raise ConfigError(f"each policy needs one entry per device ({len(self.devices)})")
-        predicted = [iter(predictor.predict_ms([s for p in policies if (s := p[i]) is not None]))
+        predicted = [iter(predictor.predict_ms([self._at_length(s) for p in policies if (s := p[i]) is not None]))
                      for i, predictor in enumerate(self.predictors)]
         input_bytes = self.input_bytes
         out = []
@@ -177,7 +186,7 @@ class Evaluator:
 
     def teacher_latency(self) -> list[float]:
         """Predicted latency of the whole teacher on each device (ms)."""
-        full = SubModelSpec.full(self.config)
+        full = self._at_length(SubModelSpec.full(self.config))
         return [float(p.predict_ms([full])[0]) for p in self.predictors]
 
     # -- accuracy proxy (eq. 7) -----------------------------------------------------

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+import torch.nn as nn
 
 from shoal.data.datasets import TaskData, default_teacher_for, load_task_data, task_classes
 from shoal.data.imagecodec import mean_encoded_bytes
+from shoal.data.text import TOKENS_FORMAT, sent_token_bytes, token_lengths
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError, DataError, InfeasibleError
 from shoal.models.accounting import spec_cost
@@ -163,6 +164,9 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
     if teacher.random_weights:
         log.warning("teacher %s has random weights: its accuracy and the plan's mean nothing; latency does",
                     teacher.source)
+    if teacher.is_text and request.method != "coformer":
+        raise ConfigError(f"--method {request.method} splits a vision teacher; {teacher.source} is a text teacher "
+                          "(plan it with --method coformer)")
     teacher.model.to(compute)   # data stays on the host; batches move (shoal.utils.accel)
     data = load_task_data(teacher, request.data, max_per_split=request.max_per_split)
     if devices is None or predictors is None:
@@ -183,10 +187,16 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
             raise InfeasibleError(f"--method coformer: {exc}") from None
     cal = data.train.subset(request.cal_images)
     val = data.val.subset(request.val_images)
-    input_bytes = mean_encoded_bytes(val.images, data.mean, data.std, request.input_format)
+    tokens = 0
+    if teacher.is_text:   # latency predicted at the task's mean text length; clients send ids and mask
+        input_bytes = sent_token_bytes(val.images)
+        tokens = max(1, round(float(token_lengths(val.images).float().mean())))
+    else:
+        input_bytes = mean_encoded_bytes(val.images, data.mean, data.std, request.input_format)
     evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal.images, val.images,
                           val.labels, delta=0.0, proxy=ProxySettings(kind=request.proxy, precision=request.precision),
-                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment, input_bytes=input_bytes)
+                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment, input_bytes=input_bytes,
+                          tokens=tokens)
     delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
     evaluator.delta = delta
     return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
@@ -287,7 +297,7 @@ class Calibrated:
             "submodels/<device>", "subset/<present devices>") and "ablation/<row>/ensemble". Not in plan.json.
     """
 
-    submodels: list[VisionTransformer]
+    submodels: list[nn.Module]
     aggregator: Aggregator
     summary: CalibrationSummary
     accuracy: PlanAccuracy
@@ -317,7 +327,7 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     if subtasks is None:
         sliced = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
         hooks.phase("ablation: decompose only / decompose + aggregate")
-        scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.model.head,
+        scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.head,
                                                    config.global_pool, config.num_prefix_tokens)
         ablation["decompose_only"] = score_decomposition(teacher_test, names, sliced, scatter, data.test,
                                                          with_subsets=False)
@@ -488,4 +498,6 @@ def _document(problem: Problem, request: PlanRequest, policy: Policy, evaluation
                 else SearchSummary(from_policy=str(request.from_policy))),
         importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
         resumed=request.resume,
-        input=InputSpec(problem.data.mean, problem.data.std, request.input_format, problem.evaluator.input_bytes))
+        input=InputSpec(problem.data.mean, problem.data.std,
+                        TOKENS_FORMAT if problem.teacher.is_text else request.input_format,
+                        problem.evaluator.input_bytes, problem.evaluator.tokens))

@@ -30,7 +30,7 @@ import torch
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, InfeasibleError
 from shoal.models.accounting import SpecCost, shape_cost
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.models.importance import ImportanceScores
 from shoal.models.partition import DealRule, LayerRule, SubModelShape, choose_layers, decompose
 from shoal.models.spec import MIN_WIDTH, Policy
@@ -66,7 +66,7 @@ class SearchSpace:
             False keeps CoFormer's rule that every device runs a sub-model.
     """
 
-    config: ViTConfig
+    config: TeacherConfig
     devices: DeviceSet
     scores: ImportanceScores
     knots: int = 2

@@ -23,7 +23,7 @@ from shoal.data.datasets import TaskData
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError, DataError
 from shoal.models.accounting import spec_cost
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.models.importance import ImportanceRule, ImportanceScores, compute_importance
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.teacher import Teacher
@@ -95,7 +95,7 @@ def top(scores: torch.Tensor, k: int) -> tuple[int, ...]:
     return tuple(sorted(torch.topk(scores, k).indices.tolist())) if k else ()
 
 
-def pruned_spec(config: ViTConfig, scores: ImportanceScores, layers: Sequence[int], width: int, heads: int,
+def pruned_spec(config: TeacherConfig, scores: ImportanceScores, layers: Sequence[int], width: int, heads: int,
                 neurons: int) -> SubModelSpec:
     """The sub-model that keeps `layers`, the `width` most important channels and, per kept layer,
     its `heads` most important heads and `neurons` most important neurons."""
@@ -104,7 +104,7 @@ def pruned_spec(config: ViTConfig, scores: ImportanceScores, layers: Sequence[in
                         tuple(top(scores.neurons[j], neurons) for j in layers), config.fingerprint())
 
 
-def misfits(config: ViTConfig, devices: DeviceSet, policy: Policy) -> list[str]:
+def misfits(config: TeacherConfig, devices: DeviceSet, policy: Policy) -> list[str]:
     """Which devices the policy's sub-models do not fit, each with its numbers (empty: all fit)."""
     out = []
     for name, spec in zip(policy.devices, policy.specs):

@@ -1,6 +1,6 @@
 """`LatencyPredictor`: what the planner asks of a device (batch-1 latency of sub-models, in ms).
 
-Every predictor is bound to one teacher family (`ViTConfig.fingerprint()`)
+Every predictor is bound to one teacher family (`TeacherConfig.fingerprint()`)
 and refuses specs of another. Measured predictors save to a safetensors file
 (their numbers) plus a JSON file (what they are); nothing is pickled.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from shoal.errors import ConfigError, DataError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, config_from_dict
 from shoal.predictors.features import Shape
 from shoal.utils.io import atomic_save_safetensors, atomic_write_json
 
@@ -37,7 +37,7 @@ class LatencyPredictor(ABC):
     is_estimate: bool = False
     registry: ClassVar[dict[str, type[LatencyPredictor]]] = {}
 
-    def __init__(self, config: ViTConfig, kind: str) -> None:
+    def __init__(self, config: TeacherConfig, kind: str) -> None:
         self.config = config
         self.family = config.fingerprint()
         self.kind = kind
@@ -71,7 +71,7 @@ class LatencyPredictor(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
 
     @classmethod
-    def from_state(cls, config: ViTConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> LatencyPredictor:
+    def from_state(cls, config: TeacherConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> LatencyPredictor:
         raise NotImplementedError(f"{cls.__name__} cannot be loaded")
 
     def __repr__(self) -> str:
@@ -101,7 +101,7 @@ def load_predictor(directory: str | Path, stem: str) -> LatencyPredictor:
     try:
         desc = json.loads(desc_path.read_text())
         cls = LatencyPredictor.registry[desc["class"]]
-        config = ViTConfig.from_dict(desc["config"])
+        config = config_from_dict(desc["config"])
         weights = directory / desc["weights"]
     except FileNotFoundError:
         raise DataError(f"predictor description {desc_path} does not exist") from None

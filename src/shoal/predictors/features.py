@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, TextConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.spec import SubModelSpec
 
@@ -47,26 +47,33 @@ def counts(shape: Shape) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     raise ConfigError(f"expected a SubModelSpec or SubModelShape, got {type(shape).__name__}")
 
 
+def tokens_of(config: TeacherConfig, shape: Shape) -> int:
+    """Tokens per input of a shape: its own (a text shape timed at a length), else the family's."""
+    return (shape.tokens if isinstance(shape, SubModelShape) else 0) or config.seq_len
+
+
 def feature_names(feature_set: str) -> tuple[str, ...]:
     if feature_set not in FEATURE_SETS:
         raise ConfigError(f"unknown feature set {feature_set!r}; known: {sorted(FEATURE_SETS)}")
     return FEATURE_SETS[feature_set]
 
 
-def feature_matrix(config: ViTConfig, shapes: Sequence[Shape], feature_set: str) -> np.ndarray:
+def feature_matrix(config: TeacherConfig, shapes: Sequence[Shape], feature_set: str) -> np.ndarray:
     """Features of `shapes` as a float64 array (n, k), columns as `feature_names(feature_set)`.
 
     Vectorised over the batch (blocks padded with zero heads and neurons, which add nothing),
     so a planner's batch of 16 specs costs well under a millisecond.
     """
     names = feature_names(feature_set)
-    columns = _all_features(config, [counts(s) for s in shapes])
+    columns = _all_features(config, [counts(s) for s in shapes], np.array([tokens_of(config, s) for s in shapes],
+                                                                          dtype=np.float64))
     return np.stack([columns[name] for name in names], axis=1) if shapes else np.zeros((0, len(names)))
 
 
-def _all_features(config: ViTConfig, rows: Sequence[tuple[int, tuple[int, ...], tuple[int, ...]]]
-                  ) -> dict[str, np.ndarray]:
-    """Every feature column, each of shape (n,)."""
+def _all_features(config: TeacherConfig, rows: Sequence[tuple[int, tuple[int, ...], tuple[int, ...]]],
+                  S: np.ndarray) -> dict[str, np.ndarray]:
+    """Every feature column, each of shape (n,); `S` (n,) the tokens per input of each row (a text
+    family's sequence length varies, so every token term is a feature of it)."""
     n, depth_max = len(rows), max((len(h) for _, h, _ in rows), default=0)
     d = np.array([r[0] for r in rows], dtype=np.float64)
     depth = np.array([len(r[1]) for r in rows], dtype=np.float64)
@@ -75,10 +82,9 @@ def _all_features(config: ViTConfig, rows: Sequence[tuple[int, tuple[int, ...], 
     for i, (_, heads, mlp) in enumerate(rows):
         h[i, :len(heads)] = heads
         D[i, :len(mlp)] = mlp
-    S, hd = config.seq_len, config.head_dim
+    hd = config.head_dim
     a = h * hd
     n_attn, n_mlp = (h > 0).sum(axis=1).astype(np.float64), (D > 0).sum(axis=1).astype(np.float64)
-    patch_in = config.in_chans * config.patch_size ** 2
     terms = {
         "n_attn": n_attn,
         "n_mlp": n_mlp,
@@ -100,10 +106,17 @@ def _all_features(config: ViTConfig, rows: Sequence[tuple[int, tuple[int, ...], 
         "D_mean": D_mean,
         "h_std": np.sqrt((((h - h_mean[:, None]) ** 2) * mask).sum(axis=1) / safe_depth),
         "D_std": np.sqrt((((D - D_mean[:, None]) ** 2) * mask).sum(axis=1) / safe_depth),
-        # flop_counter's count, as `shape_cost`: patch embedding, head, and the blocks' matmuls
-        "flops": 2.0 * config.num_patches * d * patch_in + 2.0 * d * config.num_classes
+        # flop_counter's count, as `shape_cost`: the embedding (a ViT's patch projection), head, blocks' matmuls
+        "flops": _embedding_flops(config, d) + 2.0 * d * config.num_classes
         + terms["f_proj"] + terms["f_attn"] + terms["f_mlp"],
         **terms,
     }
     features.update({f"log_{k}": np.log1p(v) for k, v in terms.items()})
     return features
+
+
+def _embedding_flops(config: TeacherConfig, d: np.ndarray) -> np.ndarray:
+    """FLOPs of the input embedding: a ViT's patch projection; a text family's lookups count none."""
+    if isinstance(config, TextConfig):
+        return np.zeros_like(d)
+    return 2.0 * config.num_patches * d * config.in_chans * config.patch_size ** 2

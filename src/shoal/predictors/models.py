@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.predictors.base import LatencyPredictor, Tensors
 from shoal.predictors.features import Shape, feature_matrix, feature_names
 
@@ -40,7 +40,7 @@ def _check_targets(shapes: Sequence[Shape], y_ms: np.ndarray) -> np.ndarray:
 class LinearPredictor(LatencyPredictor):
     """latency (ms) = X · coef + intercept on a feature set."""
 
-    def __init__(self, config: ViTConfig, kind: str, feature_set: str, coef: np.ndarray, intercept: float) -> None:
+    def __init__(self, config: TeacherConfig, kind: str, feature_set: str, coef: np.ndarray, intercept: float) -> None:
         super().__init__(config, kind)
         self.feature_set = feature_set
         self.coef = np.asarray(coef, dtype=np.float64)
@@ -50,7 +50,7 @@ class LinearPredictor(LatencyPredictor):
                               f"of {len(feature_names(feature_set))} features")
 
     @classmethod
-    def fit(cls, config: ViTConfig, shapes: Sequence[Shape], y_ms: np.ndarray, feature_set: str, *, kind: str,
+    def fit(cls, config: TeacherConfig, shapes: Sequence[Shape], y_ms: np.ndarray, feature_set: str, *, kind: str,
             relative: bool = False, nonneg: bool = False) -> LinearPredictor:
         """Least squares fit.
 
@@ -86,7 +86,7 @@ class LinearPredictor(LatencyPredictor):
                                                              "intercept": self.intercept}
 
     @classmethod
-    def from_state(cls, config: ViTConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> LinearPredictor:
+    def from_state(cls, config: TeacherConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> LinearPredictor:
         return cls(config, kind, meta["feature_set"], tensors["coef"].double().numpy(), meta["intercept"])
 
 
@@ -99,7 +99,7 @@ def mlp_net(inputs: int, hidden: int = 600) -> nn.Sequential:
 class MLPPredictor(LatencyPredictor):
     """exp(MLP(standardised features)) ms, optionally times a linear `base` prediction."""
 
-    def __init__(self, config: ViTConfig, kind: str, feature_set: str, net: nn.Sequential, x_mean: np.ndarray,
+    def __init__(self, config: TeacherConfig, kind: str, feature_set: str, net: nn.Sequential, x_mean: np.ndarray,
                  x_std: np.ndarray, y_mean: float, y_std: float, base: LinearPredictor | None = None) -> None:
         super().__init__(config, kind)
         self.feature_set = feature_set
@@ -120,7 +120,7 @@ class MLPPredictor(LatencyPredictor):
         return pred * self.base.predict_array(shapes) if self.base is not None else pred
 
     @classmethod
-    def fit(cls, config: ViTConfig, shapes: Sequence[Shape], y_ms: np.ndarray, feature_set: str, *, kind: str,
+    def fit(cls, config: TeacherConfig, shapes: Sequence[Shape], y_ms: np.ndarray, feature_set: str, *, kind: str,
             val: tuple[Sequence[Shape], np.ndarray] | None = None, base: LinearPredictor | None = None,
             epochs: int = 300, hidden: int = 600, lr: float = 1e-3, batch_size: int = 128, seed: int = 0
             ) -> MLPPredictor:
@@ -180,7 +180,7 @@ class MLPPredictor(LatencyPredictor):
         return tensors, meta
 
     @classmethod
-    def from_state(cls, config: ViTConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> MLPPredictor:
+    def from_state(cls, config: TeacherConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> MLPPredictor:
         x_mean = tensors["x_mean"].double().numpy()
         net = mlp_net(len(x_mean), int(meta["hidden"]))
         net.load_state_dict({k.removeprefix("net."): v.float() for k, v in tensors.items() if k.startswith("net.")})
@@ -195,7 +195,7 @@ class MLPPredictor(LatencyPredictor):
 class EnsemblePredictor(LatencyPredictor):
     """Weighted geometric mean of member predictions (errors in log space average out)."""
 
-    def __init__(self, config: ViTConfig, kind: str, members: Sequence[LatencyPredictor],
+    def __init__(self, config: TeacherConfig, kind: str, members: Sequence[LatencyPredictor],
                  weights: Sequence[float] | None = None) -> None:
         super().__init__(config, kind)
         if not members or any(m.family != self.family for m in members):
@@ -220,7 +220,7 @@ class EnsemblePredictor(LatencyPredictor):
         return tensors, {"members": members, "weights": self.weights.tolist()}
 
     @classmethod
-    def from_state(cls, config: ViTConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> EnsemblePredictor:
+    def from_state(cls, config: TeacherConfig, kind: str, tensors: Tensors, meta: dict[str, Any]) -> EnsemblePredictor:
         members = []
         for i, info in enumerate(meta["members"]):
             prefix = f"m{i}."

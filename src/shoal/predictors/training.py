@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.predictors.base import LatencyPredictor
 from shoal.predictors.features import Shape
 from shoal.predictors.metrics import ErrorMetrics, error_metrics, noise_floor
@@ -137,7 +137,7 @@ def dataset_noise(dataset: LatencyDataset, target: Target = "median") -> ErrorMe
     return noise_floor([target_ms(a, target) for a, _ in pairs], [target_ms(b, target) for _, b in pairs])
 
 
-def fit_predictors(config: ViTConfig, dataset: LatencyDataset, settings: TrainSettings = TrainSettings()
+def fit_predictors(config: TeacherConfig, dataset: LatencyDataset, settings: TrainSettings = TrainSettings()
                    ) -> PredictorSuite:
     """Fit every candidate on the dataset's first-pass measurements and choose by validation MAPE.
 
@@ -186,7 +186,7 @@ def _with_dependencies(kinds: Sequence[str]) -> list[str]:
     return [k for k in CANDIDATES if k in needed]
 
 
-def _fit_one(kind: str, config: ViTConfig, train: tuple[list[Any], np.ndarray], val: tuple[list[Any], np.ndarray],
+def _fit_one(kind: str, config: TeacherConfig, train: tuple[list[Any], np.ndarray], val: tuple[list[Any], np.ndarray],
              fitted: dict[str, LatencyPredictor], settings: TrainSettings) -> LatencyPredictor:
     shapes, y = train
     if kind == "flops-linear":

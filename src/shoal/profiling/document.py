@@ -24,7 +24,7 @@ from typing import Any
 
 from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError, DataError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, config_from_dict
 from shoal.predictors.metrics import ErrorMetrics
 from shoal.predictors.settings import TrainSettings
 from shoal.profiling.machine import DeviceProbe
@@ -75,7 +75,7 @@ class ProfiledTeacher:
     """The teacher family the shapes were cut from, and what the user named it."""
 
     source: str
-    config: ViTConfig
+    config: TeacherConfig
 
     @property
     def family(self) -> str:
@@ -87,7 +87,7 @@ class ProfiledTeacher:
     @classmethod
     def read(cls, f: Fields) -> ProfiledTeacher:
         try:
-            config = ViTConfig.from_dict(f.raw("config"))
+            config = config_from_dict(f.raw("config"))
         except ConfigError as exc:
             raise DataError(f"{f.where}.config: {exc}") from None
         family = f.text("family")

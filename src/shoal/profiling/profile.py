@@ -27,7 +27,7 @@ import numpy as np
 import shoal
 from shoal.devices.emulation import CpuLimit
 from shoal.errors import DataError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, config_from_dict
 from shoal.predictors.base import LatencyPredictor, load_predictor, save_predictor
 from shoal.predictors.metrics import ErrorMetrics
 from shoal.predictors.settings import TrainSettings
@@ -88,7 +88,7 @@ class DeviceProfile:
         return self.document.device.threads
 
     @property
-    def config(self) -> ViTConfig:
+    def config(self) -> TeacherConfig:
         return self.document.teacher.config
 
     @property
@@ -140,7 +140,7 @@ def write_profile(out: Path, name: str, probe: DeviceProbe, suite: PredictorSuit
     document = ProfileDocument(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), shoal_version=shoal.__version__,
         device=ProfiledDevice(name, probe, cpu_limit, int(header["timing"]["threads"]), header["timing"]["device"]),
-        teacher=ProfiledTeacher(teacher_source, ViTConfig.from_dict(header["config"])),
+        teacher=ProfiledTeacher(teacher_source, config_from_dict(header["config"])),
         sampler=SamplerSettings(**header["sampler"]), timing=TimingSettings(**header["timing"]), training=train,
         measurements=MeasurementSummary(DATASET_FILE, sha256_file(out / DATASET_FILE), len(dataset.first_pass()),
                                         len(dataset.pairs()), len(dataset.failures)),
@@ -200,7 +200,7 @@ The runtime provides it (`shoal.runtime.overhead.measure_rpc`); profiling, below
 takes it as an argument."""
 
 
-def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sampler: SamplerSettings,
+def profile_devices(requests: Sequence[ProfileRequest], config: TeacherConfig, *, sampler: SamplerSettings,
                     teacher_source: str = "", train: TrainSettings = TrainSettings(), resume: bool = True,
                     restart_mismatched: bool = False, concurrent: bool = False, measure: MeasureFn | None = None,
                     overhead: OverheadFn | None = None, progress: ProgressFn | None = None
@@ -251,7 +251,7 @@ def profile_devices(requests: Sequence[ProfileRequest], config: ViTConfig, *, sa
     return profiles
 
 
-def _measure_overhead(overhead: OverheadFn, req: ProfileRequest, config: ViTConfig) -> LatencyStats | None:
+def _measure_overhead(overhead: OverheadFn, req: ProfileRequest, config: TeacherConfig) -> LatencyStats | None:
     """The device's runtime call overhead under its limit (None, said in one line, if it cannot be measured)."""
     try:
         stats = overhead(req.cpu_limit, config.input_shape, config.embed_dim)

@@ -19,7 +19,7 @@ from shoal.devices.catalog import Board, board
 from shoal.devices.emulation import CpuLimit
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.errors import ConfigError, DataError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.models.teacher import Teacher
 from shoal.predictors.base import LatencyPredictor
 from shoal.predictors.features import Shape, counts
@@ -47,7 +47,7 @@ class CatalogPredictor(LatencyPredictor):
 
     is_estimate = True
 
-    def __init__(self, config: ViTConfig, board: Board) -> None:
+    def __init__(self, config: TeacherConfig, board: Board) -> None:
         super().__init__(config, "catalog-estimate")
         self.board = board
 
@@ -76,7 +76,7 @@ def _limit_text(limit: CpuLimit) -> str:
     return limit.describe() + (f" (CFS period {limit.period_us} us)" if applied else "")
 
 
-def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: ViTConfig) -> None:
+def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: TeacherConfig) -> None:
     """Raise `ConfigError` if the profile is for another family or other serving conditions."""
     where = f"device {device.name!r}: profile {profile.path}"
     if profile.family != config.fingerprint():
@@ -103,12 +103,12 @@ def check_profile_matches(profile: DeviceProfile, device: DeviceSpec, config: Vi
                           f"(`accelerator:`); profile it there: {profile_command(device, profile.path)}")
 
 
-def load_device_latency(device: DeviceSpec, config: ViTConfig) -> LatencyPredictor:
+def load_device_latency(device: DeviceSpec, config: TeacherConfig) -> LatencyPredictor:
     """The latency predictor of `device` for teacher family `config` (see `load_device_costs`)."""
     return load_device_costs(device, config)[0]
 
 
-def load_device_costs(device: DeviceSpec, config: ViTConfig) -> tuple[LatencyPredictor, float | None]:
+def load_device_costs(device: DeviceSpec, config: TeacherConfig) -> tuple[LatencyPredictor, float | None]:
     """The latency predictor of `device` for teacher family `config`, and its runtime-call overhead.
 
     A measured profile (`device.profile`, when that directory exists) wins, with the call
@@ -135,7 +135,7 @@ def load_device_costs(device: DeviceSpec, config: ViTConfig) -> tuple[LatencyPre
                      "`catalog:` to a board for a rough estimate")
 
 
-def _profile_problem(device: DeviceSpec, path: Path, config: ViTConfig) -> str | None:
+def _profile_problem(device: DeviceSpec, path: Path, config: TeacherConfig) -> str | None:
     """None if `path` holds a profile that `device` can use for `config`, else why not."""
     if not (path / PROFILE_FILE).is_file():
         return "no profile yet"
@@ -146,7 +146,7 @@ def _profile_problem(device: DeviceSpec, path: Path, config: ViTConfig) -> str |
     return None
 
 
-def ensure_profiles(devices: DeviceSet, teacher: ViTConfig | Teacher, *, samples: int = DEVICE_SET_SAMPLES,
+def ensure_profiles(devices: DeviceSet, teacher: TeacherConfig | Teacher, *, samples: int = DEVICE_SET_SAMPLES,
                     workdir: str | Path | None = None, seed: int = 0, concurrent: bool = False,
                     timing: TimingSettings | None = None, train: TrainSettings = TrainSettings(),
                     progress: ProgressFn | None = None, measure: MeasureFn | None = None,

@@ -30,9 +30,9 @@ import torch
 
 from shoal.devices.emulation import CpuLimit
 from shoal.errors import ConfigError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, config_from_dict
 from shoal.models.partition import SubModelShape
-from shoal.models.surgery import build_submodel
+from shoal.models.surgery import build_submodel, example_input
 from shoal.profiling.dataset import Failure, Measurement, header_mismatch, make_header, read_dataset
 from shoal.profiling.sampling import sample_shapes, shape_to_spec
 from shoal.profiling.settings import SamplerSettings, TimingSettings
@@ -57,19 +57,20 @@ class WorkItem:
     shape: SubModelShape
 
 
-MeasureFn = Callable[[ViTConfig, SubModelShape, TimingSettings], tuple[LatencyStats, int, int]]
+MeasureFn = Callable[[TeacherConfig, SubModelShape, TimingSettings], tuple[LatencyStats, int, int]]
 
 
-def measure_shape(config: ViTConfig, shape: SubModelShape, timing: TimingSettings) -> tuple[LatencyStats, int, int]:
+def measure_shape(config: TeacherConfig, shape: SubModelShape, timing: TimingSettings) -> tuple[LatencyStats, int, int]:
     """Build the shape's sub-model (random weights) and time it: (stats, weight bytes, activation bytes)."""
     model = build_submodel(config, shape_to_spec(config, shape), device=timing.device)
-    weights, activations = peak_memory_bytes(model, config.input_shape, timing.device)
-    stats = measure_latency(model, config.input_shape, repeats=timing.repeats, warmup=timing.warmup,
+    x = example_input(config, tokens=shape.tokens)   # a text shape at its own length
+    weights, activations = peak_memory_bytes(model, x, timing.device)
+    stats = measure_latency(model, x, repeats=timing.repeats, warmup=timing.warmup,
                             threads=timing.threads, device=timing.device, budget_ms=timing.budget_ms)
     return stats, weights, activations
 
 
-def time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timing: TimingSettings,
+def time_items(config: TeacherConfig, items: Sequence[WorkItem], dataset: Path, timing: TimingSettings,
                measure: MeasureFn = measure_shape, on_item: Callable[[], None] | None = None) -> int:
     """Time `items` in this process, appending each result to `dataset`; returns the failures.
 
@@ -85,7 +86,7 @@ def time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timi
         raise
 
 
-def _time_items(config: ViTConfig, items: Sequence[WorkItem], dataset: Path, timing: TimingSettings,
+def _time_items(config: TeacherConfig, items: Sequence[WorkItem], dataset: Path, timing: TimingSettings,
                 measure: MeasureFn, on_item: Callable[[], None] | None, marker: Path) -> int:
     failed: set[str] = set()
     with appender(dataset) as out:
@@ -155,7 +156,7 @@ class MeasurementJob:
     """
 
     name: str
-    config: ViTConfig
+    config: TeacherConfig
     dataset: Path
     items: tuple[WorkItem, ...]
     total: int
@@ -171,11 +172,11 @@ class MeasurementJob:
     def from_dict(cls, data: dict[str, Any]) -> MeasurementJob:
         items = tuple(WorkItem(int(i["index"]), int(i["pass"]), SubModelShape.from_dict(i["shape"]))
                       for i in data["items"])
-        return cls(data["name"], ViTConfig.from_dict(data["config"]), Path(data["dataset"]), items,
+        return cls(data["name"], config_from_dict(data["config"]), Path(data["dataset"]), items,
                    int(data["total"]), TimingSettings(**data["timing"]), CpuLimit.from_dict(data["cpu_limit"]))
 
 
-def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSettings, timing: TimingSettings,
+def prepare_job(name: str, config: TeacherConfig, dataset: Path, sampler: SamplerSettings, timing: TimingSettings,
                 cpu_limit: CpuLimit = CpuLimit(), *, resume: bool = True, teacher_source: str = "",
                 remeasure: float = REMEASURE_FRACTION) -> MeasurementJob:
     """Sample the shapes, open (or resume) the dataset and list what is left to time.
@@ -225,7 +226,7 @@ def prepare_job(name: str, config: ViTConfig, dataset: Path, sampler: SamplerSet
     return MeasurementJob(name, config, dataset, todo, len(wanted), timing, cpu_limit)
 
 
-def explicit_job(name: str, config: ViTConfig, dataset: Path, shapes: Sequence[SubModelShape],
+def explicit_job(name: str, config: TeacherConfig, dataset: Path, shapes: Sequence[SubModelShape],
                  timing: TimingSettings, cpu_limit: CpuLimit = CpuLimit()) -> MeasurementJob:
     """A job timing the given shapes once each (pass 1, indices in order) into a new dataset file."""
     if dataset.exists():

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, TextConfig
 from shoal.models.partition import SubModelShape
 from shoal.models.spec import SubModelSpec
 from shoal.profiling.settings import SamplerSettings
 
 CORNER_THRESHOLD = 64  # from this many samples on, all 16 corners are included
+MIN_TOKENS = 8         # the shortest text length a text family is timed at
 
 
-def shape_to_spec(config: ViTConfig, shape: SubModelShape) -> SubModelSpec:
+def shape_to_spec(config: TeacherConfig, shape: SubModelShape) -> SubModelSpec:
     """The spec keeping the first units of every kind, bound to `config`."""
     return SubModelSpec(
         layers=shape.layers, channels=tuple(range(shape.width)),
@@ -31,7 +32,7 @@ def shape_to_spec(config: ViTConfig, shape: SubModelShape) -> SubModelSpec:
     ).bound_to(config)
 
 
-def sample_shapes(config: ViTConfig, settings: SamplerSettings) -> list[SubModelShape]:
+def sample_shapes(config: TeacherConfig, settings: SamplerSettings) -> list[SubModelShape]:
     """A stratified, deterministic sample of sub-model shapes of `config` (no repeats)."""
     rng = np.random.default_rng(settings.seed)
     n = settings.samples
@@ -41,9 +42,10 @@ def sample_shapes(config: ViTConfig, settings: SamplerSettings) -> list[SubModel
     # Latin hypercube: each axis cut into `rest` strata, one point per stratum, strata shuffled per axis
     u = (np.stack([rng.permutation(rest) for _ in range(4)], axis=1) + rng.random((rest, 4))) / max(rest, 1)
     shapes, seen = list(corners), {s.id for s in corners}
-    for row in u:
+    lengths = _token_strata(config, rest, rng)
+    for row, tokens in zip(u, lengths):
         for _ in range(50):  # resample the variation on the rare duplicate
-            shape = _shape_at(config, row, min_width, rng)
+            shape = _shape_at(config, row, min_width, rng, tokens)
             if shape.id not in seen:
                 break
         seen.add(shape.id)
@@ -51,7 +53,18 @@ def sample_shapes(config: ViTConfig, settings: SamplerSettings) -> list[SubModel
     return shapes
 
 
-def _shape_at(config: ViTConfig, u: np.ndarray, min_width: int, rng: np.random.Generator) -> SubModelShape:
+def _token_strata(config: TeacherConfig, n: int, rng: np.random.Generator) -> list[int]:
+    """Per sampled shape, the tokens it is timed at: a text family's lengths, stratified on a log scale
+    from `MIN_TOKENS` to its `seq_len` (latency is learnt as a function of length); a ViT's own (0)."""
+    if not isinstance(config, TextConfig) or n == 0:
+        return [0] * n
+    low, high = np.log(min(MIN_TOKENS, config.seq_len)), np.log(config.seq_len)
+    u = (rng.permutation(n) + rng.random(n)) / n
+    return [int(round(float(np.exp(low + v * (high - low))))) for v in u]
+
+
+def _shape_at(config: TeacherConfig, u: np.ndarray, min_width: int, rng: np.random.Generator, tokens: int = 0
+              ) -> SubModelShape:
     """The shape at point `u` in [0,1)^4 (depth, width, head share, MLP share), with per-layer variation."""
     L, h, D = config.depth, config.num_heads, config.mlp_hidden
     depth = 1 + min(int(u[0] * L), L - 1)
@@ -79,10 +92,10 @@ def _shape_at(config: ViTConfig, u: np.ndarray, min_width: int, rng: np.random.G
                 heads[k] = 1
             else:
                 mlp[k] = max(1, int(round(u[3] * D)))
-    return SubModelShape(layers, width, tuple(int(x) for x in heads), tuple(int(x) for x in mlp))
+    return SubModelShape(layers, width, tuple(int(x) for x in heads), tuple(int(x) for x in mlp), tokens)
 
 
-def _corners(config: ViTConfig, min_width: int, all_of_them: bool) -> list[SubModelShape]:
+def _corners(config: TeacherConfig, min_width: int, all_of_them: bool) -> list[SubModelShape]:
     """The teacher, the smallest sub-model and (optionally) the other min/max corners."""
     L, d, h, D = config.depth, config.embed_dim, config.num_heads, config.mlp_hidden
     full = SubModelShape(tuple(range(L)), d, (h,) * L, (D,) * L)
@@ -96,6 +109,9 @@ def _corners(config: ViTConfig, min_width: int, all_of_them: bool) -> list[SubMo
                         corners.append(SubModelShape(tuple(range(L - depth, L)), width, (heads,) * depth,
                                                      (mlp,) * depth))
         corners.append(SubModelShape(tuple(range(L)), d, (0,) * L, (D,) * L))  # MLP-only blocks
+    if isinstance(config, TextConfig):   # the teacher and the smallest at the shortest length too
+        short = min(MIN_TOKENS, config.seq_len)
+        corners[2:2] = [SubModelShape.of(full, short), SubModelShape.of(smallest, short)]
     unique: dict[str, SubModelShape] = {}
     for shape in corners:
         unique.setdefault(shape.id, shape)

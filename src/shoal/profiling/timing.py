@@ -89,6 +89,13 @@ class LatencyStats:
             threads=threads, device=device, cpu_ms=cpu_ms, p95_ms=quantile(ordered, 0.95))
 
 
+def _input(example: Sequence[int] | torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """The input to time on: a given tensor (a text model's token ids), or random images of a shape."""
+    if isinstance(example, torch.Tensor):
+        return example.to(dev)
+    return torch.randn(_batch_shape(example), device=dev)
+
+
 def _batch_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 3:
@@ -103,7 +110,7 @@ MIN_TIMED = 5   # timed calls a time budget never cuts below
 
 def measure_latency(
     model: nn.Module,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | torch.Tensor,
     *,
     repeats: int = 30,
     warmup: int = 5,
@@ -115,7 +122,8 @@ def measure_latency(
 
     Args:
         model: Any module taking one image tensor; it is moved to `device` and put in eval mode.
-        input_shape: (B, C, H, W), or (C, H, W) for batch 1.
+        input_shape: (B, C, H, W), or (C, H, W) for batch 1; or the input itself (a text model's
+            ids and mask, `shoal.models.surgery.example_input`).
         repeats: Timed calls (the median of them is the statistic).
         warmup: Untimed calls first (allocator, caches, lazy kernels).
         threads: Torch intra-op threads for the calls; restored afterwards.
@@ -132,7 +140,7 @@ def measure_latency(
         raise ConfigError(f"need repeats >= 1, warmup >= 0, threads >= 1; got {repeats}, {warmup}, {threads}")
     dev = torch.device(device)
     model = model.to(dev).eval()
-    x = torch.randn(_batch_shape(input_shape), device=dev)
+    x = _input(input_shape, dev)
     sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else _no_sync
     gc_was_enabled = gc.isenabled()
     times: list[float] = []
@@ -195,7 +203,7 @@ class _LiveBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self._seen.discard(key)
 
 
-def peak_memory_bytes(model: nn.Module, input_shape: Sequence[int], device: str | torch.device = "cpu"
+def peak_memory_bytes(model: nn.Module, input_shape: Sequence[int] | torch.Tensor, device: str | torch.device = "cpu"
                       ) -> tuple[int, int]:
     """Memory of one inference: (weight bytes, peak bytes of live activations).
 
@@ -206,13 +214,13 @@ def peak_memory_bytes(model: nn.Module, input_shape: Sequence[int], device: str 
 
     Args:
         model: The model (moved to `device`).
-        input_shape: (B, C, H, W), or (C, H, W) for batch 1.
+        input_shape: (B, C, H, W), or (C, H, W) for batch 1; or the input itself.
         device: "cpu" or "cuda".
     """
     dev = torch.device(device)
     model = model.to(dev).eval()
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    x = torch.randn(_batch_shape(input_shape), device=dev)
+    x = _input(input_shape, dev)
     with torch.inference_mode():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

@@ -26,7 +26,7 @@ import torch
 
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig
 from shoal.plan.directory import Plan, is_janus_plan, load_plan
 from shoal.plan.document import RANDOM_WEIGHTS_NOTE, InputSpec
 from shoal.profiling.timing import LatencyStats
@@ -379,7 +379,7 @@ class _Served:
     """
 
     plan: Plan | None
-    config: ViTConfig
+    config: TeacherConfig
     teacher_source: str
     random_weights: bool
     input: InputSpec | None

@@ -231,7 +231,7 @@ class CentralServicer(pb_grpc.CentralServicer):
         t_start = time.perf_counter()
         if not self.ready:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the central node is starting; retry when it reports SERVING")
-        x = self.identity.decode_images(request, context)
+        x = self.identity.decode_input(request, context)
         budget = self.deadline_s
         remaining = context.time_remaining()
         if remaining is not None:
@@ -579,7 +579,7 @@ def start_central(
 def _serving(variant: ServedVariant, central: str, workers: Sequence[str], compute: torch.device) -> VariantServing:
     """A variant as the central node serves it: its own sub-model and aggregator on `compute`."""
     plan = variant.plan
-    runner = SubModelRunner(plan.build_submodel(central), plan.config.input_shape, central, compute)
+    runner = SubModelRunner(plan.build_submodel(central), plan.config, central, compute)
     aggregator = plan.build_aggregator().to(compute)
     names = [n for n in workers if n in variant.devices]
     widths = (runner.feature_width, *(plan.spec(n).width for n in names))

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from shoal.data.imagecodec import FORMATS, ImageCodecError, decode_image, encode_image, normalise, to_uint8
+from shoal.data.text import TOKENS_FORMAT, WIRE_DTYPE
 from shoal.errors import DataError
 from shoal.runtime import shoal_pb2 as pb
 
@@ -145,15 +146,21 @@ def image_message_bytes(input_shape: tuple[int, ...], max_batch: int, margin: in
     return 2 * max_batch * math.prod(input_shape) * 4 + margin
 
 
-def decode_input(tensor: pb.Tensor, images: pb.EncodedImages, input_shape: tuple[int, int, int], max_batch: int,
-                 normalisation: tuple[Sequence[float], Sequence[float]] | None, what: str = "input") -> torch.Tensor:
-    """The (B, C, H, W) float32 batch of a request: float32 as sent, or uint8 pixels / PNG / JPEG
-    bytes normalised with the plan's (mean, std). Everything is checked before it is decoded.
+def decode_input(tensor: pb.Tensor, images: pb.EncodedImages, input_shape: tuple[int, ...], max_batch: int,
+                 normalisation: tuple[Sequence[float], Sequence[float]] | None, what: str = "input", *,
+                 vocab_size: int = 0) -> torch.Tensor:
+    """The model input of a request: the (B, C, H, W) float32 batch (float32 as sent, or uint8 pixels /
+    PNG / JPEG bytes normalised with the plan's (mean, std)); with `vocab_size` (a text plan), the
+    (B, 2, L) int64 token ids and mask (`decode_tokens`). Everything is checked before it is decoded.
 
     Raises:
         CodecError: malformed, refused or oversized input, or compact input for a plan that
             records no normalisation.
     """
+    if vocab_size:
+        if len(images.images):
+            raise CodecError(f"{what}: this is a text plan; send token ids and mask, not encoded images")
+        return decode_tokens(tensor, input_shape[-1], vocab_size, max_batch, what)
     if len(images.images):
         if tensor.data or tensor.shape:
             raise CodecError(f"{what}: send either a tensor or encoded images, not both")
@@ -177,6 +184,36 @@ def decode_input(tensor: pb.Tensor, images: pb.EncodedImages, input_shape: tuple
     return x
 
 
+def decode_tokens(tensor: pb.Tensor, max_length: int, vocab_size: int, max_batch: int, what: str = "input"
+                  ) -> torch.Tensor:
+    """A text request: (B, 2, L) int32 or int64 token ids stacked on their attention mask, checked and
+    returned as int64. L is 1..`max_length`; every id is in 0..vocab_size - 1; the mask is 0/1,
+    right-padded (ones, then zeros), with at least one real token per text.
+
+    Raises:
+        CodecError: any of the above violated; the message says which and where.
+    """
+    x = decode(tensor, what=what, max_elements=max_batch * 2 * max_length, dtypes=("int32", "int64"), ndim=3)
+    b, two, length = x.shape
+    if two != 2:
+        raise CodecError(f"{what}: expected (B, 2, L) token ids and attention mask, got {list(x.shape)}")
+    if not 1 <= b <= max_batch:
+        raise CodecError(f"{what}: batch of {b} texts; this server accepts 1 to {max_batch}")
+    if length > max_length:
+        raise CodecError(f"{what}: {length} tokens; this plan accepts at most {max_length} (cut the text "
+                         "when tokenising)")
+    ids, mask = x[:, 0], x[:, 1]
+    if bool((ids < 0).any()) or bool((ids >= vocab_size).any()):
+        bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+        raise CodecError(f"{what}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})")
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise CodecError(f"{what}: the attention mask must be 0 or 1")
+    if bool((mask[:, 0] != 1).any()) or (length > 1 and bool((mask[:, 1:] > mask[:, :-1]).any())):
+        raise CodecError(f"{what}: the attention mask must be right-padded (ones, then zeros) with at least one "
+                         "real token per text")
+    return x.long()
+
+
 def _normalisation(normalisation: tuple[Sequence[float], Sequence[float]] | None, what: str
                    ) -> tuple[Sequence[float], Sequence[float]]:
     if normalisation is None:
@@ -188,7 +225,15 @@ def _normalisation(normalisation: tuple[Sequence[float], Sequence[float]] | None
 def encode_input(images: torch.Tensor, fmt: str, request: pb.PredictRequest | pb.FeaturesRequest,
                  normalisation: tuple[Sequence[float], Sequence[float]] | None = None, quality: int = 90) -> None:
     """Fill a request's input with a (B, C, H, W) batch as `fmt`: "float32" (as given), or "uint8",
-    "png", "jpeg" from normalised images (`normalisation` undoes it) or from uint8 pixels."""
+    "png", "jpeg" from normalised images (`normalisation` undoes it) or from uint8 pixels; "tokens":
+    a text batch (B, 2, L) cut to its longest text and sent as int32."""
+    if fmt == TOKENS_FORMAT:
+        if images.dim() != 3 or images.shape[1] != 2 or images.is_floating_point():
+            raise CodecError(f"tokens: expected (B, 2, L) integer ids and mask, got {list(images.shape)} "
+                             f"{images.dtype}")
+        longest = max(int(images[:, 1].sum(1).max()), 1)
+        encode(images[..., :longest].to(WIRE_DTYPE).contiguous(), request.input)
+        return
     if fmt == "float32":
         encode(images.float(), request.input)
         return

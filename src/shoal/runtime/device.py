@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+import torch.nn as nn
 
 from shoal.devices.child import apply_limit
 from shoal.devices.emulation import remove_cgroup
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError
-from shoal.models.surgery import pooled_features
+from shoal.models.config import TeacherConfig
+from shoal.models.surgery import example_input, pooled_features, width_of
 from shoal.plan.directory import plan_document_file
 
 logger = logging.getLogger(__name__)
@@ -93,25 +94,25 @@ class SubModelRunner:
 
     Args:
         model: The sub-model (eval mode).
-        input_shape: (C, H, W) of one image.
+        config: Its teacher family (what an input looks like: warm-up runs one).
         name: Device name (messages).
         compute: Where it runs (cpu, cuda): inputs arrive and features leave on the host, and
             `compute_ms` includes the copies (what a caller waits for).
     """
 
-    def __init__(self, model: VisionTransformer, input_shape: tuple[int, int, int], name: str,
+    def __init__(self, model: nn.Module, config: TeacherConfig, name: str,
                  compute: torch.device | str = "cpu") -> None:
         self.compute = torch.device(compute)
         self.model = model.to(self.compute).eval()
-        self.input_shape = tuple(input_shape)
+        self.config = config
         self.name = name
-        self.feature_width = int(model.embed_dim)
+        self.feature_width = width_of(model)
         self._lock = threading.Lock()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     def __call__(self, x: torch.Tensor) -> Timed:
-        """Pooled features of `x` (B, C, H, W) -> (B, d_n), with queue and compute times."""
+        """Pooled features of `x` (B, C, H, W), or a text plan's (B, 2, L) -> (B, d_n), with queue and compute times."""
         t0 = time.perf_counter()
         with self._lock:
             t1 = time.perf_counter()
@@ -121,8 +122,8 @@ class SubModelRunner:
         return Timed(features, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
     def warm_up(self, iterations: int = 10, batch: int = 1) -> float:
-        """Run `iterations` forwards on zeros (allocator, kernels, caches); returns the last one's ms."""
-        x = torch.zeros((batch, *self.input_shape))
+        """Run `iterations` forwards on an input of the family (allocator, kernels, caches); the last one's ms."""
+        x = example_input(self.config, batch)
         ms = 0.0
         for _ in range(max(1, iterations)):
             ms = self(x).compute_ms

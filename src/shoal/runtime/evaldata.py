@@ -13,12 +13,12 @@ from collections.abc import Callable
 import torch
 
 from shoal.data.digits import TensorDataset, load_digits_split
-from shoal.models.config import ViTConfig
+from shoal.models.config import TeacherConfig, TextConfig
 
 DIGITS_SHAPE = (1, 32, 32)
 
 
-def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None = None, *,
+def resolve_test_data(config: TeacherConfig, teacher_source: str, data: str | None = None, *,
                       random_weights: bool = False) -> tuple[TensorDataset | None, str]:
     """The test split for a plan of family `config`, or None and why not.
 
@@ -35,6 +35,13 @@ def resolve_test_data(config: ViTConfig, teacher_source: str, data: str | None =
 
     if data is None and teacher_source == FASHION_TEACHER:
         data = "fashion-mnist"
+    if isinstance(config, TextConfig):   # a text plan: its task's test split, tokenised by its teacher
+        from shoal.data.datasets import load_task_data
+        from shoal.data.text import ROTTEN_TOMATOES
+        from shoal.models import load_teacher
+
+        source = data or ROTTEN_TOMATOES
+        return load_task_data(load_teacher(teacher_source), source).test, f"{source}, test split"
     if data is None or data == "digits":
         if config.num_classes == 10 and config.in_chans in (1, 3):
             from shoal.data.datasets import fit_input

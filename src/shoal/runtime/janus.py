@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -82,7 +83,7 @@ class JanusServicer(pb_grpc.JanusServicer):
                           f"{[s for s in self.model.candidates if s <= self.model.depth]}")
         with torch.inference_mode():
             if split == 0:
-                x = self.identity.decode_images(request.image, context)
+                x = self.identity.decode_input(request.image, context)
                 tokens, sizes = self.runner.embed(x)
             else:
                 tokens, sizes = self._tokens(request, config.counts[split], context)
@@ -156,7 +157,9 @@ def load_janus(plan_dir: str | Path, side: str = "server") -> tuple[JanusPlan, T
     spec = plan.server if side == "server" else plan.device
     identity = Identity(plan_fingerprint(plan_dir), spec.name, plan.family, teacher.config.input_shape,
                         normalisation=(plan.input.mean, plan.input.std))
-    return plan, TokenRunner(teacher.model, "merge" if plan.reduction == "merge" else "prune"), identity
+    teacher.vit("a Janus plan")
+    model: Any = teacher.model   # a timm ViT: checked above
+    return plan, TokenRunner(model, "merge" if plan.reduction == "merge" else "prune"), identity
 
 
 def serve_janus(plan_dir: str | Path, *, role: str = "server", server: str | None = None, host: str = "127.0.0.1",
@@ -319,7 +322,7 @@ class JanusFront(pb_grpc.CentralServicer):
         remaining = context.time_remaining()
         try:
             reply, choice, device_ms = self.device.predict(
-                request, lambda: self.identity.decode_images(request, context), timeout_s=min(remaining or 10.0, 60.0))
+                request, lambda: self.identity.decode_input(request, context), timeout_s=min(remaining or 10.0, 60.0))
         except RemoteError as exc:
             context.abort(exc.code, exc.details)
             raise

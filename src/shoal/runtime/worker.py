@@ -21,6 +21,7 @@ import torch
 
 import shoal
 from shoal.errors import ConfigError
+from shoal.models.config import TextConfig
 from shoal.plan.directory import Plan, load_plan
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
@@ -72,16 +73,19 @@ class Identity:
         plan_fingerprint: `plan_fingerprint(plan_dir)`.
         device: Device name.
         family: Teacher family fingerprint.
-        input_shape: (C, H, W).
+        input_shape: (C, H, W); a text plan's (2, L): ids and mask of at most L tokens.
         max_batch: Largest batch accepted.
+        normalisation: The plan's (mean, std) for compact image inputs.
+        vocab_size: A text plan's token ids are 0..vocab_size - 1 (0: an image plan).
     """
 
     plan_fingerprint: str
     device: str
     family: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     max_batch: int = DEFAULT_MAX_BATCH
     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    vocab_size: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -89,9 +93,10 @@ class Identity:
 
     @classmethod
     def of(cls, plan: Plan, device: str, max_batch: int = DEFAULT_MAX_BATCH) -> Identity:
-        spec = plan.document.input
-        return cls(plan_fingerprint(plan.root), device, plan.config.fingerprint(), plan.config.input_shape, max_batch,
-                   (spec.mean, spec.std) if spec is not None else None)
+        spec, config = plan.document.input, plan.config
+        return cls(plan_fingerprint(plan.root), device, config.fingerprint(), config.input_shape, max_batch,
+                   (spec.mean, spec.std) if spec is not None else None,
+                   config.vocab_size if isinstance(config, TextConfig) else 0)
 
     def info(self, role: str, ready: bool, feature_width: int = 0, devices: tuple[str, ...] = ()) -> pb.InfoReply:
         return pb.InfoReply(plan_fingerprint=self.plan_fingerprint, device=self.device, family=self.family,
@@ -99,12 +104,14 @@ class Identity:
                             max_batch=self.max_batch, role=role, ready=ready, devices=list(devices),
                             shoal_version=shoal.__version__)
 
-    def decode_images(self, request: pb.PredictRequest | pb.FeaturesRequest, context: grpc.ServicerContext
-                      ) -> torch.Tensor:
-        """The (B, C, H, W) float32 batch of a request (float32, uint8 pixels or PNG/JPEG bytes,
-        `shoal.runtime.codec.decode_input`), or abort the call with INVALID_ARGUMENT."""
+    def decode_input(self, request: pb.PredictRequest | pb.FeaturesRequest, context: grpc.ServicerContext
+                     ) -> torch.Tensor:
+        """The model input of a request: a (B, C, H, W) float32 batch (float32, uint8 pixels or PNG/JPEG
+        bytes), or a text plan's (B, 2, L) int64 token ids and mask (`shoal.runtime.codec.decode_input`);
+        or abort the call with INVALID_ARGUMENT."""
         try:
-            return decode_input(request.input, request.images, self.input_shape, self.max_batch, self.normalisation)
+            return decode_input(request.input, request.images, self.input_shape, self.max_batch, self.normalisation,
+                                vocab_size=self.vocab_size)
         except CodecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"device {self.device!r}: {exc}")
             raise  # abort raises; this line only tells type checkers so
@@ -146,7 +153,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"this worker serves device {ident.device!r}, the request is for {request.device!r}")
         t0 = time.perf_counter()
-        x = ident.decode_images(request, context)
+        x = ident.decode_input(request, context)
         decode_ms = (time.perf_counter() - t0) * 1e3
         if self.fault is not None and self.fault.delay_ms:
             until = time.monotonic() + self.fault.delay_ms / 1e3
@@ -203,7 +210,7 @@ def start_worker(
     check_signature(security.tls_dir, plan.root)
     identity = Identity.of(plan, device, max_batch)
     compute = compute_device(accelerator or spec.accelerator)
-    runners = {v.name: SubModelRunner(v.plan.build_submodel(device), plan.config.input_shape, device, compute)
+    runners = {v.name: SubModelRunner(v.plan.build_submodel(device), plan.config, device, compute)
                for v in variants if device in v.devices}
     runner = runners.pop(PRIMARY, None)   # None: a worker only other variants use
     others = runners
