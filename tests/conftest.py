@@ -60,3 +60,26 @@ def tiny_config(tiny_vit):
     from shoal.models import config_from_timm
 
     return config_from_timm(tiny_vit)
+
+
+def text_task_rows(n: int = 120) -> list[dict[str, str]]:
+    """A two-class labelled text task a tiny encoder learns in a few epochs ("good fun" against "bad dull")."""
+    rows = [{"text": f"a very good fun film w{i}", "label": "fresh"} for i in range(n // 2)]
+    return rows + [{"text": f"a bad dull film w{i}", "label": "rotten"} for i in range(n // 2)]
+
+
+def make_text_teacher(root, n: int = 120, epochs: int = 4):
+    """A tiny fine-tuned text teacher (`make_bert` + a head) on `text_task_rows`: (its JSON, the task's JSONL)."""
+    import json
+
+    from shoal.data.text import text_splits
+    from shoal.data.train_text_teacher import TextRecipe, save_text_teacher, train
+    from shoal.models.text_teacher import load_text_encoder
+
+    data = root / "task.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in text_task_rows(n)))
+    task = text_splits(str(data))
+    encoder = load_text_encoder(bert_dir(root / "bert"))
+    recipe = TextRecipe(epochs=epochs, lr=1e-3, head_lr=1e-2, batch_size=16, max_length=16)
+    model = train(encoder, task, recipe, log=lambda _: None)
+    return save_text_teacher(model, encoder, task, str(data), recipe, root / "out", "tiny-text", 1.0), data

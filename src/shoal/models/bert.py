@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ from shoal.models.config import TextConfig
 from shoal.models.spec import SubModelSpec
 
 SPLITTABLE = ("bert",)
+_M = TypeVar("_M", bound=nn.Module)
 
 
 def encoder_config(encoder: nn.Module, seq_len: int, num_classes: int) -> TextConfig:
@@ -56,6 +57,14 @@ class _ZeroWidth(nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
 
 
+def _uninitialised(cls: type[_M], *args: Any, **kwargs: Any) -> _M:
+    """A module built without initialising its parameters (every value is copied in next)."""
+    from torch.nn.utils import skip_init
+
+    out: _M = skip_init(cls, *args, **kwargs)   # type: ignore[no-untyped-call]
+    return out
+
+
 def _linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
     """A new Linear with the kept output rows and input columns of `layer` (None: all)."""
     weight = layer.weight.detach()
@@ -63,8 +72,8 @@ def _linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | No
         weight = weight.index_select(0, rows)
     if cols is not None:
         weight = weight.index_select(1, cols)
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None,
-                    device=weight.device, dtype=weight.dtype)
+    out = _uninitialised(nn.Linear, weight.shape[1], weight.shape[0], bias=layer.bias is not None,
+                    device=weight.device, dtype=weight.dtype)   # every value is copied in: no initialisation
     with torch.no_grad():
         out.weight.copy_(weight)
         if layer.bias is not None:
@@ -74,7 +83,7 @@ def _linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | No
 
 
 def _layer_norm(norm: nn.LayerNorm, channels: torch.Tensor) -> nn.LayerNorm:
-    out = nn.LayerNorm(len(channels), eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
+    out = _uninitialised(nn.LayerNorm, len(channels), eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
     with torch.no_grad():
         out.weight.copy_(norm.weight.detach().index_select(0, channels))
         out.bias.copy_(norm.bias.detach().index_select(0, channels))
@@ -83,8 +92,8 @@ def _layer_norm(norm: nn.LayerNorm, channels: torch.Tensor) -> nn.LayerNorm:
 
 def _embedding(embedding: nn.Embedding, channels: torch.Tensor) -> nn.Embedding:
     weight = embedding.weight.detach().index_select(1, channels)
-    out = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=embedding.padding_idx,
-                       device=weight.device, dtype=weight.dtype)
+    out = _uninitialised(nn.Embedding, weight.shape[0], weight.shape[1], padding_idx=embedding.padding_idx,
+                    device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         out.weight.copy_(weight)
     return out
@@ -188,7 +197,8 @@ def _random_encoder(config: TextConfig) -> nn.Module:
     import transformers
 
     torch.manual_seed(0)
-    model: nn.Module = transformers.BertModel(config.hf_config(), add_pooling_layer=False)
+    with torch.device("cpu"):   # real tensors even when called under a meta device context
+        model: nn.Module = transformers.BertModel(config.hf_config(), add_pooling_layer=False)
     return model.eval()
 
 

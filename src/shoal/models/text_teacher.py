@@ -75,6 +75,7 @@ def load_text_encoder(model_dir: str | Path) -> TextEncoder:
         raise ModelError(f"cannot read {path / 'config.json'}: {exc}") from None
     check_text_architecture(config, str(path))
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its load report lists the pooler we leave out on purpose
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # shoal draws its own progress
     try:
         model = transformers.BertModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                                        add_pooling_layer=False)

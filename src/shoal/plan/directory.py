@@ -26,7 +26,7 @@ import shoal
 from shoal.devices.spec import DeviceSet
 from shoal.errors import DataError
 from shoal.models.aggregator import Aggregator
-from shoal.models.config import TeacherConfig
+from shoal.models.config import TeacherConfig, TextConfig
 from shoal.models.spec import Policy, SubModelSpec
 from shoal.models.surgery import build_submodel, head_of
 from shoal.plan.document import PLAN_FILE, AggregatorInfo, InputSpec, PlanDocument, TeacherInfo, Versions
@@ -74,8 +74,11 @@ class Plan:
 
         spec = self.spec(name)
         weights = load_file(str(self.device_dir(name) / "weights.safetensors"))
-        with torch.device("meta"):
-            model = build_submodel(self.config, spec, device="meta")
+        if isinstance(self.config, TextConfig):   # cut from a random encoder: its position buffers are real
+            model = build_submodel(self.config, spec)
+        else:
+            with torch.device("meta"):
+                model = build_submodel(self.config, spec, device="meta")
         try:
             model.load_state_dict(weights, strict=True, assign=True)
         except RuntimeError as exc:

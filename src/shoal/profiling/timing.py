@@ -89,11 +89,17 @@ class LatencyStats:
             threads=threads, device=device, cpu_ms=cpu_ms, p95_ms=quantile(ordered, 0.95))
 
 
-def _input(example: Sequence[int] | torch.Tensor, dev: torch.device) -> torch.Tensor:
-    """The input to time on: a given tensor (a text model's token ids), or random images of a shape."""
+Example = Sequence[int] | torch.Tensor | list[torch.Tensor]
+
+
+def _inputs(example: Example, dev: torch.device) -> list[torch.Tensor]:
+    """The inputs to time on, cycled: given tensors (a text model's texts, each at its own length), one
+    given tensor, or random images of a shape."""
     if isinstance(example, torch.Tensor):
-        return example.to(dev)
-    return torch.randn(_batch_shape(example), device=dev)
+        return [example.to(dev)]
+    if example and isinstance(example[0], torch.Tensor):
+        return [t.to(dev) for t in example]   # type: ignore[union-attr]
+    return [torch.randn(_batch_shape(example), device=dev)]   # type: ignore[arg-type]
 
 
 def _batch_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -110,7 +116,7 @@ MIN_TIMED = 5   # timed calls a time budget never cuts below
 
 def measure_latency(
     model: nn.Module,
-    input_shape: Sequence[int] | torch.Tensor,
+    input_shape: Example,
     *,
     repeats: int = 30,
     warmup: int = 5,
@@ -123,7 +129,7 @@ def measure_latency(
     Args:
         model: Any module taking one image tensor; it is moved to `device` and put in eval mode.
         input_shape: (B, C, H, W), or (C, H, W) for batch 1; or the input itself (a text model's
-            ids and mask, `shoal.models.surgery.example_input`).
+            ids and mask, `shoal.models.surgery.example_input`), or several, timed in turn.
         repeats: Timed calls (the median of them is the statistic).
         warmup: Untimed calls first (allocator, caches, lazy kernels).
         threads: Torch intra-op threads for the calls; restored afterwards.
@@ -140,7 +146,7 @@ def measure_latency(
         raise ConfigError(f"need repeats >= 1, warmup >= 0, threads >= 1; got {repeats}, {warmup}, {threads}")
     dev = torch.device(device)
     model = model.to(dev).eval()
-    x = _input(input_shape, dev)
+    xs = _inputs(input_shape, dev)
     sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else _no_sync
     gc_was_enabled = gc.isenabled()
     times: list[float] = []
@@ -148,7 +154,7 @@ def measure_latency(
         with torch_threads(threads), torch.inference_mode():
             began = time.perf_counter_ns()
             for i in range(warmup):
-                model(x)
+                model(xs[i % len(xs)])
                 if budget_ms is not None and (time.perf_counter_ns() - began) / 1e6 > budget_ms / 4:
                     warmup = i + 1   # what was made (a quarter of the budget at most, past the first)
                     break
@@ -157,7 +163,7 @@ def measure_latency(
             cpu_start = time.process_time_ns()
             for i in range(repeats):
                 start = time.perf_counter_ns()
-                model(x)
+                model(xs[i % len(xs)])
                 sync()
                 times.append((time.perf_counter_ns() - start) / 1e6)
                 if budget_ms is not None and i + 1 >= MIN_TIMED and (start - began) / 1e6 + times[-1] > budget_ms:
@@ -203,7 +209,7 @@ class _LiveBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self._seen.discard(key)
 
 
-def peak_memory_bytes(model: nn.Module, input_shape: Sequence[int] | torch.Tensor, device: str | torch.device = "cpu"
+def peak_memory_bytes(model: nn.Module, input_shape: Example, device: str | torch.device = "cpu"
                       ) -> tuple[int, int]:
     """Memory of one inference: (weight bytes, peak bytes of live activations).
 
@@ -220,7 +226,7 @@ def peak_memory_bytes(model: nn.Module, input_shape: Sequence[int] | torch.Tenso
     dev = torch.device(device)
     model = model.to(dev).eval()
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    x = _input(input_shape, dev)
+    x = _inputs(input_shape, dev)[0]
     with torch.inference_mode():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
+from shoal.data.text import TOKENS_FORMAT
 from shoal.devices.spec import DeviceSpec
 from shoal.errors import ConfigError, RuntimeServiceError, ShoalError
-from shoal.models.config import TeacherConfig
+from shoal.models.config import TeacherConfig, TextConfig
+from shoal.models.surgery import example_input
 from shoal.plan.directory import Plan, is_janus_plan, load_plan
 from shoal.plan.document import RANDOM_WEIGHTS_NOTE, InputSpec
 from shoal.profiling.timing import LatencyStats
@@ -282,14 +284,18 @@ def run_bench(
     notes: list[str] = []
     random_weights = served.random_weights
     test, data_note = resolve_test_data(served.config, served.teacher_source, data, random_weights=random_weights)
-    images = test.images if test is not None else torch.randn(64, *served.config.input_shape)
+    images = test.images if test is not None else example_input(served.config, 64)
     if test is None:
         notes.append(f"accuracy skipped: {data_note}")
     if random_weights:
         notes.append(RANDOM_WEIGHTS_NOTE)
     spec = served.input
     normalisation = (spec.mean, spec.std) if spec is not None else None
-    if input_format != "float32" and normalisation is None:
+    if isinstance(served.config, TextConfig):   # a text plan's clients send token ids and mask
+        if input_format not in ("float32", TOKENS_FORMAT):
+            raise ConfigError(f"--input {input_format}: plan {plan_dir} is a text plan; its input is token ids")
+        input_format = TOKENS_FORMAT
+    elif input_format != "float32" and normalisation is None:
         raise ConfigError(f"--input {input_format}: plan {plan_dir} records no input normalisation (made before "
                           "compact inputs); plan it again, or send float32")
     image_bytes = 4 * int(torch.tensor(served.config.input_shape).prod())
@@ -404,7 +410,7 @@ def _teacher_row(served: _Served, data: str | None, repeats: int, emulate: bool,
     central = served.front
     logger.info(f"timing the teacher alone on {central.name}'s share of the machine...")
     try:
-        result = time_teacher(served.teacher_source, served.config.input_shape, repeats=repeats,
+        result = time_teacher(served.teacher_source, served.config.input_shape, repeats=repeats,  # text: test texts
                               warmup=max(5, repeats // 10), threads=central.threads,
                               limit=central if emulate else None, data=data,
                               random_classes=served.config.num_classes if served.random_weights else None)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
 
+from shoal.data.text import TOKENS_FORMAT
 from shoal.errors import ConfigError
 from shoal.runtime import shoal_pb2 as pb
 from shoal.runtime import shoal_pb2_grpc as pb_grpc
@@ -133,24 +135,37 @@ class ShoalClient:
     def predict(self, images: torch.Tensor, *, top_k: int = 5, request_id: int = 0,
                 timeout_s: float | None = None, input_format: str = "float32",
                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> Prediction:
-        """Classify `images` (B, C, H, W) or one image (C, H, W).
+        """Classify `images` (B, C, H, W) or one image (C, H, W); a text plan's (B, 2, L) or (2, L) token
+        ids and mask (`input_format="tokens"`; `shoal.data.text.tokenize` makes them, `predict_texts`
+        tokenises for you).
 
         Args:
             images: Normalised float images, or uint8 pixels (then sent as "uint8" unless
-                `input_format` says "png" or "jpeg").
+                `input_format` says "png" or "jpeg"); or token ids and mask.
             input_format: "float32", "uint8", "png" or "jpeg": what travels (compact formats
                 are normalised by every device; float images are turned back into pixels with
-                `normalisation`, the plan's (mean, std)).
+                `normalisation`, the plan's (mean, std)); "tokens" for a text plan (int32 ids and mask,
+                cut to the longest text).
 
         Raises:
             RemoteError: the central node refused or failed the call (status code and device named).
         """
-        x = images.unsqueeze(0) if images.dim() == 3 else images
+        one = 2 if input_format == TOKENS_FORMAT else 3
+        x = images.unsqueeze(0) if images.dim() == one else images
         request = pb.PredictRequest(top_k=top_k, request_id=request_id)
         if x.dtype == torch.uint8 and input_format == "float32":
             input_format = "uint8"
         encode_input(x, input_format, request, normalisation)
         return Prediction.from_reply(self.call(request, timeout_s))
+
+    def predict_texts(self, texts: Sequence[str], tokenizer: Any, max_length: int, *, top_k: int = 2,
+                      timeout_s: float | None = None) -> Prediction:
+        """Classify texts with a text plan: tokenised here, once (the plan's teacher's tokenizer, cut at
+        the plan's `max_length` tokens), then sent as token ids and mask."""
+        from shoal.data.text import tokenize
+
+        return self.predict(tokenize(tokenizer, texts, max_length), top_k=top_k, timeout_s=timeout_s,
+                            input_format=TOKENS_FORMAT)
 
     def call(self, request: pb.PredictRequest, timeout_s: float | None = None) -> pb.PredictReply:
         """Send a prepared request (bench: encode once, send many times)."""

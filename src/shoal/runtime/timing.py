@@ -71,6 +71,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--random-classes", type=int, default=None)
     args = parser.parse_args(argv)
     from shoal.models import DEFAULT_TEACHER, load_teacher
+    from shoal.models.surgery import example_input
     from shoal.runtime.device import set_torch_threads
     from shoal.runtime.evaldata import accuracy, resolve_test_data
 
@@ -80,12 +81,16 @@ def _main(argv: Sequence[str] | None = None) -> None:
     else:
         teacher = load_teacher(None if args.source == DEFAULT_TEACHER else args.source)
     shape = tuple(int(s) for s in args.shape.split(","))
+    test = None
+    if args.random_classes is None:
+        test, _ = resolve_test_data(teacher.config, args.source, args.data)
+    example: tuple[int, ...] | list[torch.Tensor] = shape
+    if teacher.is_text:   # one text at a time, each at its own length: the test texts the bench sends
+        texts = test.images[:args.repeats] if test is not None else example_input(teacher.config, args.repeats)
+        example = [t[None] for t in texts]
     sys.stdin.readline()  # the parent applies the CPU limit, then says go
-    stats = measure_latency(teacher.model, shape, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
+    stats = measure_latency(teacher.model, example, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
     with torch.inference_mode():
-        test = None
-        if args.random_classes is None:
-            test, _ = resolve_test_data(teacher.config, args.source, args.data)
         top1 = accuracy(lambda b: teacher.model(b), test) if test is not None else None
     print(json.dumps({"latency": stats.to_dict(), "top1": top1, "n": len(test) if test is not None else 0}))
 
