@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from shoal.devices.spec import DeviceSet, DeviceSpec
 from shoal.models import load_teacher
 from shoal.models.accounting import shape_cost
-from shoal.predictors.features import counts
+from shoal.predictors.features import counts, tokens_of
 from tests.conftest import make_vit
 
 TINY_DIGITS = dict(img_size=32, patch_size=8, in_chans=1, num_classes=10, embed_dim=48, depth=3,
@@ -28,7 +28,8 @@ class FlopsPredictor:
         self.family = config.fingerprint()
 
     def predict_ms(self, specs):
-        return [self.overhead + shape_cost(self.config, *counts(s)).flops / 1e6 / self.speed for s in specs]
+        return [self.overhead + shape_cost(self.config, *counts(s), tokens_of(self.config, s)).flops / 1e6 / self.speed
+                for s in specs]
 
 
 @pytest.fixture(scope="session")

@@ -101,3 +101,39 @@ def test_no_byte_string_crashes_the_image_header_parsers(data):
         except ImageCodecError:
             continue
         assert h >= 0 and w >= 0
+
+
+def _texts(ids, mask, dtype=torch.int32):
+    return encode(torch.stack([torch.tensor(ids), torch.tensor(mask)], 1).to(dtype))
+
+
+@pytest.mark.parametrize("ids, mask, dtype, match", [
+    ([[5, 6, 7]], [[1, 1, 1]], torch.float32, "dtype 'float32' is not accepted here; send int32 or int64"),
+    ([[5, 6, 7, 8, 9]], [[1, 1, 1, 1, 1]], torch.int32, "5 tokens; this plan accepts at most 4"),
+    ([[5, 100, 7]], [[1, 1, 1]], torch.int32, r"token id 100 is outside the vocabulary \(0..99\)"),
+    ([[5, -1, 7]], [[1, 1, 1]], torch.int64, "token id -1 is outside the vocabulary"),
+    ([[5, 6, 7]], [[1, 2, 1]], torch.int32, "mask must be 0 or 1"),
+    ([[5, 6, 7]], [[1, 0, 1]], torch.int32, "right-padded"),
+    ([[5, 6, 7]], [[0, 0, 0]], torch.int32, "at least one real token"),
+    ([[1], [2], [3]], [[1], [1], [1]], torch.int32, "batch of 3 texts; this server accepts 1 to 2"),
+])
+def test_token_input_is_checked_before_any_model_runs(ids, mask, dtype, match):
+    from shoal.runtime.codec import decode_input
+
+    with pytest.raises(CodecError, match=match):
+        decode_input(_texts(ids, mask, dtype), pb.EncodedImages(), (2, 4), 2, None, vocab_size=100)
+
+
+def test_token_input_decodes_to_int64_and_refuses_images():
+    from shoal.data.text import TOKENS_FORMAT
+    from shoal.runtime.codec import decode_input, encode_input
+
+    x = decode_input(_texts([[5, 6, 0], [7, 0, 0]], [[1, 1, 0], [1, 0, 0]]), pb.EncodedImages(), (2, 4), 2, None,
+                     vocab_size=100)
+    assert x.dtype == torch.int64 and x.shape == (2, 2, 3) and x[0, 0].tolist() == [5, 6, 0]
+    with pytest.raises(CodecError, match="text plan; send token ids"):
+        decode_input(pb.Tensor(), pb.EncodedImages(format="png", images=[b"x"]), (2, 4), 2, None, vocab_size=100)
+    request = pb.PredictRequest()   # a client cuts a padded batch to its longest text and sends int32
+    padded = torch.stack([torch.tensor([[5, 6, 0, 0, 0]]), torch.tensor([[1, 1, 0, 0, 0]])], 1)
+    encode_input(padded, TOKENS_FORMAT, request)
+    assert request.input.dtype == "int32" and list(request.input.shape) == [1, 2, 2]

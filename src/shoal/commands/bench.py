@@ -22,7 +22,8 @@ def main(
     concurrency: Annotated[int, typer.Option(help="clients sending at once")] = 1,
     warmup: Annotated[int, typer.Option(help="untimed requests first")] = 20,
     data: Annotated[str | None, typer.Option(
-        help="test data: 'digits' (default when the teacher fits it) or an ImageFolder tree with test/")] = None,
+        help="test data: 'digits' (default when the teacher fits it), an ImageFolder tree with test/, or a text "
+             "plan's task (default: rotten-tomatoes)")] = None,
     teacher: Annotated[bool, typer.Option("--teacher/--no-teacher",
                                           help="also time the teacher alone on the central device's share")] = True,
     emulate: Annotated[bool, typer.Option("--emulate/--no-emulate",

@@ -12,7 +12,7 @@ from shoal.commands._common import console, print_json
 
 def main(
     model: Annotated[str | None, typer.Option(
-        help="timm model name or checkpoint (default: the shipped digits ViT)")] = None,
+        help="timm model name or checkpoint, or a text teacher (default: the shipped digits ViT)")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="local weights for --model")] = None,
     pretrained: Annotated[bool, typer.Option(help="fetch timm's pretrained weights")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
@@ -33,7 +33,7 @@ def main(
     table.add_row("shape", f"L={c.depth} d={c.embed_dim} h={c.num_heads}×{c.head_dim} D={c.mlp_hidden} "
                            f"S={c.seq_len} input={c.input_shape}")
     table.add_row("params", f"{cost.params / 1e6:.2f} M")
-    table.add_row("FLOPs", f"{cost.flops / 1e6:.1f} M per image")
+    table.add_row("FLOPs", f"{cost.flops / 1e6:.1f} M per " + ("text" if teacher.is_text else "image"))
     table.add_row("memory", f"{cost.memory_bytes / 2**20:.1f} MiB (weights + activations, batch 1)")
     for split, m in info["metrics"].items():
         table.add_row(f"{split} top-1", f"{m['top1']:.2%} (n={m['n']})")

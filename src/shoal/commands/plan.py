@@ -108,11 +108,13 @@ def plan_hooks(ui: LiveSearch) -> PlanHooks:
 def plan(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(
-        help="timm model name or checkpoint (default: the shipped teacher of the task)")] = None,
+        help="timm model name or checkpoint, or a text teacher: its JSON (python -m shoal.data.train_text_teacher) "
+             "or a BERT directory (default: the teacher of the task)")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="local weights for --model")] = None,
     pretrained: Annotated[bool, typer.Option(help="fetch timm's pretrained weights")] = True,
     data: Annotated[str | None, typer.Option(
-        help="digits | fashion-mnist | an ImageFolder tree with train/ val/ [test/] (default: digits)")] = None,
+        help="digits | fashion-mnist | an ImageFolder tree with train/ val/ [test/] | rotten-tomatoes | a "
+             "labelled text .csv/.jsonl (columns text, label) (default: digits)")] = None,
     devices: Annotated[str | None, typer.Option(help="device-set YAML (default: three emulated devices)")] = None,
     delta: Annotated[float | None, typer.Option(
         help="δ per ms in Ψ = L + δ·T (default: 1/teacher latency on the central node)")] = None,

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_SAMPLES = 600   # `shoal profile` of one device (a device set profiled by `shoal plan`: 300)
 _TIMING = TimingSettings()
 ModelOpt = Annotated[str | None, typer.Option(
-    help="timm model name or checkpoint (default: the shipped digits ViT); random weights are enough to time it")]
+    help="timm model name or checkpoint, or a text teacher (default: the shipped digits ViT); random weights are "
+         "enough to time it")]
 CheckpointOpt = Annotated[str | None, typer.Option(help="local weights for --model")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch intra-op threads while timing")]
 QuotaOpt = Annotated[float | None, typer.Option(help="emulate a slower device: share of one core (cgroup quota)")]

@@ -178,6 +178,9 @@ def _text_task(teacher: Teacher, data: str | Path | None, max_per_split: int | N
     each split in the order of its texts' sha256 (a fixed, content-blind order: `max_per_split` keeps a
     fair sample, not the alphabetically first texts)."""
     source = ROTTEN_TOMATOES if data is None else data
+    if str(source) != ROTTEN_TOMATOES and Path(source).suffix not in TEXT_SUFFIXES:
+        raise DataError(f"{source} is not a text task, and teacher {teacher.source} is a text teacher: give it "
+                        f"--data {ROTTEN_TOMATOES} or a labelled .csv/.jsonl file")
     splits = text_splits(source)
     names = splits["train"].classes
     if len(names) != teacher.config.num_classes:

@@ -1,12 +1,14 @@
 """Fine-tune a BERT-family teacher on a text task: all-MiniLM-L6-v2 on rotten-tomatoes by default.
 
     python -m shoal.data.train_text_teacher [--model DIR] [--data rotten-tomatoes|FILE.csv|FILE.jsonl]
-                                            [--epochs 1] [--out .shoal/teachers]
+                                            [--epochs 1] [--layers N] [--out .shoal/teachers]
 
 The encoder (a local directory, `shoal.models.text_teacher.load_text_encoder`; default the MiniLM
 extracted from its wheel) gets a linear head on its pooled features (the mean over real tokens),
 and both are trained with AdamW (linear warm-up over the first 10% of steps, then linear decay),
-texts cut to `--max-length` tokens. Writes `<name>.safetensors` (the encoder's and the head's
+texts cut to `--max-length` tokens. `--layers N` keeps only the encoder's first N layers before
+fine-tuning (the truncated model a user would deploy alone: the baseline of `benchmarks/text.py`).
+Writes `<name>.safetensors` (the encoder's and the head's
 weights, float32, no pickle) and `<name>.json` (the encoder directory, the classes, the
 tokenisation, the recipe, the metrics measured on the stored weights with n and 95% Wilson
 intervals, the sha256 of the weights); `load_text_teacher` reads them back. A user file is split
@@ -44,6 +46,24 @@ class TextRecipe:
     warmup: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
+
+
+def truncate(encoder: TextEncoder, layers: int) -> TextEncoder:
+    """The encoder with its first `layers` layers only, saved as its own directory beside the original
+    (a text teacher's JSON names its encoder directory, which must match its weights)."""
+    from shoal.errors import ConfigError
+
+    model: Any = encoder.model
+    depth = len(model.encoder.layer)
+    if not 1 <= layers <= depth:
+        raise ConfigError(f"--layers must be 1..{depth}, got {layers}")
+    model.encoder.layer = model.encoder.layer[:layers]
+    model.config.num_hidden_layers = layers
+    target = Path(encoder.source).parent / f"{Path(encoder.source).name}-{layers}l"
+    if not (target / "model.safetensors").is_file():
+        model.save_pretrained(str(target))
+        encoder.tokenizer.save_pretrained(str(target))
+    return load_text_encoder(target)
 
 
 def evaluate(model: TextClassifier, encoder: TextEncoder, data: TextDataset, max_length: int,
@@ -124,11 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(".shoal") / "teachers")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--layers", type=int, default=None, help="keep the encoder's first N layers only")
     args = parser.parse_args(argv)
     encoder = load_text_encoder(args.model or minilm_dir())
+    if args.layers is not None:
+        encoder = truncate(encoder, args.layers)
     task = text_splits(args.data)
     recipe = TextRecipe(epochs=args.epochs, max_length=args.max_length)
-    name = args.name or f"{Path(args.data).stem}-{Path(encoder.source).name}".lower()
+    name = args.name or f"{Path(args.data).stem}-{Path(encoder.source).name}".lower()   # a truncated one: -<N>l
     t0 = time.perf_counter()
     model = train(encoder, task, recipe)
     path = save_text_teacher(model, encoder, task, args.data, recipe, args.out, name, time.perf_counter() - t0)

@@ -59,9 +59,13 @@ class _ZeroWidth(nn.Module):
 
 def _uninitialised(cls: type[_M], *args: Any, **kwargs: Any) -> _M:
     """A module built without initialising its parameters (every value is copied in next)."""
+    import warnings
+
     from torch.nn.utils import skip_init
 
-    out: _M = skip_init(cls, *args, **kwargs)   # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():   # a branch with no units is a zero-element layer: nothing to initialise
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        out: _M = skip_init(cls, *args, **kwargs)   # type: ignore[no-untyped-call]
     return out
 
 

@@ -41,7 +41,7 @@ class _EchoWorker(pb_grpc.WorkerServicer):
         self.width = width
 
     def Features(self, request: pb.FeaturesRequest, context: grpc.ServicerContext) -> pb.FeaturesReply:  # noqa: N802
-        x = decode(request.input, what="input", ndim=4)
+        x = decode(request.input, what="input")   # images (B, C, H, W) or a text's (B, 2, L) ids and mask
         reply = pb.FeaturesReply(request_id=request.request_id, device="probe")
         encode(torch.zeros(x.shape[0], self.width), reply.features)
         return reply
@@ -53,7 +53,7 @@ def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int,
 
     Args:
         limit: The device's CPU limit (the echo worker runs under it, like the real worker).
-        input_shape: (C, H, W) of one image.
+        input_shape: (C, H, W) of one image, or a text family's (2, L): int32 ids and mask of L tokens.
         feature_width: Width of the features it answers (the device's d_n, or the teacher's d).
         calls: Timed calls.
         warmup: Untimed calls first.
@@ -71,7 +71,8 @@ def measure_rpc(limit: CpuLimit, input_shape: Sequence[int], feature_width: int,
         with grpc.insecure_channel(target, options=channel_options(max_bytes)) as channel:
             stub = pb_grpc.WorkerStub(channel)
             request = pb.FeaturesRequest(request_id=1)
-            encode(torch.randn(1, *shape), request.input)
+            text = len(shape) == 2   # what a text plan's client sends: int32 ids and mask
+            encode(torch.ones(1, *shape, dtype=torch.int32) if text else torch.randn(1, *shape), request.input)
             times = []
             for i in range(warmup + calls):
                 start = time.perf_counter()
