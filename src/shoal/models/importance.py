@@ -270,40 +270,34 @@ def _install_text_gates(teacher: nn.Module, gates: dict[str, torch.Tensor], h: i
     return handles
 
 
-def _text_magnitude(teacher: nn.Module, config: TeacherConfig) -> ImportanceScores:
-    """`_magnitude` of a BERT encoder: query/key/value rows and output columns per head, intermediate rows
-    and output columns per neuron, every weight that reads or writes a channel."""
-    L, h, hd = config.depth, config.num_heads, config.head_dim
+def _unit_weights(teacher: nn.Module) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+    """On the host: the input embedding's squared weight per channel, and per block its fused q|k|v
+    (3·h·hd, d), attention output projection (d, h·hd), MLP input (D, d) and output (d, D) weights
+    (a timm ViT's blocks, or a BERT encoder's layers with query, key and value stacked alike)."""
+    if isinstance(teacher, VisionTransformer):
+        embed = teacher.patch_embed.proj.weight.detach().cpu().flatten(1).pow(2).sum(1)
+        return embed, [tuple(w.detach().cpu() for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.fc1.weight,
+                                                          b.mlp.fc2.weight)) for b in _blocks(teacher)]
     encoder: Any = teacher.encoder
-    heads, neurons, blocks = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden), torch.zeros(L)
-    channels = encoder.embeddings.word_embeddings.weight.detach().cpu().pow(2).sum(0)
-    for j, layer in enumerate(encoder.encoder.layer):
-        att = layer.attention
-        qkv = torch.stack([getattr(att.self, n).weight.detach().cpu() for n in ("query", "key", "value")])
-        qkv = qkv.view(3, h, hd, -1)
-        proj = att.output.dense.weight.detach().cpu().view(-1, h, hd)
-        heads[j] = qkv.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
-        fc1, fc2 = layer.intermediate.dense.weight.detach().cpu(), layer.output.dense.weight.detach().cpu()
-        neurons[j] = fc1.pow(2).sum(1) + fc2.pow(2).sum(0)
-        channels = channels + qkv.pow(2).sum(dim=(0, 1, 2)) + proj.pow(2).sum(dim=(1, 2))
-        channels = channels + fc1.pow(2).sum(0) + fc2.pow(2).sum(1)
-        blocks[j] = heads[j].sum() + neurons[j].sum()
-    return ImportanceScores(heads.sqrt(), neurons.sqrt(), channels.sqrt(), blocks.sqrt(), "magnitude")
+    embed = encoder.embeddings.word_embeddings.weight.detach().cpu().pow(2).sum(0)
+    layers = []
+    for layer in encoder.encoder.layer:
+        qkv = torch.cat([getattr(layer.attention.self, n).weight.detach() for n in ("query", "key", "value")])
+        layers.append(tuple(w.detach().cpu() for w in (qkv, layer.attention.output.dense.weight,
+                                                        layer.intermediate.dense.weight, layer.output.dense.weight)))
+    return embed, layers
 
 
 def _magnitude(teacher: nn.Module, config: TeacherConfig) -> ImportanceScores:
-    """L2 norm of each unit's weights (the pruning baseline a user would reach for)."""
-    if not isinstance(teacher, VisionTransformer):
-        return _text_magnitude(teacher, config)
+    """L2 norm of each unit's weights (the pruning baseline a user would reach for): a head's q/k/v rows
+    and output columns, a neuron's MLP row and column, every weight that reads or writes a channel."""
     L, h, hd = config.depth, config.num_heads, config.head_dim
-    heads, neurons = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden)
-    channels = teacher.patch_embed.proj.weight.detach().cpu().flatten(1).pow(2).sum(1)   # all on the host
-    blocks = torch.zeros(L)
-    for j, block in enumerate(_blocks(teacher)):
-        qkv = block.attn.qkv.weight.detach().cpu().view(3, h, hd, -1)
-        proj = block.attn.proj.weight.detach().cpu().view(-1, h, hd)
+    heads, neurons, blocks = torch.zeros(L, h), torch.zeros(L, config.mlp_hidden), torch.zeros(L)
+    channels, layers = _unit_weights(teacher)
+    for j, (qkv_weight, proj_weight, fc1, fc2) in enumerate(layers):
+        qkv = qkv_weight.view(3, h, hd, -1)
+        proj = proj_weight.view(-1, h, hd)
         heads[j] = qkv.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
-        fc1, fc2 = block.mlp.fc1.weight.detach().cpu(), block.mlp.fc2.weight.detach().cpu()
         neurons[j] = fc1.pow(2).sum(1) + fc2.pow(2).sum(0)
         channels = channels + qkv.pow(2).sum(dim=(0, 1, 2)) + proj.pow(2).sum(dim=(1, 2))
         channels = channels + fc1.pow(2).sum(0) + fc2.pow(2).sum(1)
