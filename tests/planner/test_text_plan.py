@@ -84,20 +84,34 @@ def _encoder_dir(teacher_json: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_text_plan_is_calibrated_served_and_benched(text_task, text_predictors, three_devices, tmp_path):
+def test_a_text_plan_is_calibrated_served_secured_adaptive_and_benched(text_task, text_predictors, three_devices,
+                                                                        tmp_path):
+    """The whole path a ViT plan has, for text: variants on the front (--pareto 3), mutual TLS and a token
+    (`shoal certs`), the SLO-driven variant choice, the token checks, and `shoal bench` on the test split."""
+    from dataclasses import replace
+
     from shoal.runtime.bench import run_bench
     from shoal.runtime.client import ShoalClient
     from shoal.runtime.cluster import LocalCluster
+    from shoal.runtime.device import plan_fingerprint
+    from shoal.runtime.pki import issue
+    from shoal.runtime.security import TOKEN_FILE, Security
 
     out = tmp_path / "plan"
-    doc = run_plan(_request(text_task, out, allow_leave_out=False), predictors=text_predictors,
-                   devices=three_devices).to_dict()
+    request = replace(_request(text_task, out), search=replace(FAST_SEARCH, init=4, iterations=4, pareto=3))
+    doc = run_plan(request, predictors=text_predictors, devices=three_devices).to_dict()
+    assert len(doc["variants"]) >= 2
     assert read_plan_json(out).to_dict() == doc and doc["stage"] == "calibrated"
     acc = doc["accuracy"]
     assert acc["ensemble"]["n"] == acc["n"] > 0 and acc["ensemble"]["top1"] >= 0.9   # "good fun" against "bad dull"
     plan = load_plan(out)
     teacher = load_teacher(text_task[0])
-    with LocalCluster(out, emulate=False) as cluster, ShoalClient(cluster.central_target) as client:
+    keys = tmp_path / "keys"
+    issue(out, list(plan.devices.names), keys, plan_fingerprint(out))
+    security = Security(keys, keys / TOKEN_FILE)
+    with LocalCluster(out, emulate=False, security=security, slo_ms=200.0) as cluster, \
+            ShoalClient(cluster.central_target, ca=security.ca, server_name=plan.devices.central.name,
+                        token=security.token()) as client:
         texts = ["a very good fun film", "a bad dull film", "good fun", "dull"]
         served = client.predict_texts(texts, teacher.tokenizer, plan.config.seq_len, top_k=1)
         assert served.labels.tolist() == [0, 1, 0, 1]   # fresh, rotten (classes sorted by name)
