@@ -124,3 +124,11 @@ def test_a_text_plan_is_calibrated_served_secured_adaptive_and_benched(text_task
     assert result.input_format == "tokens" and result.accuracy is not None and result.accuracy_n == acc["n"]
     assert result.teacher is not None and result.teacher["n"] == acc["n"]
     assert 8 <= result.input_bytes <= 8 * plan.config.seq_len
+
+
+def test_a_vit_description_given_as_a_text_teacher_is_one_line(tiny_digits_teacher):
+    from pathlib import Path
+
+    description = str(Path(tiny_digits_teacher).with_suffix(".json"))
+    with pytest.raises(ModelError, match="is not a text teacher's description"):
+        load_teacher(description)

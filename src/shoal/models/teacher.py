@@ -260,11 +260,22 @@ def _text_source(model: str | None, checkpoint: str | Path | None) -> Path | Non
                              f"text-teacher` (it writes {TEXT_TEACHER_FILE})")
         return TEXT_TEACHER_FILE
     path = Path(model)
+    if path.suffix == ".json" and path.is_file() and not _describes_text(path):
+        raise ModelError(f"{path} is not a text teacher's description (no \"family\": \"bert\"); for a ViT pass its "
+                         "weights file (.safetensors, with the JSON beside it)")
     if (path.suffix == ".json" and path.is_file()) or (path.is_dir() and (path / "config.json").is_file()):
         if checkpoint is not None:
             raise ModelError(f"{model} is a text teacher: it names its own weights; drop --checkpoint")
         return path
     return None
+
+
+def _describes_text(path: Path) -> bool:
+    """Whether a JSON file is a text teacher's description (`shoal.data.train_text_teacher` writes its family)."""
+    try:
+        return bool(json.loads(path.read_text()).get("family") == "bert")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _load_text(path: Path, source: str, num_classes: int | None) -> Teacher:
