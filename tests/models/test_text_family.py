@@ -118,3 +118,17 @@ def test_an_example_text_is_valid_token_ids_at_the_asked_length():
     assert x.shape == (3, 2, 7) and x.dtype == torch.int64 and bool((x[:, 1] == 1).all())
     assert bool((x[:, 0] != config.pad_token_id).all()) and int(x[:, 0].max()) < config.vocab_size
     assert example_input(config).shape == (1, 2, 16)
+
+
+def test_a_sub_model_shares_no_weight_with_its_teacher():
+    """The teacher's module tree is copied without its weights: every kept module is a new slice, so
+    calibrating a sub-model cannot change the teacher (or another sub-model)."""
+    teacher, config = _teacher()
+    spec = SubModelSpec((1,), tuple(range(0, 32, 2)), ((),), ((3, 7),))   # a zero-width attention branch too
+    sub = build_submodel(config, spec.bound_to(config), teacher)
+    assert not {id(p) for p in sub.parameters()} & {id(p) for p in teacher.parameters()}
+    before = [p.clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in sub.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))

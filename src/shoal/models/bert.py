@@ -33,11 +33,16 @@ _M = TypeVar("_M", bound=nn.Module)
 
 def encoder_config(encoder: nn.Module, seq_len: int, num_classes: int) -> TextConfig:
     """The `TextConfig` of a Hugging Face BERT encoder (refused by name when it is not one)."""
+    return TextConfig.of_hf(_hf_config(encoder), seq_len, num_classes)
+
+
+def _hf_config(encoder: nn.Module) -> Any:
+    """The Hugging Face config of a BERT encoder shoal can split; `ModelError` naming what it is otherwise."""
     config = getattr(encoder, "config", None)
     if config is None:
         raise ModelError(f"shoal splits BERT encoders; {type(encoder).__name__} is not a Hugging Face model")
     check_text_architecture(config, type(encoder).__name__)
-    return TextConfig.of_hf(config, seq_len, num_classes)
+    return config
 
 
 def check_text_architecture(config: Any, what: str) -> None:
@@ -110,14 +115,14 @@ def build_text_submodel(encoder: nn.Module, spec: SubModelSpec) -> nn.Module:
         ModelError: `encoder` is not a BERT encoder.
         ConfigError: `spec` names units the teacher does not have.
     """
-    hf = getattr(encoder, "config", None)
-    if hf is None:
-        raise ModelError(f"shoal splits BERT encoders; {type(encoder).__name__} is not a Hugging Face model")
-    check_text_architecture(hf, type(encoder).__name__)
+    hf = _hf_config(encoder)
     spec.check_sizes(hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads, hf.intermediate_size)
     dev = next(encoder.parameters()).device
     ch = torch.tensor(spec.channels, dtype=torch.long, device=dev)
-    sub: Any = copy.deepcopy(encoder)
+    # the module tree is copied, the teacher's weights are not: every parameter of a kept module is
+    # replaced by its slice below (checked at the end), the dropped layers' never leave the teacher
+    teacher_params = {id(p): p for p in encoder.parameters()}
+    sub: Any = copy.deepcopy(encoder, memo=dict(teacher_params))
     emb = sub.embeddings
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         setattr(emb, name, _embedding(getattr(emb, name), ch))
@@ -149,6 +154,9 @@ def build_text_submodel(encoder: nn.Module, spec: SubModelSpec) -> nn.Module:
     sub.config.hidden_size = len(spec.channels)
     if getattr(sub, "pooler", None) is not None:
         sub.pooler = None   # shoal's features are the mean of the last hidden states, not BERT's pooler
+    shared = [name for name, p in sub.named_parameters() if id(p) in teacher_params]
+    if shared:   # a module this function does not slice: training the sub-model would change the teacher
+        raise ModelError(f"{type(encoder).__name__} has parameters shoal does not slice: {shared[:3]}")
     out: nn.Module = sub
     return out
 
@@ -160,6 +168,13 @@ def pooled_text_features(encoder: nn.Module, input_ids: torch.Tensor, attention_
     mask = attention_mask.to(hidden.dtype)[..., None]                                      # (B, L, 1)
     features: torch.Tensor = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
     return features
+
+
+def cut_to_longest(x: torch.Tensor) -> torch.Tensor:
+    """A right-padded (B, 2, L) batch of token ids and mask without the columns past its longest text."""
+    if x.dim() != 3 or x.shape[1] != 2:
+        raise ConfigError(f"a text model takes (B, 2, L) token ids and mask, got {list(x.shape)}")
+    return x[..., :max(int(x[:, 1].sum(1).max()), 1)]
 
 
 class TextClassifier(nn.Module):
@@ -177,16 +192,11 @@ class TextClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        hf: Any = encoder.config
-        self.embed_dim = int(hf.hidden_size)
-        self.head = nn.Linear(self.embed_dim, classes)
+        self.head = nn.Linear(int(_hf_config(encoder).hidden_size), classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, L) ids and mask -> (B, embed_dim)."""
-        if x.dim() != 3 or x.shape[1] != 2:
-            raise ConfigError(f"a text model takes (B, 2, L) token ids and mask, got {list(x.shape)}")
-        longest = max(int(x[:, 1].sum(1).max()), 1)
-        x = x[..., :longest]
+        """(B, 2, L) ids and mask -> (B, width)."""
+        x = cut_to_longest(x)
         return pooled_text_features(self.encoder, x[:, 0], x[:, 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +222,6 @@ def text_submodel(config: TextConfig, spec: SubModelSpec, teacher: nn.Module | N
     on the kept channels; without a teacher, cut from a random encoder of the family (to time a
     shape, or to load a plan's weights into). Eval mode, on `device` (None: the teacher's, or the CPU;
     "meta" builds on the CPU: the encoder's position buffers must be real)."""
-    spec.check_sizes(config.depth, config.embed_dim, config.num_heads, config.mlp_hidden)
     if teacher is not None and not isinstance(teacher, TextClassifier):
         raise ModelError(f"a text sub-model is cut from a TextClassifier, got {type(teacher).__name__}")
     source = teacher.encoder if teacher is not None else _random_encoder(config)

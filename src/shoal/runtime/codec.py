@@ -23,6 +23,7 @@ import torch
 from shoal.data.imagecodec import FORMATS, ImageCodecError, decode_image, encode_image, normalise, to_uint8
 from shoal.data.text import TOKENS_FORMAT, WIRE_DTYPE
 from shoal.errors import DataError
+from shoal.models.bert import cut_to_longest
 from shoal.runtime import shoal_pb2 as pb
 
 DTYPES: dict[str, torch.dtype] = {
@@ -231,8 +232,7 @@ def encode_input(images: torch.Tensor, fmt: str, request: pb.PredictRequest | pb
         if images.dim() != 3 or images.shape[1] != 2 or images.is_floating_point():
             raise CodecError(f"tokens: expected (B, 2, L) integer ids and mask, got {list(images.shape)} "
                              f"{images.dtype}")
-        longest = max(int(images[:, 1].sum(1).max()), 1)
-        encode(images[..., :longest].to(WIRE_DTYPE).contiguous(), request.input)
+        encode(cut_to_longest(images).to(WIRE_DTYPE).contiguous(), request.input)
         return
     if fmt == "float32":
         encode(images.float(), request.input)
