@@ -29,7 +29,7 @@ class Teacher:
 
     Attributes:
         model: The timm VisionTransformer, or a `shoal.models.bert.TextClassifier`; eval mode, float32, on CPU.
-        config: Its family (`TeacherConfig` or `TextConfig`).
+        config: Its family (`ViTConfig` or `TextConfig`).
         source: What the user asked for: a timm name, a checkpoint path, a text teacher's JSON or
             encoder directory, or a built-in id.
         data_config: Input preprocessing (timm `resolve_data_config` keys, or the digits recipe; a
@@ -48,15 +48,6 @@ class Teacher:
     @property
     def is_text(self) -> bool:
         return isinstance(self.config, TextConfig)
-
-    @property
-    def head(self) -> nn.Linear:
-        """The task head (a ViT's and a text teacher's are both one Linear on the pooled features)."""
-        head = getattr(self.model, "head", None)
-        if not isinstance(head, nn.Linear):
-            raise ModelError(f"teacher {self.source} has no linear task head: a model without a classifier head "
-                             "cannot be decomposed")
-        return head
 
     def vit(self, what: str) -> ViTConfig:
         """Its `ViTConfig`; `ModelError` naming `what` (a ViT-only method or input) for a text teacher."""

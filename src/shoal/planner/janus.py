@@ -22,7 +22,6 @@ import torch
 from shoal.devices.spec import DeviceSet
 from shoal.errors import ConfigError
 from shoal.models.tokens import TokenRunner, alpha_grid, counts, token_bytes
-from shoal.plan.document import InputSpec
 from shoal.plan.janus import JanusConfig, JanusModel, JanusPlan, split_candidates
 from shoal.planner.objective import LatencyPredictor
 from shoal.planner.pipeline import PhaseClock, PlanHooks, Problem, build_problem
@@ -88,7 +87,7 @@ def janus_plan(problem: Problem, request: PlanRequest, hooks: PlanHooks) -> Janu
                  fit.loo_ms["linear"], fit.loo_ms["quadratic"])
     return JanusPlan(
         teacher.source, teacher.config.fingerprint(), device, server, runner.reduction, model, tuple(test_acc),
-        len(test), InputSpec(data.mean, data.std, request.input_format, int(problem.evaluator.input_bytes)),
+        len(test), problem.input,
         {name: {"chosen": fit.chosen, "loo_linear_ms": fit.loo_ms["linear"],
                 "loo_quadratic_ms": fit.loo_ms["quadratic"], "reducing_chosen": reducing.chosen,
                 "reducing_loo_linear_ms": reducing.loo_ms["linear"],

@@ -27,7 +27,7 @@ from shoal.models.accounting import spec_cost
 from shoal.models.aggregator import Aggregator
 from shoal.models.importance import ImportanceScores, compute_importance
 from shoal.models.spec import Policy, SubModelSpec
-from shoal.models.surgery import build_submodel
+from shoal.models.surgery import build_submodel, head_of
 from shoal.models.teacher import BUILTIN_TEACHERS, Teacher, load_teacher
 from shoal.plan.directory import read_plan_json, versions, write_document, write_plan
 from shoal.plan.document import (
@@ -121,6 +121,17 @@ class Problem:
     scores: ImportanceScores
     space: SearchSpace
     evaluator: Evaluator
+    input: InputSpec
+
+
+def input_spec(teacher: Teacher, data: TaskData, val_images: torch.Tensor, input_format: str) -> InputSpec:
+    """What clients will send and what the latency model charges for it: images in `input_format`; a text
+    teacher's token ids and mask, at the validation texts' mean length (latency is predicted there)."""
+    if teacher.is_text:
+        tokens = max(1, round(float(token_lengths(val_images).float().mean())))
+        return InputSpec(data.mean, data.std, TOKENS_FORMAT, sent_token_bytes(val_images), tokens)
+    return InputSpec(data.mean, data.std, input_format,
+                     mean_encoded_bytes(val_images, data.mean, data.std, input_format))
 
 
 def load_devices(request: PlanRequest, teacher: Teacher, hooks: PlanHooks
@@ -187,19 +198,14 @@ def build_problem(request: PlanRequest, hooks: PlanHooks,
             raise InfeasibleError(f"--method coformer: {exc}") from None
     cal = data.train.subset(request.cal_images)
     val = data.val.subset(request.val_images)
-    tokens = 0
-    if teacher.is_text:   # latency predicted at the task's mean text length; clients send ids and mask
-        input_bytes = sent_token_bytes(val.images)
-        tokens = max(1, round(float(token_lengths(val.images).float().mean())))
-    else:
-        input_bytes = mean_encoded_bytes(val.images, data.mean, data.std, request.input_format)
+    sent = input_spec(teacher, data, val.images, request.input_format)
     evaluator = Evaluator(teacher.model, teacher.config, devices, list(predictors), cal.images, val.images,
                           val.labels, delta=0.0, proxy=ProxySettings(kind=request.proxy, precision=request.precision),
-                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment, input_bytes=input_bytes,
-                          tokens=tokens)
+                          rpc_ms=rpc_ms, cal_labels=cal.labels, augment=data.augment, input_bytes=sent.bytes,
+                          tokens=sent.tokens)
     delta = request.delta if request.delta is not None else 1.0 / evaluator.teacher_latency()[0]
     evaluator.delta = delta
-    return Problem(teacher, data, devices, list(predictors), scores, space, evaluator)
+    return Problem(teacher, data, devices, list(predictors), scores, space, evaluator, sent)
 
 
 def _importance(teacher: Teacher, data: TaskData, request: PlanRequest, out: Path) -> ImportanceScores:
@@ -327,7 +333,7 @@ def calibrate(problem: Problem, policy: Policy, request: PlanRequest, hooks: Pla
     if subtasks is None:
         sliced = [build_submodel(config, spec, teacher.model) for spec in policy.specs]
         hooks.phase("ablation: decompose only / decompose + aggregate")
-        scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], teacher.head,
+        scatter = Aggregator.from_teacher_channels([sp.channels for sp in policy.specs], head_of(teacher.model),
                                                    config.global_pool, config.num_prefix_tokens)
         ablation["decompose_only"] = score_decomposition(teacher_test, names, sliced, scatter, data.test,
                                                          with_subsets=False)
@@ -498,6 +504,4 @@ def _document(problem: Problem, request: PlanRequest, policy: Policy, evaluation
                 else SearchSummary(from_policy=str(request.from_policy))),
         importance=request.importance, layer_rule=request.layer_rule, deal_rule=request.deal_rule,
         resumed=request.resume,
-        input=InputSpec(problem.data.mean, problem.data.std,
-                        TOKENS_FORMAT if problem.teacher.is_text else request.input_format,
-                        problem.evaluator.input_bytes, problem.evaluator.tokens))
+        input=problem.input)
